@@ -1,0 +1,221 @@
+"""PooledPostgresHook: PostgresHook's API on psycopg2 connections from a per-process pool."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from contextlib import closing
+from typing import TYPE_CHECKING, Any
+
+import psycopg2.extras
+from airflow.providers.common.compat.sdk import AirflowNotFoundException, conf
+from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+from airflow_pool_provider import registry
+from airflow_pool_provider.pool import ConnectionPool, PooledConnection
+from airflow_pool_provider.registry import PoolSettings
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+#: The provider's section in airflow.cfg (``AIRFLOW__POOLED_POSTGRES__MAX_SIZE=8`` and so on).
+CONFIG_SECTION = "pooled_postgres"
+
+_CURSOR_FACTORIES = {
+    "dictcursor": psycopg2.extras.DictCursor,
+    "realdictcursor": psycopg2.extras.RealDictCursor,
+    "namedtuplecursor": psycopg2.extras.NamedTupleCursor,
+}
+
+_connection_cache: dict[str, tuple[float, Connection]] = {}
+_connection_cache_lock = threading.Lock()
+
+
+def _config_number(key: str, default: float | None, cast: type) -> Any:
+    """A pool setting from the provider's config section; ``none`` or empty turns a limit off."""
+    raw = conf.get(CONFIG_SECTION, key, fallback=None)
+    if raw is None:
+        return default
+    raw = str(raw).strip().lower()
+    if raw in ("", "none", "off"):
+        return None
+    try:
+        return cast(raw)
+    except ValueError:
+        raise ValueError(
+            f"[{CONFIG_SECTION}] {key} = {raw!r} is not a number; fix airflow.cfg or "
+            f"AIRFLOW__{CONFIG_SECTION.upper()}__{key.upper()}"
+        ) from None
+
+
+class PooledPostgresHook(PostgresHook):
+    """A PostgresHook whose connections come from a per-process psycopg2 pool.
+
+    ``get_conn()`` checks a connection out; its ``close()`` gives it back, so ``run``,
+    ``get_records``, ``get_first``, ``insert_rows``, ``copy_expert``, ``bulk_load`` and
+    ``bulk_dump`` all reuse pooled sessions. Pool settings come from the ``pool_*`` keyword
+    arguments, then from the ``[pooled_postgres]`` config section, then from defaults; they are
+    not connection extras, so other hooks on the same connection keep working.
+
+    :param postgres_conn_id: an ordinary Airflow ``postgres`` connection.
+    :param pool_min_size: connections kept open even when idle.
+    :param pool_max_size: connections open at once for this connection id in this process.
+    :param pool_timeout: seconds to wait for a free connection before ``PoolTimeout``.
+    :param pool_max_lifetime: seconds after which a connection is replaced.
+    :param pool_max_idle: seconds an idle connection above ``pool_min_size`` is kept.
+    """
+
+    hook_name = "Pooled Postgres"
+
+    def __init__(
+        self,
+        *args: Any,
+        pool_min_size: int | None = None,
+        pool_max_size: int | None = None,
+        pool_timeout: float | None = None,
+        pool_max_lifetime: float | None = None,
+        pool_max_idle: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._pool_overrides = {
+            "min_size": pool_min_size,
+            "max_size": pool_max_size,
+            "timeout": pool_timeout,
+            "max_lifetime": pool_max_lifetime,
+            "max_idle": pool_max_idle,
+        }
+
+    # -- connection and pool ----------------------------------------------------------------
+
+    @property
+    def connection(self) -> Connection:
+        """The Airflow Connection, cached per conn id in this process for a short while.
+
+        Inside a task every lookup may be a round trip to the API server; a rotated password or
+        a new host is still picked up within ``connection_cache_seconds``.
+        """
+        return cached_connection(self.get_conn_id())
+
+    @connection.setter
+    def connection(self, value: Any) -> None:  # DbApiHook's backwards-compatible setter
+        pass
+
+    def pool_settings(self) -> PoolSettings:
+        defaults = PoolSettings()
+        resolved: dict[str, Any] = {}
+        for name, override in self._pool_overrides.items():
+            default = getattr(defaults, name)
+            cast = int if name.endswith("size") else float
+            resolved[name] = override if override is not None else _config_number(name, default, cast)
+        resolved["leak_threshold"] = _config_number("leak_threshold", defaults.leak_threshold, float)
+        return PoolSettings(**resolved)
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """psycopg2.connect arguments, by the same rules as PostgresHook.get_conn."""
+        conn = self.connection
+        extra = conn.extra_dejson
+        if extra.get("iam"):
+            raise ValueError(
+                f"connection {conn.conn_id!r} uses IAM tokens, which expire and change with every "
+                "call; a pool cannot reuse them. Use PostgresHook for this connection."
+            )
+        kwargs: dict[str, Any] = {
+            "host": conn.host,
+            "user": conn.login,
+            "password": conn.password,
+            "dbname": self.database or conn.schema,
+            "port": conn.port,
+        }
+        if self.options:
+            kwargs["options"] = self.options
+        for name, value in extra.items():
+            if name not in self.ignored_extra_options:
+                kwargs[name] = value
+        cursor = extra.get("cursor")
+        if cursor:
+            try:
+                kwargs["cursor_factory"] = _CURSOR_FACTORIES[str(cursor).lower()]
+            except KeyError:
+                raise ValueError(
+                    f"connection {conn.conn_id!r}: unknown cursor {cursor!r} in extras; "
+                    f"use one of {', '.join(_CURSOR_FACTORIES)}"
+                ) from None
+        return {k: v for k, v in kwargs.items() if v is not None and v != ""}
+
+    def get_pool(self) -> ConnectionPool:
+        """This process's pool for the hook's connection id."""
+        return registry.pool_for(self.get_conn_id(), self.connect_kwargs(), self.pool_settings())
+
+    def get_conn(self) -> PooledConnection:
+        """Check out a pooled connection; ``close()`` it to give it back."""
+        conn = self.get_pool().getconn()
+        self.conn = conn
+        return conn
+
+    def pool_stats(self) -> dict[str, Any]:
+        return self.get_pool().stats()
+
+    # -- PostgresHook methods that take psycopg-3-only paths on Airflow 3 ----------------------
+
+    def copy_expert(self, sql: str, filename: str) -> None:
+        """Run a COPY ... TO STDOUT / FROM STDIN statement against a local file (psycopg2)."""
+        self.log.info("Running copy expert: %s, filename: %s", sql, filename)
+        if not os.path.isfile(filename):
+            with open(filename, "w"):
+                pass
+        with (
+            open(filename, "r+") as file,
+            closing(self.get_conn()) as conn,
+            closing(conn.cursor()) as cur,
+        ):
+            cur.copy_expert(sql, file)
+            file.truncate(file.tell())
+            conn.commit()
+
+    def insert_rows(self, table: str, rows: Any, target_fields: Any = None, commit_every: int = 1000,
+                    replace: bool = False, **kwargs: Any) -> None:
+        """Insert rows with psycopg2's ``executemany`` (PostgresHook's own path is psycopg 3)."""
+        kwargs.pop("fast_executemany", None)
+        self._insert_statement_format = "INSERT INTO {} {} VALUES ({})"
+        return DbApiHook.insert_rows(
+            self, table, rows, target_fields=target_fields, commit_every=commit_every,
+            replace=replace, **kwargs,
+        )
+
+    @staticmethod
+    def _serialize_cell(cell: object, conn: Any | None = None) -> Any:
+        return cell
+
+    def get_db_log_messages(self, conn: Any) -> None:
+        if self.enable_log_db_messages:
+            for notice in conn.notices:
+                self.log.info(notice)
+
+
+def cached_connection(conn_id: str) -> Connection:
+    """The Airflow Connection ``conn_id``, fetched at most once per ``connection_cache_seconds``."""
+    ttl = _config_number("connection_cache_seconds", 60.0, float) or 0.0
+    now = time.monotonic()
+    with _connection_cache_lock:
+        hit = _connection_cache.get(conn_id)
+    if hit is not None and now - hit[0] < ttl:
+        return hit[1]
+    try:
+        conn = PostgresHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        raise AirflowNotFoundException(
+            f"connection {conn_id!r} is not defined. Add it in the Airflow UI (Admin > "
+            f"Connections), with `airflow connections add`, or as AIRFLOW_CONN_{conn_id.upper()}."
+        ) from None
+    with _connection_cache_lock:
+        _connection_cache[conn_id] = (now, conn)
+    return conn
+
+
+def forget_cached_connections() -> None:
+    """Drop cached Connections so the next hook reads them afresh."""
+    with _connection_cache_lock:
+        _connection_cache.clear()

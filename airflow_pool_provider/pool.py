@@ -1,0 +1,567 @@
+"""A bounded, thread-safe, fork-safe psycopg2 connection pool.
+
+``psycopg2.pool`` raises at once when exhausted, closes every connection above ``minconn``, hands
+out dead connections and breaks its parent's sessions after ``fork()``. This pool waits with a
+timeout, keeps idle connections up to ``max_size``, checks them at checkout, resets them at
+return, forgets inherited connections in a forked child and keeps stats.
+
+It knows nothing of Airflow: it is given a ``connect`` callable and a name for its messages, so a
+password never reaches it except inside that callable.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import select
+import sys
+import threading
+import time
+import traceback
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions as ext
+
+log = logging.getLogger(__name__)
+
+Connect = Callable[[], "ext.connection"]
+
+#: Connection errors worth retrying: the server is down, starting or restarting. Anything else
+#: (bad password, unknown database) fails at once, because waiting will not fix it.
+_TRANSIENT_CONNECT_ERRORS = (
+    "could not connect",
+    "connection refused",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "server closed the connection",
+    "terminating connection",
+    "timeout expired",
+    "no such file or directory",
+)
+
+
+class PoolError(psycopg2.InterfaceError):
+    """Misuse of the pool: returning a foreign or already returned connection."""
+
+
+class PoolTimeout(psycopg2.OperationalError):
+    """No connection could be had within the pool's timeout."""
+
+
+class PoolClosed(PoolError):
+    """The pool was closed; a new pool must be made."""
+
+
+@dataclass(slots=True)
+class _Slot:
+    """One physical connection and the facts the pool keeps about it."""
+
+    conn: ext.connection
+    created: float
+    expires: float
+    last_used: float
+    checked_out_at: float = 0.0
+    taker: FrameType | None = None
+    leak_reported: bool = False
+
+
+@dataclass(slots=True)
+class PoolStats:
+    """Counters since the pool was made. Gauges (size, idle, ...) are read live by ``stats()``."""
+
+    connections_created: int = 0
+    connection_errors: int = 0
+    checkouts: int = 0
+    returns: int = 0
+    waits: int = 0
+    wait_time: float = 0.0
+    timeouts: int = 0
+    pings: int = 0
+    discarded_broken: int = 0
+    discarded_expired: int = 0
+    rollbacks_on_return: int = 0
+    leaks_detected: int = 0
+    peak_in_use: int = 0
+
+
+class PooledConnection:
+    """A checked-out psycopg2 connection: behaves like one, and ``close()`` gives it back.
+
+    A fresh wrapper is made for each checkout, so a wrapper that was given back cannot be used or
+    returned a second time by mistake. ``raw`` is the psycopg2 connection itself, for APIs that
+    insist on one (``psycopg2.sql.Composable.as_string``, ``psycopg2.extras``).
+    """
+
+    __slots__ = ("_pool", "_slot", "__weakref__")
+
+    def __init__(self, pool: ConnectionPool, slot: _Slot) -> None:
+        self._pool = pool
+        self._slot: _Slot | None = slot
+
+    @property
+    def raw(self) -> ext.connection:
+        slot = self._slot
+        if slot is None:
+            raise PoolError(f"this connection was already given back to pool {self._pool.name!r}")
+        return slot.conn
+
+    def close(self) -> None:
+        """Give the connection back to its pool (idempotent, like psycopg2's ``close``)."""
+        if self._slot is not None:
+            self._pool.putconn(self)
+
+    @property
+    def closed(self) -> int:
+        slot = self._slot
+        return 1 if slot is None else slot.conn.closed
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in PooledConnection.__slots__:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.raw, name, value)
+
+    def __enter__(self) -> PooledConnection:
+        self.raw.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        # psycopg2 semantics: commit or roll back, keep the connection.
+        self.raw.__exit__(*exc)
+
+    def __del__(self) -> None:
+        if self._slot is not None:
+            self._pool._reclaim(self)
+
+    def __repr__(self) -> str:
+        state = "returned" if self._slot is None else "in use"
+        return f"<PooledConnection pool={self._pool.name!r} {state}>"
+
+
+class ConnectionPool:
+    """Bounded pool of psycopg2 connections made by ``connect``.
+
+    - ``min_size``: connections kept open even when idle longer than ``max_idle``.
+    - ``max_size``: connections open at once, in use or idle; ``getconn`` waits beyond it.
+    - ``timeout``: seconds ``getconn`` waits for a free connection (or for the server to come
+      back) before raising :class:`PoolTimeout`.
+    - ``max_lifetime``: seconds after which a connection is replaced (with up to 5 % jitter, so
+      connections made together do not all expire together).
+    - ``max_idle``: seconds an idle connection above ``min_size`` is kept.
+    - ``ping_after``: an idle connection older than this is pinged before it is handed out; a
+      younger one only gets a non-blocking look at its socket.
+    - ``leak_threshold``: seconds a connection may be held before a warning with the stack of the
+      code that took it is logged (``None`` turns the check off).
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        *,
+        name: str = "pool",
+        min_size: int = 0,
+        max_size: int = 4,
+        timeout: float = 30.0,
+        max_lifetime: float | None = 3600.0,
+        max_idle: float | None = 600.0,
+        ping_after: float = 0.5,
+        leak_threshold: float | None = 300.0,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError(f"pool {name!r}: max_size must be at least 1, got {max_size}")
+        if not 0 <= min_size <= max_size:
+            raise ValueError(f"pool {name!r}: min_size must be within 0..max_size, got {min_size}")
+        if timeout <= 0:
+            raise ValueError(f"pool {name!r}: timeout must be positive, got {timeout}")
+        self.name = name
+        self.min_size = min_size
+        self.max_size = max_size
+        self.timeout = timeout
+        self.max_lifetime = max_lifetime
+        self.max_idle = max_idle
+        self.ping_after = ping_after
+        self.leak_threshold = leak_threshold
+        self._connect = connect
+        self._init_state()
+        _live_pools.add(self)
+
+    def _init_state(self) -> None:
+        # An RLock, because a wrapper dropped without close() gives itself back from __del__,
+        # which the garbage collector may run while this thread already holds the lock.
+        self._lock = threading.RLock()
+        self._available = threading.Condition(self._lock)
+        self._idle: deque[_Slot] = deque()
+        self._in_use: dict[int, _Slot] = {}
+        self._opening = 0
+        self._waiting = 0
+        self._closed = False
+        self._stats = PoolStats()
+        self._pid = os.getpid()
+
+    # -- checkout ---------------------------------------------------------------------------
+
+    def getconn(self, timeout: float | None = None) -> PooledConnection:
+        """Check out a healthy connection, waiting up to ``timeout`` (default: the pool's)."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None
+        taker = sys._getframe(1) if self.leak_threshold is not None else None
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                now = time.monotonic()
+                if self.leak_threshold is not None and self._in_use:
+                    self._report_leaks(now)
+                if self._idle:
+                    slot = self._idle.pop()
+                    self._check_out(slot, now, taker)
+                elif len(self._in_use) + self._opening < self.max_size:
+                    self._opening += 1
+                    slot = None
+                else:
+                    if deadline is None:
+                        deadline = now + timeout
+                    self._wait_for_return(deadline, now)
+                    continue
+            if slot is None:
+                if deadline is None:
+                    deadline = time.monotonic() + timeout
+                slot = self._open(deadline, taker)
+                return PooledConnection(self, slot)
+            if self._healthy(slot, now):
+                return PooledConnection(self, slot)
+            with self._lock:
+                self._in_use.pop(id(slot.conn), None)
+                self._available.notify()
+            _close_quietly(slot.conn)
+
+    def _check_out(self, slot: _Slot, now: float, taker: FrameType | None) -> None:
+        """Mark ``slot`` as taken (lock held); ``taker`` is the caller's frame, for leak reports."""
+        slot.checked_out_at = now
+        slot.taker = taker
+        slot.leak_reported = False
+        self._in_use[id(slot.conn)] = slot
+        stats = self._stats
+        stats.checkouts += 1
+        if len(self._in_use) > stats.peak_in_use:
+            stats.peak_in_use = len(self._in_use)
+
+    def _wait_for_return(self, deadline: float, now: float) -> None:
+        """Block until a connection is given back or the deadline passes (lock held)."""
+        remaining = deadline - now
+        if remaining <= 0:
+            self._stats.timeouts += 1
+            raise PoolTimeout(
+                f"pool {self.name!r}: no connection free after {self.timeout:g} s "
+                f"(max_size={self.max_size}, in use={len(self._in_use)}, "
+                f"opening={self._opening}, waiting={self._waiting}). Give connections back "
+                f"sooner (close() them), raise pool_max_size, or raise pool_timeout."
+            )
+        self._waiting += 1
+        self._stats.waits += 1
+        try:
+            self._available.wait(remaining)
+        finally:
+            self._waiting -= 1
+            self._stats.wait_time += time.monotonic() - now
+
+    def _healthy(self, slot: _Slot, now: float) -> bool:
+        """Decide whether an idle connection may be handed out; count why not."""
+        conn = slot.conn
+        reason = None
+        if conn.closed:
+            reason = "broken"
+        elif now >= slot.expires:
+            reason = "expired"
+        elif (
+            self.max_idle is not None
+            and now - slot.last_used > self.max_idle
+            and len(self._in_use) + len(self._idle) > self.min_size
+        ):
+            reason = "expired"
+        elif now - slot.last_used > self.ping_after or _readable(conn):
+            reason = None if self._ping(conn) else "broken"
+        if reason is None:
+            return True
+        with self._lock:
+            if reason == "broken":
+                self._stats.discarded_broken += 1
+            else:
+                self._stats.discarded_expired += 1
+        log.debug("pool %r: discarding a %s connection at checkout", self.name, reason)
+        return False
+
+    def _ping(self, conn: ext.connection) -> bool:
+        with self._lock:
+            self._stats.pings += 1
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            if conn.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
+                conn.rollback()
+            return True
+        except psycopg2.Error:
+            return False
+
+    def _open(self, deadline: float, taker: FrameType | None) -> _Slot:
+        """Make a new connection, retrying with backoff while the server is unreachable."""
+        delay = 0.01
+        try:
+            while True:
+                try:
+                    conn = self._connect()
+                    break
+                except psycopg2.OperationalError as exc:
+                    with self._lock:
+                        self._stats.connection_errors += 1
+                    message = str(exc).strip()
+                    transient = any(m in message.lower() for m in _TRANSIENT_CONNECT_ERRORS)
+                    left = deadline - time.monotonic()
+                    if not transient or left <= 0:
+                        if transient:
+                            with self._lock:
+                                self._stats.timeouts += 1
+                            raise PoolTimeout(
+                                f"pool {self.name!r}: could not connect within {self.timeout:g} s: "
+                                f"{message}. Check that the server is up and reachable."
+                            ) from exc
+                        raise
+                    log.warning(
+                        "pool %r: cannot connect (%s); retrying in %.2f s",
+                        self.name,
+                        message.splitlines()[0] if message else type(exc).__name__,
+                        delay,
+                    )
+                    time.sleep(min(delay, left))
+                    delay = min(delay * 2, 2.0) * random.uniform(0.8, 1.2)
+        except BaseException:
+            with self._lock:
+                self._opening -= 1
+                self._available.notify()
+            raise
+        now = time.monotonic()
+        lifetime = self.max_lifetime
+        expires = now + lifetime * random.uniform(0.95, 1.0) if lifetime else float("inf")
+        slot = _Slot(conn=conn, created=now, expires=expires, last_used=now)
+        with self._lock:
+            self._opening -= 1
+            self._stats.connections_created += 1
+            if self._closed:
+                _close_quietly(conn)
+                raise PoolClosed(f"pool {self.name!r} was closed while connecting")
+            self._check_out(slot, now, taker)
+        return slot
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[PooledConnection]:
+        """Check out a connection for the ``with`` block and give it back after."""
+        conn = self.getconn(timeout)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    # -- return -----------------------------------------------------------------------------
+
+    def putconn(self, pooled: PooledConnection) -> None:
+        """Give a connection back; it is reset, or discarded if it cannot be."""
+        if not isinstance(pooled, PooledConnection) or pooled._pool is not self:
+            raise PoolError(
+                f"pool {self.name!r}: this connection was not checked out from this pool"
+            )
+        slot = pooled._slot
+        if slot is None:
+            raise PoolError(f"pool {self.name!r}: this connection was already given back")
+        pooled._slot = None
+        slot.taker = None
+        with self._lock:
+            if self._in_use.pop(id(slot.conn), None) is None:
+                raise PoolError(f"pool {self.name!r}: this connection was already given back")
+            self._stats.returns += 1
+        keep = not self._closed and self._reset(slot.conn)
+        now = time.monotonic()
+        with self._lock:
+            if keep and not self._closed and now < slot.expires:
+                slot.last_used = now
+                self._idle.append(slot)
+            else:
+                keep = False
+                if not self._closed and now >= slot.expires:
+                    self._stats.discarded_expired += 1
+            self._available.notify()
+        if not keep:
+            _close_quietly(slot.conn)
+
+    def _reclaim(self, pooled: PooledConnection) -> None:
+        """Give back a connection whose wrapper was dropped without ``close()``."""
+        if self._pid != os.getpid():
+            return
+        log.warning("pool %r: a connection was dropped without close(); giving it back", self.name)
+        try:
+            self.putconn(pooled)
+        except PoolError:
+            pass
+
+    def _reset(self, conn: ext.connection) -> bool:
+        """Bring a returned connection back to a clean session; False if it is unusable."""
+        if conn.closed:
+            with self._lock:
+                self._stats.discarded_broken += 1
+            return False
+        try:
+            status = conn.info.transaction_status
+            if status != ext.TRANSACTION_STATUS_IDLE:
+                if status == ext.TRANSACTION_STATUS_UNKNOWN:
+                    raise psycopg2.OperationalError("connection lost")
+                if status == ext.TRANSACTION_STATUS_ACTIVE:
+                    raise psycopg2.OperationalError("returned with a command still running")
+                with self._lock:
+                    self._stats.rollbacks_on_return += 1
+                if conn.autocommit:
+                    # rollback() is a no-op in autocommit mode even after an explicit BEGIN.
+                    with conn.cursor() as cur:
+                        cur.execute("ROLLBACK")
+                else:
+                    conn.rollback()
+            if conn.autocommit or conn.readonly is not None or conn.deferrable is not None:
+                conn.set_session(autocommit=False, readonly="default", deferrable="default")
+            if conn.isolation_level is not None:
+                conn.set_session(isolation_level="default")
+            return True
+        except psycopg2.Error:
+            with self._lock:
+                self._stats.discarded_broken += 1
+            return False
+
+    # -- leaks, stats, close ----------------------------------------------------------------
+
+    def _report_leaks(self, now: float) -> None:
+        threshold = self.leak_threshold
+        for slot in self._in_use.values():
+            if slot.leak_reported or now - slot.checked_out_at < threshold:
+                continue
+            slot.leak_reported = True
+            self._stats.leaks_detected += 1
+            stack = "".join(traceback.format_stack(slot.taker)) if slot.taker else "(unknown)\n"
+            log.warning(
+                "pool %r: a connection has been held for %.1f s (leak_threshold=%g s); "
+                "it was taken here:\n%s",
+                self.name,
+                now - slot.checked_out_at,
+                threshold,
+                stack.rstrip(),
+            )
+
+    def stats(self) -> dict[str, Any]:
+        """Gauges and counters; safe to log (no connection parameters)."""
+        with self._lock:
+            if self.leak_threshold is not None and self._in_use:
+                self._report_leaks(time.monotonic())
+            s = self._stats
+            in_use = len(self._in_use)
+            return {
+                "name": self.name,
+                "min_size": self.min_size,
+                "max_size": self.max_size,
+                "size": in_use + len(self._idle),
+                "idle": len(self._idle),
+                "in_use": in_use,
+                "waiting": self._waiting,
+                "connections_created": s.connections_created,
+                "connection_errors": s.connection_errors,
+                "checkouts": s.checkouts,
+                "returns": s.returns,
+                "waits": s.waits,
+                "wait_time_ms": round(s.wait_time * 1000, 3),
+                "timeouts": s.timeouts,
+                "pings": s.pings,
+                "discarded_broken": s.discarded_broken,
+                "discarded_expired": s.discarded_expired,
+                "rollbacks_on_return": s.rollbacks_on_return,
+                "leaks_detected": s.leaks_detected,
+                "peak_in_use": s.peak_in_use,
+                "closed": self._closed,
+            }
+
+    def grow(self, max_size: int) -> None:
+        """Raise ``max_size`` (never lowers it), for callers that need more at once."""
+        with self._lock:
+            if max_size > self.max_size:
+                self.max_size = max_size
+                self._available.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Refuse new checkouts, close idle connections now and the others as they come back."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = list(self._idle), deque()
+            self._available.notify_all()
+        if self._pid == os.getpid():
+            for slot in idle:
+                _close_quietly(slot.conn)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop inherited connections without closing them.
+
+        Closing would send Terminate on a socket the parent still uses and end its session;
+        psycopg2 frees a connection of another process without closing it.
+        """
+        self._init_state()
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnectionPool {self.name!r} size={len(self._in_use) + len(self._idle)}"
+            f"/{self.max_size} in_use={len(self._in_use)}{' closed' if self._closed else ''}>"
+        )
+
+
+def _readable(conn: ext.connection) -> bool:
+    """True if the server sent something to an idle connection (an error, EOF, a notice)."""
+    try:
+        return bool(select.select((conn,), (), (), 0)[0])
+    except (OSError, ValueError, psycopg2.Error):
+        return True
+
+
+def _close_quietly(conn: ext.connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - a connection being thrown away may fail in any way
+        pass
+
+
+_live_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_live_pools):
+        pool._forget_after_fork()
+
+
+def _close_all_at_exit() -> None:
+    for pool in list(_live_pools):
+        if pool._pid == os.getpid():
+            pool.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_all_at_exit)

@@ -1,0 +1,59 @@
+"""Writes one line of pool stats per connection id to the task log when a task ends.
+
+Loaded as an Airflow plugin (entry point ``airflow.plugins``) so that every task using
+PooledPostgresHook gets the summary, whatever operator it runs. Only pools the task used
+(checkouts since it started) are reported.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow.plugins_manager import AirflowPlugin
+from airflow.providers.common.compat.sdk import hookimpl
+
+from airflow_pool_provider import registry
+
+log = logging.getLogger("airflow.task")
+
+_checkouts_at_start: dict[str, int] = {}
+
+
+def summary_line(stats: dict[str, Any]) -> str:
+    return (
+        "pool {name}: size={size}/{max_size} idle={idle} in_use={in_use} peak={peak_in_use} "
+        "created={connections_created} checkouts={checkouts} waits={waits} "
+        "wait_ms={wait_time_ms} timeouts={timeouts} pings={pings} "
+        "discarded_broken={discarded_broken} discarded_expired={discarded_expired} "
+        "rollbacks={rollbacks_on_return} leaks={leaks_detected}"
+    ).format(**stats)
+
+
+def log_pool_stats(since: dict[str, int] | None = None) -> None:
+    for conn_id, pool in sorted(registry.pools().items()):
+        stats = pool.stats()
+        if stats["checkouts"] > (since or {}).get(conn_id, 0):
+            log.info("%s", summary_line(stats))
+
+
+class _TaskListener:
+    @hookimpl
+    def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
+        _checkouts_at_start.clear()
+        _checkouts_at_start.update(
+            {conn_id: pool.stats()["checkouts"] for conn_id, pool in registry.pools().items()}
+        )
+
+    @hookimpl
+    def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:
+        log_pool_stats(_checkouts_at_start)
+
+    @hookimpl
+    def on_task_instance_failed(self, previous_state: Any, task_instance: Any, error: Any) -> None:
+        log_pool_stats(_checkouts_at_start)
+
+
+class PoolStatsPlugin(AirflowPlugin):
+    name = "airflow_pool_provider_stats"
+    listeners = [_TaskListener()]

@@ -1,0 +1,1 @@
+"""Helpers for the tests, the demo and the benchmarks: a PostgreSQL to run against."""
