@@ -1,0 +1,125 @@
+"""Test harness: a real PostgreSQL, a temporary Airflow home, connections through the environment.
+
+PostgreSQL: the server named by ``AIRFLOW_POOL_PROVIDER_PG_DSN`` (a superuser DSN or URI), else a
+throwaway server started for the session. Every test gets its own database(s) with unique names
+and drops them, so the server may be shared.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Airflow reads AIRFLOW_HOME at import time: set it before anything imports airflow.
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="pool-provider-airflow-"))
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parent / "dags")
+
+from airflow_pool_provider import registry  # noqa: E402
+from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, server_from_env  # noqa: E402
+
+FAST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    """The shared PostgreSQL of the session (given, or a throwaway one)."""
+    given = server_from_env()
+    if given is not None:
+        yield given
+        return
+    temp = TemporaryPostgres(FAST_SERVER_SETTINGS)
+    try:
+        yield temp.start()
+    finally:
+        temp.cleanup()
+
+
+@pytest.fixture
+def own_server() -> Iterator[TemporaryPostgres]:
+    """A private server for tests that stop or restart it."""
+    temp = TemporaryPostgres(FAST_SERVER_SETTINGS)
+    temp.start()
+    try:
+        yield temp
+    finally:
+        temp.cleanup()
+
+
+@pytest.fixture
+def make_database(pg_server: Server) -> Iterator[Callable[..., str]]:
+    """Create uniquely named databases on the shared server; all are dropped after the test."""
+    made: list[tuple[Server, str]] = []
+
+    def make(server: Server | None = None, prefix: str = "t") -> str:
+        server = server or pg_server
+        name = server.create_database(prefix)
+        made.append((server, name))
+        return name
+
+    yield make
+    registry.close_all()
+    for server, name in made:
+        try:
+            server.drop_database(name)
+        except Exception:  # noqa: BLE001 - a private server may already be gone
+            pass
+
+
+@pytest.fixture
+def database(make_database: Callable[..., str]) -> str:
+    return make_database()
+
+
+@pytest.fixture
+def make_conn_id(monkeypatch: pytest.MonkeyPatch, pg_server: Server) -> Iterator[Callable[..., str]]:
+    """Register an Airflow connection (``AIRFLOW_CONN_*``) to a database; returns its id."""
+    from airflow_pool_provider.hooks.pooled_postgres import forget_cached_connections
+
+    forget_cached_connections()
+
+    def make(dbname: str, server: Server | None = None, conn_id: str | None = None,
+             password: str | None = None, extra: dict | None = None) -> str:
+        import json
+
+        server = server or pg_server
+        conn_id = conn_id or f"pg_{uuid.uuid4().hex[:8]}"
+        spec = {
+            "conn_type": "postgres",
+            "host": server.host,
+            "port": server.port,
+            "login": server.user,
+            "password": password if password is not None else server.password,
+            "schema": dbname,
+            "extra": {"application_name": f"test-{conn_id}", **(extra or {})},
+        }
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(spec))
+        forget_cached_connections()
+        return conn_id
+
+    yield make
+    forget_cached_connections()
+
+
+@pytest.fixture
+def conn_id(make_conn_id: Callable[..., str], database: str) -> str:
+    """A connection to this test's own database on the shared server."""
+    return make_conn_id(database)
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated SQLite metadata DB, once per session (needed by dag.test)."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ.copy(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    return _AIRFLOW_HOME
