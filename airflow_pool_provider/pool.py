@@ -496,6 +496,16 @@ class ConnectionPool:
                 "closed": self._closed,
             }
 
+    def stats_line(self) -> str:
+        """The stats on one line, for logs."""
+        return (
+            "pool {name}: size={size}/{max_size} idle={idle} in_use={in_use} peak={peak_in_use} "
+            "created={connections_created} checkouts={checkouts} waits={waits} "
+            "wait_ms={wait_time_ms} timeouts={timeouts} pings={pings} "
+            "discarded_broken={discarded_broken} discarded_expired={discarded_expired} "
+            "rollbacks={rollbacks_on_return} leaks={leaks_detected}"
+        ).format(**self.stats())
+
     def grow(self, max_size: int) -> None:
         """Raise ``max_size`` (never lowers it), for callers that need more at once."""
         with self._lock:

@@ -20,21 +20,10 @@ log = logging.getLogger("airflow.task")
 _checkouts_at_start: dict[str, int] = {}
 
 
-def summary_line(stats: dict[str, Any]) -> str:
-    return (
-        "pool {name}: size={size}/{max_size} idle={idle} in_use={in_use} peak={peak_in_use} "
-        "created={connections_created} checkouts={checkouts} waits={waits} "
-        "wait_ms={wait_time_ms} timeouts={timeouts} pings={pings} "
-        "discarded_broken={discarded_broken} discarded_expired={discarded_expired} "
-        "rollbacks={rollbacks_on_return} leaks={leaks_detected}"
-    ).format(**stats)
-
-
 def log_pool_stats(since: dict[str, int] | None = None) -> None:
     for conn_id, pool in sorted(registry.pools().items()):
-        stats = pool.stats()
-        if stats["checkouts"] > (since or {}).get(conn_id, 0):
-            log.info("%s", summary_line(stats))
+        if pool.stats()["checkouts"] > (since or {}).get(conn_id, 0):
+            log.info("%s", pool.stats_line())
 
 
 class _TaskListener:

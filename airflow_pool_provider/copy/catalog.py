@@ -1,0 +1,157 @@
+"""What the engine needs to know about a table: its columns, its keys, how to name its types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from psycopg2 import sql
+
+from airflow_pool_provider.copy.names import TableName
+
+FIRST_USER_OID = 16384
+
+
+class CatalogError(ValueError):
+    """A table, column or key that is not what the copy needs; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str  # format_type(): "numeric(12,2)", "my_enum[]", ...
+    not_null: bool
+    generated: bool
+    identity: str  # "" | "a" (always) | "d" (by default)
+    has_default: bool
+    builtin: bool  # the type (and its element type) is built into PostgreSQL
+    hashable: bool  # has a default hash operator class (arrays: their element type)
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: TableName  # schema-qualified, as found in the catalog
+    oid: int
+    columns: tuple[Column, ...]
+    unique_keys: tuple[tuple[str, ...], ...]  # primary key first, then usable unique btree indexes
+    primary_key: tuple[str, ...] | None
+    estimated_rows: int
+    pages: int
+    by_name: dict[str, Column] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        self.by_name.update({c.name: c for c in self.columns})
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return self.name.identifier()
+
+    def copyable_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if not c.generated)
+
+
+_FIND = """
+SELECT c.oid, n.nspname, c.relname
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p')
+   AND c.relname = ANY(%(names)s)
+   AND CASE WHEN %(schema)s::text IS NULL THEN pg_table_is_visible(c.oid)
+            ELSE n.nspname = %(schema)s END
+ ORDER BY c.relname = %(exact)s DESC
+ LIMIT 1
+"""
+
+_COLUMNS = """
+SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> '',
+       a.attidentity::text, a.atthasdef,
+       a.atttypid < %(first_user_oid)s
+       AND (t.typelem = 0 OR t.typelem < %(first_user_oid)s),
+       EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod AND m.amname = 'hash'
+                WHERE o.opcdefault
+                  AND o.opcintype = CASE WHEN t.typelem <> 0 AND t.typlen = -1
+                                         THEN t.typelem ELSE a.atttypid END)
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+ WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum
+"""
+
+# Unique btree indexes on plain, NOT NULL columns, valid and not partial: usable as a keyset.
+_KEYS = """
+SELECT i.indisprimary,
+       array_agg(a.attname ORDER BY k.ord) AS cols
+  FROM pg_index i
+  JOIN pg_class ic ON ic.oid = i.indexrelid
+  JOIN pg_am am ON am.oid = ic.relam AND am.amname = 'btree'
+  CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+  JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+ WHERE i.indrelid = %(oid)s AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+   AND i.indexprs IS NULL
+ GROUP BY i.indexrelid, i.indisprimary
+HAVING bool_and(a.attnotnull)
+ ORDER BY i.indisprimary DESC, count(*), min(ic.relname)
+"""
+
+
+def load_table(cur, name: TableName, side: str) -> Table:
+    """Read a table's definition; ``side`` ("source"/"target") only shapes the error message."""
+    names = [name.name] if name.name == name.name.lower() else [name.name, name.name.lower()]
+    cur.execute(_FIND, {"names": names, "schema": name.schema, "exact": name.name})
+    row = cur.fetchone()
+    if row is None:
+        where = f"schema {name.schema!r}" if name.schema else "the search_path"
+        raise CatalogError(
+            f"{side} table {name} does not exist in {where}: create it first, or check the name "
+            "(quote mixed-case names as \"Name\")"
+        )
+    oid, schema, relname = row
+    cur.execute(_COLUMNS, {"oid": oid, "first_user_oid": FIRST_USER_OID})
+    columns = tuple(Column(*r) for r in cur.fetchall())
+    cur.execute(_KEYS, {"oid": oid})
+    keys = [(primary, tuple(cols)) for primary, cols in cur.fetchall()]
+    cur.execute(
+        "SELECT greatest(c.reltuples, 0)::bigint, "
+        "pg_relation_size(c.oid) / current_setting('block_size')::int FROM pg_class c WHERE c.oid = %s",
+        (oid,),
+    )
+    estimated_rows, pages = cur.fetchone()
+    return Table(
+        name=TableName(schema, relname),
+        oid=oid,
+        columns=columns,
+        unique_keys=tuple(cols for _, cols in keys),
+        primary_key=next((cols for primary, cols in keys if primary), None),
+        estimated_rows=estimated_rows,
+        pages=pages,
+    )
+
+
+def check_compatible(source: Table, target: Table, columns: tuple[str, ...]) -> None:
+    """Raise one CatalogError listing every difference that would make the copy wrong."""
+    problems = []
+    for col in columns:
+        src = source.by_name.get(col)
+        dst = target.by_name.get(col)
+        if src is None:
+            problems.append(f"column {col!r} is not in source table {source.name}")
+        elif src.generated:
+            problems.append(f"column {col!r} is generated in the source; leave it out of columns")
+        if dst is None:
+            problems.append(f"column {col!r} is not in target table {target.name}")
+        elif dst.generated:
+            problems.append(f"column {col!r} is generated in the target (it computes it); leave it out")
+        if src is not None and dst is not None and src.type != dst.type:
+            problems.append(f"column {col!r} is {src.type} in the source but {dst.type} in the target")
+    for dst in target.columns:
+        missing = dst.name not in columns and dst.not_null
+        if missing and not (dst.generated or dst.identity or dst.has_default):
+            problems.append(f"target column {dst.name!r} is NOT NULL, has no default and is not copied")
+    if problems:
+        raise CatalogError(
+            f"source {source.name} and target {target.name} do not match:\n  - "
+            + "\n  - ".join(problems)
+            + "\nAlign the target's columns and types with the source, or pass columns=[...]."
+        )
+
