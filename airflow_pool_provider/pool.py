@@ -308,10 +308,11 @@ class ConnectionPool:
         with self._lock:
             self._stats.pings += 1
         try:
+            autocommit = conn.autocommit
+            conn.autocommit = True  # one round trip instead of BEGIN, SELECT, ROLLBACK
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
-            if conn.info.transaction_status != ext.TRANSACTION_STATUS_IDLE:
-                conn.rollback()
+            conn.autocommit = autocommit
             return True
         except psycopg2.Error:
             return False

@@ -246,7 +246,11 @@ class TableCopy:
         def work(chunk: Chunk) -> None:
             if stop.is_set():
                 return
-            result = self._copy_chunk_with_retries(run, chunk)
+            try:
+                result = self._copy_chunk_with_retries(run, chunk)
+            except BaseException:
+                stop.set()  # start no further chunks; those running finish or fail on their own
+                raise
             if result is None:
                 return
             with lock:
@@ -260,7 +264,6 @@ class TableCopy:
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = [f for f in finished if f.exception() is not None]
             if failed:
-                stop.set()
                 for future in futures:
                     future.cancel()
                 wait(futures)

@@ -31,23 +31,34 @@ _CURSOR_FACTORIES = {
 
 _connection_cache: dict[str, tuple[float, Connection]] = {}
 _connection_cache_lock = threading.Lock()
+_config_cache: dict[str, Any] = {}
 
 
 def _config_number(key: str, default: float | None, cast: type) -> Any:
-    """A pool setting from the provider's config section; ``none`` or empty turns a limit off."""
-    raw = conf.get(CONFIG_SECTION, key, fallback=None)
-    if raw is None:
-        return default
-    raw = str(raw).strip().lower()
-    if raw in ("", "none", "off"):
-        return None
+    """A setting of the provider's config section, read once per process (reading costs ~15 us).
+
+    ``none``, ``off`` or an empty value turns a limit off.
+    """
     try:
-        return cast(raw)
-    except ValueError:
-        raise ValueError(
-            f"[{CONFIG_SECTION}] {key} = {raw!r} is not a number; fix airflow.cfg or "
-            f"AIRFLOW__{CONFIG_SECTION.upper()}__{key.upper()}"
-        ) from None
+        return _config_cache[key]
+    except KeyError:
+        pass
+    raw = conf.get(CONFIG_SECTION, key, fallback=None)
+    value: Any = default
+    if raw is not None:
+        text = str(raw).strip().lower()
+        if text in ("", "none", "off"):
+            value = None
+        else:
+            try:
+                value = cast(text)
+            except ValueError:
+                raise ValueError(
+                    f"[{CONFIG_SECTION}] {key} = {text!r} is not a number; fix airflow.cfg or "
+                    f"AIRFLOW__{CONFIG_SECTION.upper()}__{key.upper()}"
+                ) from None
+    _config_cache[key] = value
+    return value
 
 
 class PooledPostgresHook(PostgresHook):
@@ -216,6 +227,7 @@ def cached_connection(conn_id: str) -> Connection:
 
 
 def forget_cached_connections() -> None:
-    """Drop cached Connections so the next hook reads them afresh."""
+    """Drop cached Connections and settings so the next hook reads them afresh."""
     with _connection_cache_lock:
         _connection_cache.clear()
+        _config_cache.clear()

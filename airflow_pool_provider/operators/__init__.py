@@ -1,0 +1,3 @@
+from airflow_pool_provider.operators.chunked_copy import ChunkedTableCopyOperator
+
+__all__ = ["ChunkedTableCopyOperator"]
