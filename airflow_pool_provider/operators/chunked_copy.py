@@ -56,7 +56,8 @@ class ChunkedTableCopyOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "source_conn_id", "target_conn_id", "source_table", "target_table", "columns", "where", "chunk_size", "parallelism", "copy_id",
+        "source_conn_id", "target_conn_id", "source_table", "target_table", "columns", "where",
+        "chunk_size", "parallelism", "copy_id",
     )
     ui_color = "#c8e6ff"
 

@@ -34,7 +34,8 @@ SELECT i,
        round((random() * 100000)::numeric, 2),
        timestamptz '2024-01-01 00:00:00+00' + i * interval '15 seconds',
        CASE WHEN random() < 0.30 THEN NULL
-            ELSE (ARRAY['plain note ', 'Grüße aus Köln – ', '日本語のメモ ', 'émoji ✓ 🚀 ', 'naïve café '])[1 + (i %% 5)] || i
+            ELSE (ARRAY['plain note ', 'Grüße aus Köln – ', '日本語のメモ ', 'émoji ✓ 🚀 ',
+                        'naïve café '])[1 + (i %% 5)] || i
        END
 FROM generate_series(1, %(rows)s) AS i;
 """

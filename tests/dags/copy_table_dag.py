@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-
 from airflow.sdk import DAG, Param
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
