@@ -1,0 +1,192 @@
+"""Faults during a copy: backends killed mid-chunk, the task process killed hard and run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from airflow_pool_provider.copy import CopySpec, TableCopy
+from airflow_pool_provider.copy.ledger import LEDGER_TABLE
+from airflow_pool_provider.pool import ConnectionPool
+from airflow_pool_provider.testing.data import create_events, table_digest
+
+SLOW_TARGET = """
+CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(%s); RETURN NULL; END $$;
+CREATE TRIGGER slow_statement AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow_statement();
+"""
+
+
+@pytest.fixture
+def dbs(pg_server, make_database):
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    src = psycopg2.connect(pg_server.dsn(src_db))
+    dst = psycopg2.connect(pg_server.dsn(dst_db))
+    yield src_db, dst_db, src, dst
+    src.close()
+    dst.close()
+
+
+def _ledger(conn, copy_id):
+    with conn.cursor() as cur:
+        cur.execute(
+            f"SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*), coalesce(sum(rows_copied), 0) "
+            f"FROM {LEDGER_TABLE} WHERE copy_id = %s",
+            (copy_id,),
+        )
+        row = cur.fetchone()
+    conn.commit()
+    return row
+
+
+def _terminate(pg_server, application_name: str, query_like: str, times: int, stop: threading.Event) -> list[int]:
+    """Kill up to ``times`` backends of ``application_name`` while they run ``query_like``."""
+    killed: list[int] = []
+    admin = pg_server.admin()
+    try:
+        with admin.cursor() as cur:
+            while len(killed) < times and not stop.is_set():
+                cur.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND state = 'active' "
+                    "AND query LIKE %s LIMIT 1",
+                    (application_name, query_like),
+                )
+                row = cur.fetchone()
+                if row:
+                    cur.execute("SELECT pg_terminate_backend(%s)", row)
+                    killed.append(row[0])
+                    time.sleep(0.1)
+                else:
+                    time.sleep(0.002)
+    finally:
+        admin.close()
+    return killed
+
+
+@pytest.mark.parametrize(("side", "rows"), [("target", 30_000), ("source", 6_000)])
+def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_server, dbs, side, rows):
+    src_db, dst_db, src, dst = dbs
+    create_events(src, rows)
+    create_events(dst, 0)
+    with dst.cursor() as cur:
+        cur.execute(SLOW_TARGET, (0.03,))
+    dst.commit()
+    source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="copy-source")),
+                            name="source")
+    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db, application_name="copy-target")),
+                            name="target")
+    pattern = "COPY%FROM STDIN%" if side == "target" else "COPY (SELECT%"
+    stop = threading.Event()
+    killed: list[int] = []
+    killer = threading.Thread(
+        target=lambda: killed.extend(_terminate(pg_server, f"copy-{side}", pattern, 2, stop))
+    )
+    killer.start()
+    try:
+        # On the source side the filter sleeps a little per row, so a COPY can be caught running.
+        where = "pg_sleep(0.0001) IS NOT NULL" if side == "source" else None
+        summary = TableCopy(
+            source, target, CopySpec("events", chunk_size=1000, parallelism=2, where=where), copy_id="faults"
+        ).run()
+    finally:
+        stop.set()
+        killer.join(10)
+    assert len(killed) == 2, "the test did not manage to kill two backends mid-COPY"
+    assert table_digest(dst) == table_digest(src)  # nothing lost, nothing doubled
+    assert summary["rows"] == rows and summary["total_rows"] == rows
+    assert _ledger(dst, "faults") == (rows // 1000, rows // 1000, rows)
+    pool = target if side == "target" else source
+    assert pool.stats()["discarded_broken"] >= 1  # the dead connections never went back into use
+    source.close()
+    target.close()
+
+
+def test_chunk_that_keeps_failing_fails_the_copy_and_leaves_nothing_behind(pg_server, dbs):
+    src_db, dst_db, src, dst = dbs
+    create_events(src, 3000)
+    create_events(dst, 0)
+    with dst.cursor() as cur:  # every attempt at the chunk holding id 1500 loses its connection
+        cur.execute("""
+            CREATE FUNCTION drop_out() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.id = 1500 THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER drop_out BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION drop_out();
+        """)
+    dst.commit()
+    source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db)), name="source")
+    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), name="target")
+    spec = CopySpec("events", chunk_size=1000, parallelism=1, max_chunk_retries=2)
+    from airflow_pool_provider.copy import CopyError
+
+    with pytest.raises(CopyError, match="chunk 1 failed 3 time"):
+        TableCopy(source, target, spec, copy_id="doomed").run()
+    with dst.cursor() as cur:
+        cur.execute("SELECT count(*) FROM events WHERE id > 1000 AND id <= 2000")
+        assert cur.fetchone()[0] == 0  # the failed chunk left no row
+        cur.execute("SELECT count(*) FROM events")
+        assert cur.fetchone()[0] == 1000  # only chunk 0 committed; the copy stopped after chunk 1
+    dst.commit()
+    assert _ledger(dst, "doomed")[:2] == (1, 3)
+    source.close()
+    target.close()
+
+
+def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplicates(
+    airflow_db, pg_server, dbs, make_conn_id
+):
+    src_db, dst_db, src, dst = dbs
+    create_events(src, 40_000)
+    create_events(dst, 0)
+    with dst.cursor() as cur:
+        cur.execute(SLOW_TARGET, (0.05,))  # 80 chunks of 500 rows: at least 4 s of copying
+    dst.commit()
+    conf = {
+        "source_conn_id": make_conn_id(src_db), "target_conn_id": make_conn_id(dst_db),
+        "chunk_size": 500, "parallelism": 2, "copy_id": "killed-task",
+    }
+    command = [sys.executable, "-m", "airflow", "dags", "test", "copy_table", "-c", json.dumps(conf)]
+    env = os.environ.copy()
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and first.poll() is None:
+            if _table_exists(dst) and _ledger(dst, "killed-task")[0] >= 5:
+                break
+            time.sleep(0.05)
+        assert first.poll() is None, "the first run ended before it could be killed"
+        os.killpg(first.pid, signal.SIGKILL)
+    finally:
+        first.wait(30)
+    time.sleep(0.5)
+    done_before, planned, _ = _ledger(dst, "killed-task")
+    assert 5 <= done_before < planned == 80
+    with dst.cursor() as cur:
+        cur.execute("SELECT count(*) FROM events")
+        assert cur.fetchone()[0] == done_before * 500  # exactly the ledger's chunks are in the target
+    dst.commit()
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert table_digest(dst) == table_digest(src)  # no row lost or doubled
+    assert _ledger(dst, "killed-task") == (80, 80, 40_000)
+    output = second.stdout + second.stderr
+    assert "resumes" in output and "NEW snapshot" in output
+
+
+def _table_exists(conn) -> bool:
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,))
+        exists = cur.fetchone()[0]
+    conn.commit()
+    return exists
