@@ -135,11 +135,14 @@ class TableCopy:
         with self.source_pool.connection() as coordinator:
             run = self._prepare(coordinator)
             pending = [c for c in run.chunks if c.no not in run.done]
-            progress = Progress(self.log, run.chunks, run.done)
+            pools = [self.source_pool] if self.source_pool is self.target_pool else [self.source_pool, self.target_pool]
+            progress = Progress(self.log, run.chunks, run.done, pools)
             copied = self._copy_all(run, pending, progress)
             coordinator.rollback()
-        with self.target_pool.connection() as conn, conn.cursor() as cur:
-            totals = self.ledger.totals(cur, self.copy_id)
+        with self.target_pool.connection() as conn:
+            with conn.cursor() as cur:
+                totals = self.ledger.totals(cur, self.copy_id)
+            conn.commit()
         seconds = time.monotonic() - started
         summary = {
             "copy_id": self.copy_id,
@@ -163,8 +166,6 @@ class TableCopy:
             },
         }
         progress.finish(summary)
-        for pool in {id(p): p for p in (self.source_pool, self.target_pool)}.values():
-            self.log.info("%s", pool.stats_line())
         return summary
 
     def _prepare(self, coordinator: PooledConnection) -> _Run:

@@ -5,16 +5,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from airflow_pool_provider.copy.ledger import ChunkResult
 from airflow_pool_provider.copy.plan import Chunk
+from airflow_pool_provider.pool import ConnectionPool
 
 
 class Progress:
+    #: A pool-stats line every this many chunks (and at the end), to show waits while they happen.
+    POOL_STATS_EVERY = 10
+
     def __init__(self, log: logging.Logger | logging.LoggerAdapter, chunks: list[Chunk],
-                 done: set[int]) -> None:
+                 done: set[int], pools: Sequence[ConnectionPool] = ()) -> None:
         self.log = log
+        self.pools = pools
         self.total_chunks = len(chunks)
         self.total_rows = sum(c.expected_rows or 0 for c in chunks)
         self.done_chunks = len(done)
@@ -38,6 +44,12 @@ class Progress:
                 chunk.no, result.rows, result.bytes / 1e6, self.done_chunks, self.total_chunks,
                 self.done_rows, self.total_rows, min(percent, 100.0), rate, eta,
             )
+            if self.done_chunks % self.POOL_STATS_EVERY == 0:
+                self._log_pools()
+
+    def _log_pools(self) -> None:
+        for pool in self.pools:
+            self.log.info("%s", pool.stats_line())
 
     def finish(self, summary: dict[str, Any]) -> None:
         rows = [
@@ -54,4 +66,5 @@ class Progress:
         ]
         width = max(len(k) for k, _ in rows)
         table = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
+        self._log_pools()
         self.log.info("copy finished:\n%s", table)

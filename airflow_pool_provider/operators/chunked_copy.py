@@ -57,7 +57,7 @@ class ChunkedTableCopyOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "source_conn_id", "target_conn_id", "source_table", "target_table", "columns", "where",
-        "chunk_size", "parallelism", "copy_id",
+        "chunk_size", "parallelism", "mode", "copy_id",
     )
     ui_color = "#c8e6ff"
 
@@ -82,6 +82,7 @@ class ChunkedTableCopyOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         for name, value in (("source_conn_id", source_conn_id), ("target_conn_id", target_conn_id)):
+            # A template renders later; anything else must already name a connection.
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must name an Airflow connection, got {value!r}")
         self.source_conn_id = source_conn_id
@@ -118,8 +119,8 @@ class ChunkedTableCopyOperator(BaseOperator):
         if parse_time:
             # Stand-ins for values only known at run time, so the rest is still checked now.
             stand_ins = {"chunk_size": 1, "parallelism": 1, "source_table": "t", "target_table": "t",
-                         "columns": None, "where": None}
-            values = {k: stand_ins[k] if _templated(v) else v for k, v in values.items()}
+                         "columns": None, "where": None, "mode": "append"}
+            values = {k: stand_ins.get(k) if _templated(v) else v for k, v in values.items()}
         return CopySpec(**values)
 
     def execute(self, context: Context) -> dict[str, Any]:

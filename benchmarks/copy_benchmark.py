@@ -1,0 +1,272 @@
+"""Table copy benchmark: ChunkedTableCopyOperator's engine against the tools people use today.
+
+Copies the 2,000,000-row ``events`` table (bigint key, int, short text, small jsonb, numeric,
+timestamptz, nullable unicode text; about 250 MB as COPY text) from one database to an empty
+target on the same server, and prints one side-by-side table, times and ratios to the raw text
+pipe, from one run:
+
+- ``psql -c "COPY events TO STDOUT" | psql -c "COPY events FROM STDIN"``, text and binary;
+- pgcopydb clone (table split, indexes built after the data), when ``pgcopydb`` is installed;
+- Airflow's GenericTransfer as shipped, on a 200,000-row subset, scaled to the full size;
+- this project at parallelism 1, 2 and 4, with checksum verification on and with counts only,
+  each in a fresh process through PooledPostgresHook pools (what the operator's execute does);
+- the peak RSS of our copying process at 200,000 and at 2,000,000 rows.
+
+Run: ``python benchmarks/copy_benchmark.py`` (uses ``AIRFLOW_POOL_PROVIDER_PG_DSN`` if set, else a
+throwaway server). ``--rows`` scales the table down for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg2
+
+HERE = Path(__file__).resolve()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--subset", type=int, default=200_000, help="rows for GenericTransfer and the small RSS run")
+    parser.add_argument("--chunk-size", type=int, default=None, help="default: the operator's default")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return _worker(json.loads(args.worker))
+    _setup_airflow_env()
+    from airflow_pool_provider.testing.postgres import TemporaryPostgres, server_from_env
+
+    server = server_from_env()
+    temp = None
+    if server is None:
+        temp = TemporaryPostgres()
+        server = temp.start()
+    try:
+        _benchmark(server, temp, args)
+    finally:
+        if temp is not None:
+            temp.cleanup()
+
+
+def _setup_airflow_env() -> None:
+    home = tempfile.mkdtemp(prefix="copy-benchmark-airflow-")
+    os.environ["AIRFLOW_HOME"] = home
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+
+
+def _benchmark(server, temp, args) -> None:
+    from airflow_pool_provider.testing.data import create_events, table_digest
+
+    psql = shutil.which("psql") or (str(temp.psql_path()) if temp else None)
+    src_db, dst_db = server.create_database("bench_src"), server.create_database("bench_dst")
+    made = [src_db, dst_db]
+    results: list[dict] = []
+    try:
+        src = psycopg2.connect(server.dsn(src_db))
+        dst = psycopg2.connect(server.dsn(dst_db))
+        print(f"building {args.rows:,} rows of events ...", flush=True)
+        create_events(src, args.rows)
+        create_events(dst, 0)
+        expected = table_digest(src)
+        version = _scalar(src, "SHOW server_version")
+        env = _connections_env(server, src_db, dst_db)
+
+        def reset() -> None:
+            with dst.cursor() as cur:
+                cur.execute("TRUNCATE events; DROP TABLE IF EXISTS airflow_pool_provider_copy_chunks")
+            dst.commit()
+            server.execute("CHECKPOINT")
+
+        def check(name: str, digest_db: str | None = None, rows: int | None = None) -> str:
+            conn = dst if digest_db is None else psycopg2.connect(server.dsn(digest_db))
+            got = table_digest(conn)
+            if conn is not dst:
+                conn.close()
+            want = expected if rows is None else (rows, None)
+            ok = got == want if rows is None else got[0] == rows
+            if not ok:
+                raise SystemExit(f"{name}: the target does not match the source ({got} != {want})")
+            return "verified identical" if rows is None else f"{rows:,} rows checked"
+
+        if psql:
+            for fmt in ("text", "binary"):
+                reset()
+                seconds = _psql_pipe(psql, server, src_db, dst_db, fmt)
+                results.append({"method": f"psql COPY pipe, {fmt}", "seconds": seconds, "note": check(fmt)})
+        else:
+            print("psql not found: raw pipe rows skipped (they are the reference)")
+        if shutil.which("pgcopydb"):
+            clone_db = server.create_database("bench_clone")
+            made.append(clone_db)
+            seconds = _pgcopydb(server, src_db, clone_db)
+            results.append({"method": "pgcopydb clone, split, 2 jobs", "seconds": seconds,
+                            "note": check("pgcopydb", clone_db)})
+        else:
+            results.append({"method": "pgcopydb (not installed)", "seconds": None, "note": "apt install pgcopydb"})
+
+        reset()
+        subset = min(args.subset, args.rows)
+        seconds = _generic_transfer(env, subset)
+        results.append({
+            "method": f"GenericTransfer ({subset:,} rows, x{args.rows / subset:g})",
+            "seconds": seconds * args.rows / subset, "note": check("GenericTransfer", rows=subset),
+        })
+
+        rss = {}
+        for checksums in (True, False):
+            for parallelism in (1, 2, 4):
+                reset()
+                out = _ours(env, parallelism, checksums, args.chunk_size, None)
+                label = "checksums" if checksums else "counts only"
+                results.append({"method": f"ours, parallelism {parallelism}, {label}", "seconds": out["seconds"],
+                                "note": f"{check('ours')}; peak RSS {out['maxrss_mb']:.0f} MB", "ours": True,
+                                "checksums": checksums})
+                rss[args.rows] = max(rss.get(args.rows, 0), out["maxrss_mb"])
+        reset()
+        small = _ours(env, 2, True, args.chunk_size, f"id <= {subset}")
+        rss[subset] = small["maxrss_mb"]
+        _report(results, rss, args.rows, subset, version)
+    finally:
+        for name in made:
+            server.drop_database(name)
+
+
+def _scalar(conn, query: str):
+    with conn.cursor() as cur:
+        cur.execute(query)
+        value = cur.fetchone()[0]
+    conn.commit()
+    return value
+
+
+def _connections_env(server, src_db: str, dst_db: str) -> dict[str, str]:
+    env = os.environ.copy()
+    for conn_id, db in (("BENCH_SRC", src_db), ("BENCH_DST", dst_db)):
+        env[f"AIRFLOW_CONN_{conn_id}"] = json.dumps({
+            "conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
+            "password": server.password, "schema": db,
+        })
+    return env
+
+
+def _psql_pipe(psql: str, server, src_db: str, dst_db: str, fmt: str) -> float:
+    option = " (FORMAT binary)" if fmt == "binary" else ""
+    started = time.perf_counter()
+    out = subprocess.Popen([psql, "-X", "-q", server.dsn(src_db), "-c", f"COPY events TO STDOUT{option}"],
+                           stdout=subprocess.PIPE)
+    into = subprocess.run([psql, "-X", "-q", server.dsn(dst_db), "-c", f"COPY events FROM STDIN{option}"],
+                          stdin=out.stdout, check=True)
+    out.stdout.close()
+    if out.wait() or into.returncode:
+        raise SystemExit("the psql pipe failed")
+    return time.perf_counter() - started
+
+
+def _pgcopydb(server, src_db: str, clone_db: str) -> float:
+    work = tempfile.mkdtemp(prefix="pgcopydb-")
+    command = [
+        "pgcopydb", "clone", "--source", server.uri(src_db), "--target", server.uri(clone_db),
+        "--dir", work, "--table-jobs", "2", "--index-jobs", "2", "--split-tables-larger-than", "50MB",
+        "--no-owner", "--no-acl", "--skip-extensions", "--notice",
+    ]
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(work, ignore_errors=True)
+    if result.returncode:
+        raise SystemExit(f"pgcopydb failed:\n{result.stderr[-2000:]}")
+    return seconds
+
+
+def _generic_transfer(env: dict[str, str], rows: int) -> float:
+    code = f"""
+import time, warnings
+warnings.simplefilter("ignore")
+from airflow.providers.common.sql.operators.generic_transfer import GenericTransfer
+op = GenericTransfer(task_id="gt", source_conn_id="bench_src", destination_conn_id="bench_dst",
+                     sql="SELECT * FROM events WHERE id <= {rows}", destination_table="events")
+started = time.perf_counter()
+op.execute(context={{}})
+print(time.perf_counter() - started)
+"""
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"GenericTransfer failed:\n{result.stderr[-3000:]}")
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def _ours(env: dict[str, str], parallelism: int, checksums: bool, chunk_size: int | None,
+          where: str | None) -> dict:
+    spec = {"parallelism": parallelism, "checksums": checksums, "chunk_size": chunk_size, "where": where}
+    result = subprocess.run([sys.executable, str(HERE), "--worker", json.dumps(spec)], env=env,
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"our copy failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _worker(spec: dict) -> None:
+    """One copy in this fresh process, as ChunkedTableCopyOperator.execute runs it."""
+    import inspect
+
+    from airflow_pool_provider.copy import CopySpec, TableCopy
+    from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
+    from airflow_pool_provider.operators import ChunkedTableCopyOperator
+
+    default_chunk = inspect.signature(ChunkedTableCopyOperator.__init__).parameters["chunk_size"].default
+    copy = CopySpec("events", chunk_size=spec["chunk_size"] or default_chunk, parallelism=spec["parallelism"],
+                    verify_checksums=spec["checksums"], where=spec["where"])
+    started = time.perf_counter()
+    source = PooledPostgresHook("bench_src").get_pool()
+    target = PooledPostgresHook("bench_dst").get_pool()
+    summary = TableCopy(source, target, copy, copy_id="benchmark").run()
+    seconds = time.perf_counter() - started
+    maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "rows": summary["rows"], "maxrss_mb": maxrss_mb}))
+
+
+def _report(results: list[dict], rss: dict[int, float], rows: int, subset: int, version: str) -> None:
+    reference = next((r["seconds"] for r in results if r["method"] == "psql COPY pipe, text"), None)
+    print(f"\nPostgreSQL {version}, {rows:,} rows, {os.cpu_count()} CPUs; ratio = time / raw text pipe time\n")
+    print(f"{'method':<42} {'seconds':>8} {'ratio':>7}  note")
+    print("-" * 100)
+    for r in results:
+        sec = "-" if r["seconds"] is None else f"{r['seconds']:.2f}"
+        ratio = "-" if r["seconds"] is None or not reference else f"{r['seconds'] / reference:.2f}"
+        print(f"{r['method']:<42} {sec:>8} {ratio:>7}  {r['note']}")
+    print(f"\npeak RSS of our copying process: {rss[subset]:.0f} MB at {subset:,} rows, "
+          f"{rss[rows]:.0f} MB at {rows:,} rows (growth {rss[rows] - rss[subset]:+.0f} MB)")
+    ours_counts = min(r["seconds"] for r in results if r.get("ours") and not r["checksums"])
+    ours_checked = min(r["seconds"] for r in results if r.get("ours") and r["checksums"])
+    pgcopydb = next((r["seconds"] for r in results if r["method"].startswith("pgcopydb clone")), None)
+    generic = next(r["seconds"] for r in results if r["method"].startswith("GenericTransfer"))
+    print("\ntargets:")
+    _target(f"counts only, best {ours_counts:.2f} s <= 0.80 x raw text pipe",
+            reference and ours_counts <= 0.80 * reference, reference and ours_counts / reference)
+    if pgcopydb:
+        _target(f"counts only, best {ours_counts:.2f} s <= 0.85 x pgcopydb {pgcopydb:.2f} s",
+                ours_counts <= 0.85 * pgcopydb, ours_counts / pgcopydb)
+    _target(f"checksums on, best {ours_checked:.2f} s <= raw text pipe",
+            reference and ours_checked <= reference, reference and ours_checked / reference)
+    _target(f">= 12x faster than GenericTransfer ({generic / ours_checked:.1f}x with checksums)",
+            generic >= 12 * ours_checked, generic / ours_checked)
+    _target(f"peak RSS growth {rss[rows] - rss[subset]:+.0f} MB <= 50 MB", rss[rows] - rss[subset] <= 50, None)
+
+
+def _target(text: str, met, ratio) -> None:
+    extra = f" (ratio {ratio:.2f})" if isinstance(ratio, float) else ""
+    print(f"  {'met    ' if met else 'NOT met'}  {text}{extra}")
+
+
+if __name__ == "__main__":
+    main()
