@@ -14,7 +14,8 @@ from airflow_pool_provider.pool import ConnectionPool
 
 
 class Progress:
-    #: A pool-stats line every this many chunks (and at the end), to show waits while they happen.
+    #: A pool-stats line every this many chunks, to show waits while they happen (the task's end
+    #: line comes from the provider's listener).
     POOL_STATS_EVERY = 10
 
     def __init__(self, log: logging.Logger | logging.LoggerAdapter, chunks: list[Chunk],
@@ -66,5 +67,4 @@ class Progress:
         ]
         width = max(len(k) for k, _ in rows)
         table = "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
-        self._log_pools()
         self.log.info("copy finished:\n%s", table)
