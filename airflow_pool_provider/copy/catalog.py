@@ -25,6 +25,7 @@ class Column:
     has_default: bool
     builtin: bool  # the type (and its element type) is built into PostgreSQL
     hashable: bool  # has a default hash operator class (arrays: their element type)
+    collation: str | None  # effective collation ("default:<db collate>" for the default), if collatable
 
     @property
     def ident(self) -> sql.Identifier:
@@ -58,9 +59,9 @@ SELECT c.oid, n.nspname, c.relname
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('r', 'p')
    AND c.relname = ANY(%(names)s)
-   AND CASE WHEN %(schema)s::text IS NULL THEN pg_table_is_visible(c.oid)
-            ELSE n.nspname = %(schema)s END
- ORDER BY c.relname = %(exact)s DESC
+   AND CASE WHEN %(schemas)s::text[] IS NULL THEN pg_table_is_visible(c.oid)
+            ELSE n.nspname = ANY(%(schemas)s) END
+ ORDER BY c.relname = %(exact)s DESC, n.nspname = %(exact_schema)s DESC
  LIMIT 1
 """
 
@@ -72,8 +73,13 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgener
        EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod AND m.amname = 'hash'
                 WHERE o.opcdefault
                   AND o.opcintype = CASE WHEN t.typelem <> 0 AND t.typlen = -1
-                                         THEN t.typelem ELSE a.atttypid END)
+                                         THEN t.typelem ELSE a.atttypid END),
+       CASE WHEN a.attcollation = 0 THEN NULL
+            WHEN co.collname = 'default'
+            THEN 'default:' || (SELECT datcollate FROM pg_database WHERE datname = current_database())
+            ELSE co.collname END
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_collation co ON co.oid = a.attcollation
  WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY a.attnum
 """
@@ -97,8 +103,8 @@ HAVING bool_and(a.attnotnull)
 
 def load_table(cur, name: TableName, side: str) -> Table:
     """Read a table's definition; ``side`` ("source"/"target") only shapes the error message."""
-    names = [name.name] if name.name == name.name.lower() else [name.name, name.name.lower()]
-    cur.execute(_FIND, {"names": names, "schema": name.schema, "exact": name.name})
+    schemas, names = name.candidates()
+    cur.execute(_FIND, {"names": names, "schemas": schemas, "exact": name.name, "exact_schema": name.schema})
     row = cur.fetchone()
     if row is None:
         where = f"schema {name.schema!r}" if name.schema else "the search_path"
@@ -118,7 +124,7 @@ def load_table(cur, name: TableName, side: str) -> Table:
     )
     estimated_rows, pages = cur.fetchone()
     return Table(
-        name=TableName(schema, relname),
+        name=TableName(schema, relname),  # as found: quoted, exact
         oid=oid,
         columns=columns,
         unique_keys=tuple(cols for _, cols in keys),

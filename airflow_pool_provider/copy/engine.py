@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import catalog, checksum, plan
@@ -31,6 +32,9 @@ from airflow_pool_provider.copy.stream import pipe
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
 
 MODES = ("append", "replace", "upsert")
+
+# Identifies a database on a server, to refuse copying a table onto itself.
+_WHERE_AM_I = "current_database(), pg_postmaster_start_time(), current_setting('port')"
 
 
 class CopyError(RuntimeError):
@@ -101,6 +105,7 @@ class _Run:
     snapshot: str
     binary: bool
     checksum: str
+    verify_in_range: bool
     conflict: tuple[str, ...] = ()
 
 
@@ -173,49 +178,86 @@ class TableCopy:
         with coordinator.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             source = catalog.load_table(cur, spec.source_name, "source")
-            cur.execute("SELECT pg_export_snapshot()")
-            snapshot = cur.fetchone()[0]
+            cur.execute("SELECT pg_export_snapshot(), " + _WHERE_AM_I)
+            snapshot, *source_server = cur.fetchone()
             with self.target_pool.connection() as tconn:
-                target, columns, conflict = self._check_target(tconn, source)
+                target, columns, conflict = self._check_target(tconn, source, tuple(source_server))
                 with tconn.cursor() as tcur:
                     self.ledger.ensure(tcur)
                     tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.copy_id,))
-                    stored = self.ledger.load_plan(tcur, self.copy_id)
-                    if stored is None:
-                        keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
-                        chunks = plan.plan(cur, source, keyset, spec.where, spec.chunk_size)
-                        if spec.mode == "replace":
-                            tcur.execute(sql.SQL("TRUNCATE {}").format(target.ident))
-                        self.ledger.save_plan(tcur, self.copy_id, keyset, chunks)
-                        done: set[int] = set()
-                        self.log.info(
-                            "copy %s: %s -> %s, %d chunk(s) of up to %d rows by %s; all workers read "
-                            "one snapshot of the source (%s)%s",
-                            self.copy_id, source.name, target.name, len(chunks), spec.chunk_size,
-                            keyset.reason, snapshot,
-                            "; target truncated (mode=replace)" if spec.mode == "replace" else "",
-                        )
-                    else:
-                        keyset, chunks, done = stored
-                        self.log.info(
-                            "copy %s resumes: %d of %d chunk(s) already done (ledger); the rest are "
-                            "read from a NEW snapshot of the source (%s), taken now - rows changed "
-                            "since the earlier attempt are copied as they are now",
-                            self.copy_id, len(done), len(chunks), snapshot,
-                        )
+                    keyset, chunks, done = self._plan_or_resume(cur, tcur, source, target, snapshot)
                 tconn.commit()
         binary = all(source.by_name[c].builtin and target.by_name[c].builtin for c in columns)
         if not binary:
             self.log.info("copy %s: text COPY format (a column has a user-defined type)", self.copy_id)
+        # The target-side check finds a chunk's rows by key range only where the range means the
+        # same there: key copied, same type, same collation. Else it scans the target's new rows.
+        same_key = keyset.kind == "key" and all(
+            c in columns and (source.by_name[c].type, source.by_name[c].collation)
+            == (target.by_name[c].type, target.by_name[c].collation)
+            for c in keyset.columns
+        )
+        if spec.verify_checksums and not same_key:
+            self.log.warning(
+                "copy %s: the chunk key does not map onto the target's (not copied, or another type or "
+                "collation), so each chunk's check scans the target table's new rows", self.copy_id,
+            )
         how = checksum.method(source, target, columns)
-        return _Run(source, target, columns, keyset, chunks, done, snapshot, binary, how, conflict)
+        return _Run(source, target, columns, keyset, chunks, done, snapshot, binary, how, same_key, conflict)
 
-    def _check_target(self, tconn: PooledConnection, source: Table) -> tuple[Table, tuple[str, ...],
-                                                                            tuple[str, ...]]:
+    def _plan_or_resume(self, cur, tcur, source: Table, target: Table,
+                        snapshot: str) -> tuple[Keyset, list[Chunk], set[int]]:
+        """The stored plan of this copy_id, or a new one stored now (truncating for replace)."""
+        spec = self.spec
+        stored = self.ledger.load_plan(tcur, self.copy_id, str(source.name), str(target.name))
+        if stored is not None and stored[0].kind == "ctid" and stored[2] and spec.mode != "upsert":
+            # Page ranges are only stable within one snapshot: rows updated since may have moved
+            # into a chunk not yet copied. Resuming could double or lose them.
+            if spec.mode == "append":
+                raise CopyError(
+                    f"copy {self.copy_id} of {source.name} (no unique key, so chunked by ctid) cannot "
+                    f"resume exactly once: rows may have moved since the first attempt. Delete its rows from "
+                    f"{target.name} and its ledger rows, or give the table a unique key, or use mode='replace'"
+                )
+            self.log.warning(
+                "copy %s: %s has no unique key, so it cannot resume exactly once; starting over "
+                "(mode=replace)", self.copy_id, source.name,
+            )
+            self.ledger.forget(tcur, self.copy_id)
+            stored = None
+        if stored is not None:
+            keyset, chunks, done = stored
+            self.log.info(
+                "copy %s resumes: %d of %d chunk(s) already done (ledger); the rest are read from a NEW "
+                "snapshot of the source (%s), taken now - rows changed since the earlier attempt are "
+                "copied as they are now", self.copy_id, len(done), len(chunks), snapshot,
+            )
+            return keyset, chunks, done
+        keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
+        chunks = plan.plan(cur, source, keyset, spec.where, spec.chunk_size)
+        if spec.mode == "replace":
+            tcur.execute(sql.SQL("TRUNCATE {}").format(target.ident))
+        self.ledger.save_plan(tcur, self.copy_id, str(source.name), str(target.name), keyset, chunks)
+        self.log.info(
+            "copy %s: %s -> %s, %d chunk(s) of up to %d rows by %s; all workers read one snapshot of "
+            "the source (%s)%s", self.copy_id, source.name, target.name, len(chunks), spec.chunk_size,
+            keyset.reason, snapshot, "; target truncated (mode=replace)" if spec.mode == "replace" else "",
+        )
+        return keyset, chunks, set()
+
+    def _check_target(self, tconn: PooledConnection, source: Table,
+                      source_server: tuple) -> tuple[Table, tuple[str, ...], tuple[str, ...]]:
         spec = self.spec
         with tconn.cursor() as tcur:
             target = catalog.load_table(tcur, spec.target_name, "target")
+            tcur.execute("SELECT " + _WHERE_AM_I)
+            same_database = tuple(tcur.fetchone()) == source_server
         tconn.commit()
+        if same_database and target.oid == source.oid:
+            raise CatalogError(
+                f"source and target are the same table ({source.name} in database {source_server[0]}): "
+                "name another target_table or another target connection"
+            )
         columns = tuple(spec.columns) if spec.columns else source.copyable_columns()
         catalog.check_compatible(source, target, columns)
         conflict: tuple[str, ...] = ()
@@ -277,6 +319,11 @@ class TableCopy:
             try:
                 with self.source_pool.connection() as src, self.target_pool.connection() as tgt:
                     return self._copy_chunk(run, chunk, src, tgt)
+            except psycopg2.errors.UniqueViolation as exc:
+                raise CopyError(
+                    f"chunk {chunk.no}: {_first_line(exc)}. The target already holds rows with these keys: "
+                    "use mode='upsert' to merge them or mode='replace' to start from an empty table"
+                ) from exc
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 if attempt == attempts:
                     raise CopyError(
@@ -285,8 +332,7 @@ class TableCopy:
                 delay = min(0.2 * 2 ** (attempt - 1), 5.0) * random.uniform(0.8, 1.2)
                 self.log.warning(
                     "chunk %d: connection failed (%s); nothing of it was committed; retry %d/%d in %.1f s",
-                    chunk.no, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
-                    attempt, attempts - 1, delay,
+                    chunk.no, _first_line(exc), attempt, attempts - 1, delay,
                 )
                 time.sleep(delay)
         return None
@@ -301,9 +347,10 @@ class TableCopy:
                 return None  # another attempt finished it meanwhile
             scur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             scur.execute("SET TRANSACTION SNAPSHOT %s", (run.snapshot,))
-            if spec.verify_checksums:
-                checksum.stable_output(scur)
-                checksum.stable_output(tcur)
+            # Both sides print and parse values alike (text COPY, row hashes), whatever the
+            # databases' own DateStyle, IntervalStyle or extra_float_digits.
+            checksum.stable_output(scur)
+            checksum.stable_output(tcur)
             cols = sql.SQL(", ").join(sql.Identifier(c) for c in run.columns)
             fmt = sql.SQL("(FORMAT binary)" if run.binary else "(FORMAT text)")
             selected = sql.SQL("{} AND {}").format(
@@ -366,9 +413,7 @@ class TableCopy:
             query = checksum.query(run.checksum, run.columns, source, sql.SQL("true"), alias="t")
         else:
             # The chunk's rows are those this transaction inserted (in the key range, for speed).
-            in_range = (
-                plan.range_predicate(run.keyset, chunk) if run.keyset.kind == "key" else sql.SQL("true")
-            )
+            in_range = plan.range_predicate(run.keyset, chunk) if run.verify_in_range else sql.SQL("true")
             written = sql.SQL("{} AND xmin = pg_current_xact_id()::xid").format(in_range)
             query = checksum.query(run.checksum, run.columns, run.target.ident, written)
         target_sum = _fetch(tcur, query)
@@ -379,6 +424,11 @@ class TableCopy:
                 f"back. Check for triggers or rules on {run.target.name} that change rows"
             )
         return f"{run.checksum}:{target_sum[1]}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _fetch(cur, query: sql.Composable) -> tuple[Any, ...]:

@@ -32,11 +32,18 @@ class Ledger:
         self.schema = schema
 
     def ensure(self, cur) -> None:
+        """Create the ledger table once; copies starting together wait for each other here."""
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.{LEDGER_TABLE}",))
+        if cur.fetchone()[0]:
+            return
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LEDGER_TABLE,))
         cur.execute(
             sql.SQL("""
             CREATE TABLE IF NOT EXISTS {} (
                 copy_id      text        NOT NULL,
                 chunk_no     integer     NOT NULL,
+                source_table text        NOT NULL,
+                target_table text        NOT NULL,
                 key_kind     text        NOT NULL,
                 key_columns  jsonb       NOT NULL,
                 lower_bound  jsonb,
@@ -52,34 +59,44 @@ class Ledger:
             )""").format(self.table)
         )
 
-    def load_plan(self, cur, copy_id: str) -> tuple[Keyset, list[Chunk], set[int]] | None:
+    def load_plan(self, cur, copy_id: str, source: str, target: str) -> tuple[Keyset, list[Chunk], set[int]] | None:
         """The stored plan of ``copy_id`` and the chunks already done, or None for a new copy."""
         cur.execute(
             sql.SQL("SELECT chunk_no, key_kind, key_columns, lower_bound, upper_bound, expected_rows, "
-                    "finished_at IS NOT NULL FROM {} WHERE copy_id = %s ORDER BY chunk_no").format(self.table),
+                    "finished_at IS NOT NULL, source_table, target_table FROM {} WHERE copy_id = %s "
+                    "ORDER BY chunk_no").format(self.table),
             (copy_id,),
         )
         rows = cur.fetchall()
         if not rows:
             return None
+        if (rows[0][7], rows[0][8]) != (source, target):
+            raise ValueError(
+                f"copy_id {copy_id!r} already names a copy of {rows[0][7]} -> {rows[0][8]} in the ledger; "
+                f"give this copy of {source} -> {target} another copy_id"
+            )
         keyset = Keyset(rows[0][1], tuple(rows[0][2]), "the plan stored by the earlier run")
-        chunks = [Chunk(no, _tuple(lo), _tuple(hi), exp) for no, _, _, lo, hi, exp, _ in rows]
+        chunks = [Chunk(no, _tuple(lo), _tuple(hi), exp) for no, _, _, lo, hi, exp, *_ in rows]
         done = {r[0] for r in rows if r[6]}
         return keyset, chunks, done
 
-    def save_plan(self, cur, copy_id: str, keyset: Keyset, chunks: list[Chunk]) -> None:
+    def save_plan(self, cur, copy_id: str, source: str, target: str, keyset: Keyset, chunks: list[Chunk]) -> None:
         from psycopg2.extras import execute_values
 
         execute_values(
             cur,
-            sql.SQL("INSERT INTO {} (copy_id, chunk_no, key_kind, key_columns, lower_bound, "
-                    "upper_bound, expected_rows) VALUES %s").format(self.table).as_string(cur),
+            sql.SQL("INSERT INTO {} (copy_id, chunk_no, source_table, target_table, key_kind, key_columns, "
+                    "lower_bound, upper_bound, expected_rows) VALUES %s").format(self.table).as_string(cur),
             [
-                (copy_id, c.no, keyset.kind, json.dumps(list(keyset.columns)), _json(c.lower),
+                (copy_id, c.no, source, target, keyset.kind, json.dumps(list(keyset.columns)), _json(c.lower),
                  _json(c.upper), c.expected_rows)
                 for c in chunks
             ],
         )
+
+    def forget(self, cur, copy_id: str) -> None:
+        """Drop a copy's plan and progress (a copy that must start over)."""
+        cur.execute(sql.SQL("DELETE FROM {} WHERE copy_id = %s").format(self.table), (copy_id,))
 
     def claim(self, cur, copy_id: str, chunk_no: int) -> bool:
         """Lock the chunk's ledger row for this transaction; False if it is already done.

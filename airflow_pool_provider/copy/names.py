@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
@@ -16,13 +16,16 @@ _NAME = re.compile(rf"^\s*({_PART})(?:\s*\.\s*({_PART}))?\s*$")
 class TableName:
     schema: str | None
     name: str
+    # A quoted part must match exactly; a bare one may be folded. Not part of equality.
+    schema_quoted: bool = field(default=True, compare=False)
+    name_quoted: bool = field(default=True, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> TableName:
         '''Parse ``table``, ``schema.table`` or SQL-quoted names such as ``"Odd Schema"."T"``.
 
-        Bare parts are looked up as written first (users copy names from catalogs and UIs), then
-        folded to lower case as PostgreSQL would.
+        A quoted part must match exactly. A bare part is looked up as written first (users copy
+        names from catalogs and UIs), then folded to lower case as PostgreSQL would.
         '''
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"a table name is required, got {text!r}")
@@ -32,8 +35,17 @@ class TableName:
                 f"cannot read table name {text!r}: write it as table, schema.table or "
                 f'"Schema"."Table" (double any " inside quotes)'
             )
-        first, second = (_unquote(p) if p else None for p in match.groups())
-        return cls(schema=first, name=second) if second is not None else cls(schema=None, name=first)
+        first, second = match.groups()
+        if second is None:
+            return cls(None, _unquote(first), name_quoted=_quoted(first))
+        return cls(_unquote(first), _unquote(second), _quoted(first), _quoted(second))
+
+    def candidates(self) -> tuple[list[str] | None, list[str]]:
+        """Names to look up, as written first; bare parts also folded to lower case."""
+        return (
+            None if self.schema is None else _spellings(self.schema, self.schema_quoted),
+            _spellings(self.name, self.name_quoted),
+        )
 
     def identifier(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name) if self.schema else sql.Identifier(self.name)
@@ -41,6 +53,14 @@ class TableName:
     def __str__(self) -> str:
         parts = [self.schema, self.name] if self.schema else [self.name]
         return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+
+def _quoted(part: str) -> bool:
+    return part.strip().startswith('"')
+
+
+def _spellings(part: str, quoted: bool) -> list[str]:
+    return [part] if quoted or part == part.lower() else [part, part.lower()]
 
 
 def _unquote(part: str) -> str:

@@ -104,13 +104,13 @@ def _plan_keys(cur, table: Table, keyset: Keyset, where: str | None, chunk_size:
     lower: tuple[str, ...] | None = None
     while True:
         after = _compare(keyset, ">", lower) if lower is not None else sql.SQL("true")
+        # No query parameters: a '%' in the user's filter must stay a '%'.
         cur.execute(
             sql.SQL("SELECT {bounds} FROM {table} WHERE {after} AND {where} "
-                    "ORDER BY {order} OFFSET %s LIMIT 1").format(
+                    "ORDER BY {order} OFFSET {offset} LIMIT 1").format(
                 bounds=bounds, table=table.ident, after=after, where=filter_clause(where),
-                order=keyset.order_by(),
-            ),
-            (chunk_size - 1,),
+                order=keyset.order_by(), offset=sql.Literal(chunk_size - 1),
+            )
         )
         row = cur.fetchone()
         if row is None:

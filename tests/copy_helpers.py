@@ -1,0 +1,152 @@
+"""Shared helpers for the chunked COPY engine tests: two databases, pools, digests and the ledger.
+
+Every test gets its own source and target databases on the session's server; setup SQL runs on
+autocommit connections of this module, the copies run through real ``ConnectionPool`` objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg2
+from psycopg2 import sql
+
+from airflow_pool_provider.copy.engine import CopySpec, TableCopy
+from airflow_pool_provider.copy.ledger import LEDGER_TABLE
+from airflow_pool_provider.pool import ConnectionPool
+from airflow_pool_provider.testing.postgres import Server
+
+LEDGER = sql.Identifier("public", LEDGER_TABLE)
+
+
+class CopyEnv:
+    """A source and a target database, with setup connections and pools made on demand."""
+
+    def __init__(self, server: Server, src: str, dst: str) -> None:
+        self.server = server
+        self.db = {"src": src, "dst": dst}
+        self._conns: dict[str, Any] = {}
+
+    # -- plain SQL on either side -----------------------------------------------------------
+
+    def conn(self, side: str) -> Any:
+        conn = self._conns.get(side)
+        if conn is None or conn.closed:
+            conn = psycopg2.connect(self.server.dsn(self.db[side]), application_name=f"copy-test-{side}")
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                # Same output settings on both sides, so text forms compare byte for byte.
+                cur.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; "
+                            "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
+                            "SET bytea_output = 'hex'")
+            self._conns[side] = conn
+        return conn
+
+    def sql(self, side: str, statement: str | sql.Composable, params: Any = None) -> None:
+        with self.conn(side).cursor() as cur:
+            cur.execute(statement, params)
+
+    def both(self, statement: str | sql.Composable, params: Any = None) -> None:
+        self.sql("src", statement, params)
+        self.sql("dst", statement, params)
+
+    def rows(self, side: str, query: str | sql.Composable, params: Any = None) -> list[tuple]:
+        with self.conn(side).cursor() as cur:
+            cur.execute(query, params)
+            return cur.fetchall()
+
+    def one(self, side: str, query: str | sql.Composable, params: Any = None) -> Any:
+        return self.rows(side, query, params)[0][0]
+
+    def count(self, side: str, table: str = "t") -> int:
+        return self.one(side, f"SELECT count(*) FROM {table}")
+
+    def digest(self, side: str, table: str = "t", order: str | None = None) -> tuple[int, str | None]:
+        """Row count and md5 of all rows' text in ``order`` (default: the full row text)."""
+        order = order or "x::text"
+        return tuple(self.rows(
+            side, f"SELECT count(*), md5(string_agg(x::text, '|' ORDER BY {order})) FROM {table} x"
+        )[0])
+
+    def column_digests(self, side: str, table: str, columns: Sequence[str], order: str) -> dict[str, Any]:
+        """Per column: md5 of every value's text form in ``order``, NULLs marked distinctly."""
+        parts = [
+            sql.SQL("md5(string_agg(CASE WHEN {c} IS NULL THEN 'N' ELSE 'V' || {c}::text END, "
+                    "',' ORDER BY {order}))").format(c=sql.Identifier(c), order=sql.SQL(order))
+            for c in columns
+        ]
+        query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(parts), sql.SQL(table))
+        return dict(zip(columns, self.rows(side, query)[0], strict=True))
+
+    def sorted_rows(self, side: str, table: str = "t") -> list[tuple]:
+        """All rows, as Python values, sorted by their text form (a multiset compare)."""
+        return [r[1:] for r in self.rows(side, f"SELECT x::text, x.* FROM {table} x ORDER BY 1")]
+
+    # -- the ledger -------------------------------------------------------------------------
+
+    def ledger(self, copy_id: str, side: str = "dst") -> list[dict[str, Any]]:
+        """The ledger rows of ``copy_id`` (none if the ledger table does not exist)."""
+        if self.one(side, "SELECT to_regclass(%s)", (f"public.{LEDGER_TABLE}",)) is None:
+            return []
+        with self.conn(side).cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM {} WHERE copy_id = %s ORDER BY chunk_no").format(LEDGER), (copy_id,)
+            )
+            names = [d.name for d in cur.description]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def assert_ledger_complete(self, copy_id: str, rows: int, side: str = "dst") -> list[dict[str, Any]]:
+        chunks = self.ledger(copy_id, side)
+        assert chunks, f"no ledger rows for {copy_id}"
+        assert all(c["finished_at"] is not None for c in chunks), chunks
+        assert sum(c["rows_copied"] for c in chunks) == rows
+        assert [c["chunk_no"] for c in chunks] == list(range(len(chunks)))
+        return chunks
+
+    # -- copies -----------------------------------------------------------------------------
+
+    def pool(self, side: str, **kwargs: Any) -> ConnectionPool:
+        dsn = self.server.dsn(self.db[side])
+        return ConnectionPool(lambda: psycopg2.connect(dsn), name=f"{side}-pool", **kwargs)
+
+    @contextmanager
+    def pools(self) -> Iterator[tuple[ConnectionPool, ConnectionPool]]:
+        src, dst = self.pool("src"), self.pool("dst")
+        try:
+            yield src, dst
+        finally:
+            src.close()
+            dst.close()
+
+    def copy(self, spec: CopySpec, copy_id: str = "copy-1") -> dict[str, Any]:
+        with self.pools() as (src, dst):
+            return TableCopy(src, dst, spec, copy_id=copy_id).run()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            if not conn.closed:
+                conn.close()
+        self._conns.clear()
+
+
+def icu_collation(env: CopyEnv) -> str | None:
+    """A usable ICU root collation ('a' < 'B', unlike "C"), if the server has one.
+
+    PostgreSQL 16 lists "unicode" even when built without ICU, so each candidate is tried.
+    """
+    found = env.rows("src", "SELECT collname FROM pg_collation WHERE collprovider = 'i' "
+                            "AND collname IN ('unicode', 'und-x-icu') ORDER BY collname")
+    for (name,) in found:
+        try:
+            if env.one("src", sql.SQL("SELECT 'a' < 'B' COLLATE {}").format(sql.Identifier(name))):
+                return name
+        except psycopg2.Error:
+            continue
+    return None
+
+
+def expected_chunks(rows: int, chunk_size: int) -> int:
+    return max(1, math.ceil(rows / chunk_size))
