@@ -12,6 +12,7 @@ password never reaches it except inside that callable.
 from __future__ import annotations
 
 import atexit
+import linecache
 import logging
 import os
 import random
@@ -19,13 +20,12 @@ import select
 import sys
 import threading
 import time
-import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FrameType
+from types import CodeType
 from typing import Any
 
 import psycopg2
@@ -71,7 +71,7 @@ class _Slot:
     expires: float
     last_used: float
     checked_out_at: float = 0.0
-    taker: FrameType | None = None
+    taker: tuple[tuple[CodeType, int], ...] = ()
     leak_reported: bool = False
 
 
@@ -105,8 +105,8 @@ class PooledConnection:
     __slots__ = ("_pool", "_slot", "__weakref__")
 
     def __init__(self, pool: ConnectionPool, slot: _Slot) -> None:
-        self._pool = pool
-        self._slot: _Slot | None = slot
+        object.__setattr__(self, "_pool", pool)  # past our __setattr__, which forwards to psycopg2
+        object.__setattr__(self, "_slot", slot)
 
     @property
     def raw(self) -> ext.connection:
@@ -205,7 +205,8 @@ class ConnectionPool:
         self._available = threading.Condition(self._lock)
         self._idle: deque[_Slot] = deque()
         self._in_use: dict[int, _Slot] = {}
-        self._opening = 0
+        self._opening = 0  # being connected: count against max_size
+        self._resetting = 0  # given back, being reset: count against max_size
         self._waiting = 0
         self._closed = False
         self._stats = PoolStats()
@@ -217,7 +218,8 @@ class ConnectionPool:
         """Check out a healthy connection, waiting up to ``timeout`` (default: the pool's)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None
-        taker = sys._getframe(1) if self.leak_threshold is not None else None
+        taker = _call_stack() if self.leak_threshold is not None else ()
+        waited = False
         while True:
             with self._lock:
                 if self._closed:
@@ -225,21 +227,28 @@ class ConnectionPool:
                 now = time.monotonic()
                 if self.leak_threshold is not None and self._in_use:
                     self._report_leaks(now)
+                stale = self._take_stale_idle(now) if self.max_idle is not None and self._idle else None
                 if self._idle:
                     slot = self._idle.pop()
                     self._check_out(slot, now, taker)
-                elif len(self._in_use) + self._opening < self.max_size:
+                elif len(self._in_use) + self._opening + self._resetting < self.max_size:
                     self._opening += 1
                     slot = None
                 else:
                     if deadline is None:
                         deadline = now + timeout
-                    self._wait_for_return(deadline, now)
+                    if not waited:
+                        self._stats.waits += 1
+                        waited = True
+                    self._wait_for_return(deadline, now, timeout)
                     continue
+            if stale:
+                for old in stale:
+                    _close_quietly(old.conn)
             if slot is None:
                 if deadline is None:
                     deadline = time.monotonic() + timeout
-                slot = self._open(deadline, taker)
+                slot = self._open(deadline, timeout, taker)
                 return PooledConnection(self, slot)
             if self._healthy(slot, now):
                 return PooledConnection(self, slot)
@@ -248,8 +257,25 @@ class ConnectionPool:
                 self._available.notify()
             _close_quietly(slot.conn)
 
-    def _check_out(self, slot: _Slot, now: float, taker: FrameType | None) -> None:
-        """Mark ``slot`` as taken (lock held); ``taker`` is the caller's frame, for leak reports."""
+    def _take_stale_idle(self, now: float) -> list[_Slot]:
+        """Remove idle connections past ``max_idle``, oldest first, keeping ``min_size`` (lock held).
+
+        Checkout takes the most recently used connection, so the oldest ones would otherwise
+        never be looked at when load is low.
+        """
+        stale = []
+        idle = self._idle
+        while (
+            idle
+            and now - idle[0].last_used > self.max_idle
+            and len(idle) + len(self._in_use) + self._resetting > self.min_size
+        ):
+            stale.append(idle.popleft())
+        self._stats.discarded_expired += len(stale)
+        return stale
+
+    def _check_out(self, slot: _Slot, now: float, taker: tuple[tuple[CodeType, int], ...]) -> None:
+        """Mark ``slot`` as taken (lock held); ``taker`` is where, for leak reports."""
         slot.checked_out_at = now
         slot.taker = taker
         slot.leak_reported = False
@@ -259,19 +285,18 @@ class ConnectionPool:
         if len(self._in_use) > stats.peak_in_use:
             stats.peak_in_use = len(self._in_use)
 
-    def _wait_for_return(self, deadline: float, now: float) -> None:
+    def _wait_for_return(self, deadline: float, now: float, timeout: float) -> None:
         """Block until a connection is given back or the deadline passes (lock held)."""
         remaining = deadline - now
         if remaining <= 0:
             self._stats.timeouts += 1
             raise PoolTimeout(
-                f"pool {self.name!r}: no connection free after {self.timeout:g} s "
+                f"pool {self.name!r}: no connection free after {timeout:g} s "
                 f"(max_size={self.max_size}, in use={len(self._in_use)}, "
                 f"opening={self._opening}, waiting={self._waiting}). Give connections back "
                 f"sooner (close() them), raise pool_max_size, or raise pool_timeout."
             )
         self._waiting += 1
-        self._stats.waits += 1
         try:
             self._available.wait(remaining)
         finally:
@@ -317,7 +342,7 @@ class ConnectionPool:
         except psycopg2.Error:
             return False
 
-    def _open(self, deadline: float, taker: FrameType | None) -> _Slot:
+    def _open(self, deadline: float, timeout: float, taker: tuple[tuple[CodeType, int], ...]) -> _Slot:
         """Make a new connection, retrying with backoff while the server is unreachable."""
         delay = 0.01
         try:
@@ -336,7 +361,7 @@ class ConnectionPool:
                             with self._lock:
                                 self._stats.timeouts += 1
                             raise PoolTimeout(
-                                f"pool {self.name!r}: could not connect within {self.timeout:g} s: "
+                                f"pool {self.name!r}: could not connect within {timeout:g} s: "
                                 f"{message}. Check that the server is up and reachable."
                             ) from exc
                         raise
@@ -386,25 +411,30 @@ class ConnectionPool:
         slot = pooled._slot
         if slot is None:
             raise PoolError(f"pool {self.name!r}: this connection was already given back")
-        pooled._slot = None
-        slot.taker = None
+        object.__setattr__(pooled, "_slot", None)
+        slot.taker = ()
         with self._lock:
             if self._in_use.pop(id(slot.conn), None) is None:
                 raise PoolError(f"pool {self.name!r}: this connection was already given back")
+            self._resetting += 1  # still counts against max_size while it is being reset
             self._stats.returns += 1
-        keep = not self._closed and self._reset(slot.conn)
-        now = time.monotonic()
-        with self._lock:
-            if keep and not self._closed and now < slot.expires:
-                slot.last_used = now
-                self._idle.append(slot)
-            else:
-                keep = False
-                if not self._closed and now >= slot.expires:
-                    self._stats.discarded_expired += 1
-            self._available.notify()
-        if not keep:
-            _close_quietly(slot.conn)
+        keep = False
+        try:
+            keep = not self._closed and self._reset(slot.conn)
+        finally:
+            now = time.monotonic()
+            with self._lock:
+                self._resetting -= 1
+                if keep and not self._closed and now < slot.expires:
+                    slot.last_used = now
+                    self._idle.append(slot)
+                else:
+                    if keep and not self._closed:
+                        self._stats.discarded_expired += 1
+                    keep = False
+                self._available.notify()
+            if not keep:
+                _close_quietly(slot.conn)
 
     def _reclaim(self, pooled: PooledConnection) -> None:
         """Give back a connection whose wrapper was dropped without ``close()``."""
@@ -456,7 +486,7 @@ class ConnectionPool:
                 continue
             slot.leak_reported = True
             self._stats.leaks_detected += 1
-            stack = "".join(traceback.format_stack(slot.taker)) if slot.taker else "(unknown)\n"
+            stack = _format_stack(slot.taker)
             log.warning(
                 "pool %r: a connection has been held for %.1f s (leak_threshold=%g s); "
                 "it was taken here:\n%s",
@@ -534,15 +564,40 @@ class ConnectionPool:
         """In a forked child: drop inherited connections without closing them.
 
         Closing would send Terminate on a socket the parent still uses and end its session;
-        psycopg2 frees a connection of another process without closing it.
+        psycopg2 frees a connection of another process without closing it. A closed pool stays
+        closed.
         """
+        closed = self._closed
         self._init_state()
+        self._closed = closed
 
     def __repr__(self) -> str:
         return (
             f"<ConnectionPool {self.name!r} size={len(self._in_use) + len(self._idle)}"
             f"/{self.max_size} in_use={len(self._in_use)}{' closed' if self._closed else ''}>"
         )
+
+
+def _call_stack(limit: int = 12) -> tuple[tuple[CodeType, int], ...]:
+    """Where ``getconn`` was called from: (code, line) pairs, cheap to take, formatted on demand."""
+    frame = sys._getframe(2)
+    stack = []
+    while frame is not None and len(stack) < limit:
+        stack.append((frame.f_code, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(stack)
+
+
+def _format_stack(stack: tuple[tuple[CodeType, int], ...]) -> str:
+    if not stack:
+        return "(unknown)"
+    lines = []
+    for code, lineno in reversed(stack):
+        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}')
+        source = linecache.getline(code.co_filename, lineno).strip()
+        if source:
+            lines.append(f"    {source}")
+    return "\n".join(lines)
 
 
 def _readable(conn: ext.connection) -> bool:

@@ -122,6 +122,12 @@ class PooledPostgresHook(PostgresHook):
             cast = int if name.endswith("size") else float
             resolved[name] = override if override is not None else _config_number(name, default, cast)
         resolved["leak_threshold"] = _config_number("leak_threshold", defaults.leak_threshold, float)
+        for name in ("min_size", "max_size", "timeout"):
+            if resolved[name] is None:
+                raise ValueError(
+                    f"[{CONFIG_SECTION}] {name} cannot be 'none': set a number in airflow.cfg or "
+                    f"AIRFLOW__{CONFIG_SECTION.upper()}__{name.upper()}"
+                )
         return PoolSettings(**resolved)
 
     def connect_kwargs(self) -> dict[str, Any]:
