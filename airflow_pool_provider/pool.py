@@ -12,7 +12,6 @@ password never reaches it except inside that callable.
 from __future__ import annotations
 
 import atexit
-import linecache
 import logging
 import os
 import random
@@ -20,12 +19,13 @@ import select
 import sys
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import CodeType
+from types import FrameType
 from typing import Any
 
 import psycopg2
@@ -71,7 +71,10 @@ class _Slot:
     expires: float
     last_used: float
     checked_out_at: float = 0.0
-    taker: tuple[tuple[CodeType, int], ...] = ()
+    # The wrapper handed out (weakly: a dropped wrapper must be collectable) and the line that
+    # took it; the wrapper holds the taker's frame, for leak reports.
+    holder: weakref.ref | None = None
+    taken_at_line: int = 0
     leak_reported: bool = False
 
 
@@ -102,11 +105,16 @@ class PooledConnection:
     insist on one (``psycopg2.sql.Composable.as_string``, ``psycopg2.extras``).
     """
 
-    __slots__ = ("_pool", "_slot", "__weakref__")
+    __slots__ = ("_pool", "_slot", "_taker", "__weakref__")
 
-    def __init__(self, pool: ConnectionPool, slot: _Slot) -> None:
-        object.__setattr__(self, "_pool", pool)  # past our __setattr__, which forwards to psycopg2
-        object.__setattr__(self, "_slot", slot)
+    def __init__(self, pool: ConnectionPool, slot: _Slot, taker: FrameType | None = None) -> None:
+        set_ = object.__setattr__  # past our __setattr__, which forwards to psycopg2
+        set_(self, "_pool", pool)
+        set_(self, "_slot", slot)
+        set_(self, "_taker", taker)
+        if taker is not None:
+            slot.holder = weakref.ref(self)
+            slot.taken_at_line = taker.f_lineno
 
     @property
     def raw(self) -> ext.connection:
@@ -218,7 +226,7 @@ class ConnectionPool:
         """Check out a healthy connection, waiting up to ``timeout`` (default: the pool's)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None
-        taker = _call_stack() if self.leak_threshold is not None else ()
+        taker = sys._getframe(1) if self.leak_threshold is not None else None
         waited = False
         while True:
             with self._lock:
@@ -230,7 +238,7 @@ class ConnectionPool:
                 stale = self._take_stale_idle(now) if self.max_idle is not None and self._idle else None
                 if self._idle:
                     slot = self._idle.pop()
-                    self._check_out(slot, now, taker)
+                    self._check_out(slot, now)
                 elif len(self._in_use) + self._opening + self._resetting < self.max_size:
                     self._opening += 1
                     slot = None
@@ -248,10 +256,10 @@ class ConnectionPool:
             if slot is None:
                 if deadline is None:
                     deadline = time.monotonic() + timeout
-                slot = self._open(deadline, timeout, taker)
-                return PooledConnection(self, slot)
+                slot = self._open(deadline, timeout)
+                return PooledConnection(self, slot, taker)
             if self._healthy(slot, now):
-                return PooledConnection(self, slot)
+                return PooledConnection(self, slot, taker)
             with self._lock:
                 self._in_use.pop(id(slot.conn), None)
                 self._available.notify()
@@ -274,10 +282,9 @@ class ConnectionPool:
         self._stats.discarded_expired += len(stale)
         return stale
 
-    def _check_out(self, slot: _Slot, now: float, taker: tuple[tuple[CodeType, int], ...]) -> None:
-        """Mark ``slot`` as taken (lock held); ``taker`` is where, for leak reports."""
+    def _check_out(self, slot: _Slot, now: float) -> None:
+        """Mark ``slot`` as taken (lock held)."""
         slot.checked_out_at = now
-        slot.taker = taker
         slot.leak_reported = False
         self._in_use[id(slot.conn)] = slot
         stats = self._stats
@@ -342,7 +349,7 @@ class ConnectionPool:
         except psycopg2.Error:
             return False
 
-    def _open(self, deadline: float, timeout: float, taker: tuple[tuple[CodeType, int], ...]) -> _Slot:
+    def _open(self, deadline: float, timeout: float) -> _Slot:
         """Make a new connection, retrying with backoff while the server is unreachable."""
         delay = 0.01
         try:
@@ -388,7 +395,7 @@ class ConnectionPool:
             if self._closed:
                 _close_quietly(conn)
                 raise PoolClosed(f"pool {self.name!r} was closed while connecting")
-            self._check_out(slot, now, taker)
+            self._check_out(slot, now)
         return slot
 
     @contextmanager
@@ -412,7 +419,8 @@ class ConnectionPool:
         if slot is None:
             raise PoolError(f"pool {self.name!r}: this connection was already given back")
         object.__setattr__(pooled, "_slot", None)
-        slot.taker = ()
+        object.__setattr__(pooled, "_taker", None)
+        slot.holder = None
         with self._lock:
             if self._in_use.pop(id(slot.conn), None) is None:
                 raise PoolError(f"pool {self.name!r}: this connection was already given back")
@@ -486,7 +494,7 @@ class ConnectionPool:
                 continue
             slot.leak_reported = True
             self._stats.leaks_detected += 1
-            stack = _format_stack(slot.taker)
+            stack = _format_stack(slot)
             log.warning(
                 "pool %r: a connection has been held for %.1f s (leak_threshold=%g s); "
                 "it was taken here:\n%s",
@@ -578,26 +586,16 @@ class ConnectionPool:
         )
 
 
-def _call_stack(limit: int = 12) -> tuple[tuple[CodeType, int], ...]:
-    """Where ``getconn`` was called from: (code, line) pairs, cheap to take, formatted on demand."""
-    frame = sys._getframe(2)
-    stack = []
-    while frame is not None and len(stack) < limit:
-        stack.append((frame.f_code, frame.f_lineno))
-        frame = frame.f_back
-    return tuple(stack)
-
-
-def _format_stack(stack: tuple[tuple[CodeType, int], ...]) -> str:
-    if not stack:
-        return "(unknown)"
-    lines = []
-    for code, lineno in reversed(stack):
-        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}')
-        source = linecache.getline(code.co_filename, lineno).strip()
-        if source:
-            lines.append(f"    {source}")
-    return "\n".join(lines)
+def _format_stack(slot: _Slot) -> str:
+    """The stack of the code that took ``slot``, with the line it was on when it took it."""
+    holder = slot.holder() if slot.holder is not None else None
+    frame = holder._taker if holder is not None else None
+    if frame is None:
+        return "  (unknown)"
+    entries = traceback.extract_stack(frame)
+    last = entries[-1]
+    entries[-1] = traceback.FrameSummary(last.filename, slot.taken_at_line, last.name)
+    return "".join(traceback.format_list(entries)).rstrip()
 
 
 def _readable(conn: ext.connection) -> bool:
