@@ -4,7 +4,6 @@ pooled psycopg2 connections, settings, connection extras, fork safety and secrec
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -16,6 +15,7 @@ import psycopg2
 import psycopg2.extras
 import pytest
 from airflow.providers.common.compat.sdk import AirflowNotFoundException
+from forking import in_child
 from psycopg2 import sql
 
 from airflow_pool_provider import registry
@@ -48,18 +48,6 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.01)
-
-
-def query_db(server: Server, dbname: str, statement: str, params: Any = None) -> list[tuple] | None:
-    """Run one statement in ``dbname`` as the superuser, on its own connection, autocommit."""
-    conn = psycopg2.connect(server.dsn(dbname))
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else None
-    finally:
-        conn.close()
 
 
 def set_config(monkeypatch: pytest.MonkeyPatch, **options: str) -> None:
@@ -97,24 +85,24 @@ def make_role(pg_server: Server, database: str) -> Iterator[Callable[[str], str]
         pg_server.execute(
             sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), sql.Identifier(role))
         )
-        query_db(pg_server, database, f'GRANT ALL ON SCHEMA public TO "{role}"')
+        pg_server.execute(f'GRANT ALL ON SCHEMA public TO "{role}"', dbname=database)
         return role
 
     yield make
     registry.close_all()
     for role in roles:
-        query_db(pg_server, database, f'DROP OWNED BY "{role}"')
+        pg_server.execute(f'DROP OWNED BY "{role}"', dbname=database)
         pg_server.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture
 def items(pg_server: Server, database: str) -> Callable[[str], list[tuple]]:
     """Tables ``items`` and ``items_copy`` (id int, name text); returns a committed-rows reader."""
-    query_db(pg_server, database, "CREATE TABLE items (id int, name text)")
-    query_db(pg_server, database, "CREATE TABLE items_copy (id int, name text)")
+    pg_server.execute("CREATE TABLE items (id int, name text)", dbname=database)
+    pg_server.execute("CREATE TABLE items_copy (id int, name text)", dbname=database)
 
     def rows(table: str = "items") -> list[tuple]:
-        return query_db(pg_server, database, f"SELECT id, name FROM {table} ORDER BY id")
+        return pg_server.execute(f"SELECT id, name FROM {table} ORDER BY id", dbname=database)
 
     return rows
 
@@ -367,8 +355,8 @@ def test_realdictcursor_extra_gives_dict_rows(make_conn_id, database):
 
 
 def test_options_extra_reaches_the_session(make_conn_id, database, pg_server):
-    query_db(pg_server, database, "CREATE SCHEMA foo")
-    query_db(pg_server, database, "CREATE TABLE foo.only_in_foo (x int)")
+    pg_server.execute("CREATE SCHEMA foo", dbname=database)
+    pg_server.execute("CREATE TABLE foo.only_in_foo (x int)", dbname=database)
     hook = PooledPostgresHook(make_conn_id(database, extra={"options": "-c search_path=foo"}))
     assert hook.get_first("SHOW search_path") == ("foo",)
     assert hook.get_first("SELECT count(*) FROM only_in_foo") == (0,)
@@ -403,30 +391,6 @@ def test_iam_extra_is_refused(make_conn_id, database):
 # -- 8. fork (through the hook and the registry) --------------------------------------------------
 
 
-def _in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(read_end)
-            try:
-                report = work()
-                code = 0
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                report = {"error": f"{type(exc).__name__}: {exc}"}
-            os.write(write_end, json.dumps(report).encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(child, 0)
-    report = json.loads(data or b"{}")
-    assert os.waitstatus_to_exitcode(status) == 0, report
-    return report
-
-
 def test_forked_child_uses_its_own_backend_and_keeps_the_parents(conn_id, pg_server):
     hook = PooledPostgresHook(conn_id)
     parent_pool = hook.get_pool()
@@ -439,7 +403,7 @@ def test_forked_child_uses_its_own_backend_and_keeps_the_parents(conn_id, pg_ser
         registry.close_all()  # closes the child's pools: must not touch the parent's session
         return {"pid": pid, "created": stats["connections_created"]}
 
-    report = _in_child(child)
+    report = in_child(child)
     assert "error" not in report, report
     assert report["pid"] != parent_pid
     assert report["created"] == 1

@@ -8,9 +8,7 @@ even on a shared server.
 from __future__ import annotations
 
 import gc
-import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -20,6 +18,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions as ext
 import pytest
+from forking import in_child
 
 from airflow_pool_provider.pool import ConnectionPool, PoolClosed, PooledConnection, PoolError, PoolTimeout
 from airflow_pool_provider.testing.postgres import Server
@@ -599,33 +598,6 @@ def test_closed_pool_refuses_checkouts_and_closes_returned_connections(make_pool
 # -- 8. fork ------------------------------------------------------------------------------------
 
 
-def _in_child(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``work`` in a forked child; return what it reported (through a pipe)."""
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(read_end)
-            try:
-                report = work()
-                code = 0
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
-                report = {"error": f"{type(exc).__name__}: {exc}"}
-            os.write(write_end, json.dumps(report).encode())
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    chunks = []
-    with os.fdopen(read_end, "rb") as pipe:
-        for chunk in iter(lambda: pipe.read(65536), b""):
-            chunks.append(chunk)
-    _, status = os.waitpid(child, 0)
-    report = json.loads(b"".join(chunks) or b"{}")
-    assert os.waitstatus_to_exitcode(status) == 0, report
-    return report
-
-
 def test_forked_child_gets_its_own_backend_and_leaves_the_parents_alone(make_pool, pg_server):
     pool, app = make_pool(max_size=2)
     idle, held = pool.getconn(), pool.getconn()  # held stays checked out in the parent at fork time
@@ -645,7 +617,7 @@ def test_forked_child_gets_its_own_backend_and_leaves_the_parents_alone(make_poo
         return {"pid": child_pid, "created": stats["connections_created"],
                 "in_use": stats["in_use"], "closed_inherited": closed_inherited}
 
-    report = _in_child(child)
+    report = in_child(child)
     assert report["pid"] not in (parent_pid, held_pid)
     assert report["created"] == 1 and report["in_use"] == 0  # the child started from scratch
 
@@ -675,7 +647,7 @@ def test_pool_closed_before_fork_stays_closed_in_the_child(make_pool):
             outcome = "PoolClosed"
         return {"closed": pool.closed, "outcome": outcome}
 
-    report = _in_child(child)
+    report = in_child(child)
     assert report == {"closed": True, "outcome": "PoolClosed"}
 
 

@@ -45,8 +45,8 @@ class Server:
         auth = self.user if self.password is None else f"{self.user}:{self.password}"
         return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}"
 
-    def admin(self) -> psycopg2.extensions.connection:
-        conn = psycopg2.connect(self.dsn(), application_name="pool-provider-admin")
+    def admin(self, dbname: str | None = None) -> psycopg2.extensions.connection:
+        conn = psycopg2.connect(self.dsn(dbname), application_name="pool-provider-admin")
         conn.autocommit = True
         return conn
 
@@ -59,9 +59,11 @@ class Server:
     def drop_database(self, name: str) -> None:
         self.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
-    def execute(self, statement: sql.Composable | str, params: Any = None) -> list[tuple] | None:
-        """Run one statement as the superuser, outside a transaction; rows if it returns any."""
-        conn = self.admin()
+    def execute(self, statement: sql.Composable | str, params: Any = None,
+                dbname: str | None = None) -> list[tuple] | None:
+        """Run one statement as the superuser (in ``dbname``, default the admin database), outside
+        a transaction; rows if it returns any."""
+        conn = self.admin(dbname)
         try:
             with conn.cursor() as cur:
                 cur.execute(statement, params)
