@@ -32,6 +32,7 @@ from pathlib import Path
 import psycopg2
 
 HERE = Path(__file__).resolve()
+RSS_PARALLELISM = 4  # the most connections and threads: the largest footprint
 
 
 def main() -> None:
@@ -131,11 +132,15 @@ def _benchmark(server, temp, args) -> None:
                 results.append({"method": f"ours, parallelism {parallelism}, {label}", "seconds": out["seconds"],
                                 "note": f"{check('ours')}; peak RSS {out['maxrss_mb']:.0f} MB", "ours": True,
                                 "checksums": checksums})
-                rss[args.rows] = max(rss.get(args.rows, 0), out["maxrss_mb"])
+                if checksums and parallelism == RSS_PARALLELISM:
+                    rss[args.rows] = out["maxrss_mb"]
         reset()
-        small = _ours(env, 2, True, args.chunk_size, f"id <= {subset}")
+        # Same settings as the full run it is compared with; only the number of rows differs.
+        small = _ours(env, RSS_PARALLELISM, True, args.chunk_size, f"id <= {subset}")
         rss[subset] = small["maxrss_mb"]
         _report(results, rss, args.rows, subset, version)
+        reset()
+        _profile(src, dst, args.rows, args.chunk_size or _default_chunk_size())
     finally:
         for name in made:
             server.drop_database(name)
@@ -235,6 +240,59 @@ def _worker(spec: dict) -> None:
     print(json.dumps({"seconds": seconds, "rows": summary["rows"], "maxrss_mb": maxrss_mb}))
 
 
+def _default_chunk_size() -> int:
+    import inspect
+
+    from airflow_pool_provider.operators import ChunkedTableCopyOperator
+
+    return inspect.signature(ChunkedTableCopyOperator.__init__).parameters["chunk_size"].default
+
+
+def _profile(src, dst, rows: int, chunk_size: int) -> None:
+    """Where the time goes: each part of a copy alone, on one backend, so each is one core's work."""
+    from psycopg2 import sql
+
+    from airflow_pool_provider.copy import checksum
+
+    columns = ["id", "account_id", "kind", "payload", "amount", "created_at", "note"]
+    ranges = [sql.SQL("id > {} AND id <= {}").format(sql.Literal(lo), sql.Literal(lo + chunk_size))
+              for lo in range(0, rows, chunk_size)]
+    parts = []
+    dumps = [tempfile.TemporaryFile() for _ in ranges]  # one binary COPY stream per chunk
+    try:
+        started = time.perf_counter()
+        with src.cursor() as cur:
+            for where, dump in zip(ranges, dumps, strict=True):
+                cur.copy_expert(sql.SQL("COPY (SELECT * FROM events WHERE {}) TO STDOUT (FORMAT binary)")
+                                .format(where), dump)
+        src.rollback()
+        parts.append(("source read: COPY TO, binary, by chunk", time.perf_counter() - started))
+        started = time.perf_counter()
+        with dst.cursor() as cur:
+            for dump in dumps:
+                dump.seek(0)
+                cur.copy_expert("COPY events FROM STDIN (FORMAT binary)", dump, size=1 << 17)
+                dst.commit()
+        parts.append(("target load: COPY FROM, binary, into the keyed table", time.perf_counter() - started))
+    finally:
+        for dump in dumps:
+            dump.close()
+    started = time.perf_counter()
+    with src.cursor() as cur:
+        for where in ranges:
+            cur.execute(checksum.query("record", columns, sql.Identifier("events"), where))
+            cur.fetchone()
+    src.rollback()
+    hashing = time.perf_counter() - started
+    parts.append(("checksum of every row, one side (x2: both sides hash)", hashing))
+    print(f"\nwhere the time goes (each part alone, one backend, one core; {os.cpu_count()} cores in all):")
+    for name, seconds in parts:
+        print(f"  {name:<56} {seconds:6.2f} s")
+    work = sum(s for _, s in parts) + hashing
+    print(f"  server work of a checksummed copy: {work:.2f} core-seconds, so at least {work / os.cpu_count():.2f} s "
+          f"on {os.cpu_count()} cores before any client work; counts only: {work - 2 * hashing:.2f} core-seconds")
+
+
 def _report(results: list[dict], rss: dict[int, float], rows: int, subset: int, version: str) -> None:
     reference = next((r["seconds"] for r in results if r["method"] == "psql COPY pipe, text"), None)
     print(f"\nPostgreSQL {version}, {rows:,} rows, {os.cpu_count()} CPUs; ratio = time / raw text pipe time\n")
@@ -244,7 +302,8 @@ def _report(results: list[dict], rss: dict[int, float], rows: int, subset: int, 
         sec = "-" if r["seconds"] is None else f"{r['seconds']:.2f}"
         ratio = "-" if r["seconds"] is None or not reference else f"{r['seconds'] / reference:.2f}"
         print(f"{r['method']:<42} {sec:>8} {ratio:>7}  {r['note']}")
-    print(f"\npeak RSS of our copying process: {rss[subset]:.0f} MB at {subset:,} rows, "
+    print(f"\npeak RSS of our copying process (parallelism {RSS_PARALLELISM}, checksums): "
+          f"{rss[subset]:.0f} MB at {subset:,} rows, "
           f"{rss[rows]:.0f} MB at {rows:,} rows (growth {rss[rows] - rss[subset]:+.0f} MB)")
     ours_counts = min(r["seconds"] for r in results if r.get("ours") and not r["checksums"])
     ours_checked = min(r["seconds"] for r in results if r.get("ours") and r["checksums"])
