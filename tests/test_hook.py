@@ -16,6 +16,7 @@ import psycopg2.extras
 import pytest
 from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from forking import in_child
+from observe import app_backends, wait_until
 from psycopg2 import sql
 
 from airflow_pool_provider import registry
@@ -33,21 +34,6 @@ CONFIG_ENV = "AIRFLOW__POOLED_POSTGRES__"
 
 def hook_pid(hook: PooledPostgresHook) -> int:
     return hook.get_first("SELECT pg_backend_pid()")[0]
-
-
-def app_backends(server: Server, app: str) -> list[int]:
-    rows = server.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid", (app,)
-    )
-    return [r[0] for r in rows]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def set_config(monkeypatch: pytest.MonkeyPatch, **options: str) -> None:

@@ -19,6 +19,7 @@ import psycopg2
 import psycopg2.extensions as ext
 import pytest
 from forking import in_child
+from observe import app_backends, wait_until
 
 from airflow_pool_provider.pool import ConnectionPool, PoolClosed, PooledConnection, PoolError, PoolTimeout
 from airflow_pool_provider.testing.postgres import Server
@@ -43,21 +44,6 @@ def backend_pid(conn: Any) -> int:
     if was_idle and not conn.autocommit:
         conn.rollback()
     return pid
-
-
-def app_backends(server: Server, app: str) -> list[int]:
-    rows = server.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid", (app,)
-    )
-    return [r[0] for r in rows]
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def terminate(server: Server, pid: int) -> None:
