@@ -33,6 +33,9 @@ with DAG(
         "mode": Param("append", enum=["append", "replace", "upsert"], title="Mode"),
         "chunk_size": Param(50_000, type="integer", minimum=1, title="Rows per chunk"),
         "parallelism": Param(2, type="integer", minimum=1, maximum=32, title="Parallel chunks"),
+        "copy_id": Param("", type="string", title="Copy id (to resume)",
+                         description="Empty: a new copy per run (retries of the run resume it). Give the "
+                                     "copy_id of an earlier failed run to finish that copy instead."),
     },
 ):
     ChunkedTableCopyOperator(
@@ -44,4 +47,5 @@ with DAG(
         mode="{{ params.mode }}",
         chunk_size="{{ params.chunk_size }}",
         parallelism="{{ params.parallelism }}",
+        copy_id="{{ params.copy_id }}",
     )
