@@ -222,14 +222,10 @@ def _ours(env: dict[str, str], parallelism: int, checksums: bool, chunk_size: in
 
 def _worker(spec: dict) -> None:
     """One copy in this fresh process, as ChunkedTableCopyOperator.execute runs it."""
-    import inspect
-
     from airflow_pool_provider.copy import CopySpec, TableCopy
     from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
-    from airflow_pool_provider.operators import ChunkedTableCopyOperator
 
-    default_chunk = inspect.signature(ChunkedTableCopyOperator.__init__).parameters["chunk_size"].default
-    copy = CopySpec("events", chunk_size=spec["chunk_size"] or default_chunk, parallelism=spec["parallelism"],
+    copy = CopySpec("events", chunk_size=spec["chunk_size"] or _default_chunk_size(), parallelism=spec["parallelism"],
                     verify_checksums=spec["checksums"], where=spec["where"])
     started = time.perf_counter()
     source = PooledPostgresHook("bench_src").get_pool()
@@ -252,9 +248,12 @@ def _profile(src, dst, rows: int, chunk_size: int) -> None:
     """Where the time goes: each part of a copy alone, on one backend, so each is one core's work."""
     from psycopg2 import sql
 
-    from airflow_pool_provider.copy import checksum
+    from airflow_pool_provider.copy import catalog, checksum
+    from airflow_pool_provider.copy.names import TableName
 
-    columns = ["id", "account_id", "kind", "payload", "amount", "created_at", "note"]
+    with src.cursor() as cur:
+        columns = catalog.load_table(cur, TableName.parse("events"), "source").copyable_columns()
+    src.rollback()
     ranges = [sql.SQL("id > {} AND id <= {}").format(sql.Literal(lo), sql.Literal(lo + chunk_size))
               for lo in range(0, rows, chunk_size)]
     parts = []
