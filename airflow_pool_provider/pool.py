@@ -31,36 +31,13 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions as ext
 
+from airflow_pool_provider.errors import ConnectFailed, Kind, PoolClosed, PoolError, PoolTimeout, classify
+
+__all__ = ["ConnectionPool", "PoolClosed", "PoolError", "PoolStats", "PoolTimeout", "PooledConnection"]
+
 log = logging.getLogger(__name__)
 
 Connect = Callable[[], "ext.connection"]
-
-#: Connection errors worth retrying: the server is down, starting or restarting. Anything else
-#: (bad password, unknown database) fails at once, because waiting will not fix it.
-_TRANSIENT_CONNECT_ERRORS = (
-    "could not connect",
-    "connection refused",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "the database system is in recovery mode",
-    "server closed the connection",
-    "terminating connection",
-    "timeout expired",
-    "no such file or directory",
-)
-
-
-class PoolError(psycopg2.InterfaceError):
-    """Misuse of the pool: returning a foreign or already returned connection."""
-
-
-class PoolTimeout(psycopg2.OperationalError):
-    """No connection could be had within the pool's timeout."""
-
-
-class PoolClosed(PoolError):
-    """The pool was closed; a new pool must be made."""
-
 
 @dataclass(slots=True)
 class _Slot:
@@ -361,17 +338,22 @@ class ConnectionPool:
                     with self._lock:
                         self._stats.connection_errors += 1
                     message = str(exc).strip()
-                    transient = any(m in message.lower() for m in _TRANSIENT_CONNECT_ERRORS)
+                    kind = classify(exc, connecting=True)
                     left = deadline - time.monotonic()
-                    if not transient or left <= 0:
-                        if transient:
-                            with self._lock:
-                                self._stats.timeouts += 1
-                            raise PoolTimeout(
-                                f"pool {self.name!r}: could not connect within {timeout:g} s: "
-                                f"{message}. Check that the server is up and reachable."
-                            ) from exc
+                    if kind is Kind.MISTAKE:
+                        raise ConnectFailed(
+                            f"pool {self.name!r}: the server refused the connection: {message}. "
+                            "Check the connection's host, database, login and password."
+                        ) from exc
+                    if kind is not Kind.TRANSIENT:
                         raise
+                    if left <= 0:
+                        with self._lock:
+                            self._stats.timeouts += 1
+                        raise PoolTimeout(
+                            f"pool {self.name!r}: could not connect within {timeout:g} s: "
+                            f"{message}. Check that the server is up and reachable."
+                        ) from exc
                     log.warning(
                         "pool %r: cannot connect (%s); retrying in %.2f s",
                         self.name,
@@ -544,13 +526,6 @@ class ConnectionPool:
             "discarded_broken={discarded_broken} discarded_expired={discarded_expired} "
             "rollbacks={rollbacks_on_return} leaks={leaks_detected}"
         ).format(**self.stats())
-
-    def grow(self, max_size: int) -> None:
-        """Raise ``max_size`` (never lowers it), for callers that need more at once."""
-        with self._lock:
-            if max_size > self.max_size:
-                self.max_size = max_size
-                self._available.notify_all()
 
     @property
     def closed(self) -> bool:

@@ -15,9 +15,10 @@ _OPTION_HELP = {
     "min_size": ("integer", "Connections kept open per connection id even when idle."),
     "max_size": (
         "integer",
-        "Connections open at once per connection id in one process. Total connections to a "
-        "server = concurrent task instances x this. Copy operators grow it to what their "
-        "parallelism needs.",
+        "Connections open at once per connection id in one process: a hard cap. Total connections "
+        "to a server = concurrent task instances x this. A copy runs fewer workers than its "
+        "parallelism when this is too small (each worker holds a source and a target connection, "
+        "plus one for the snapshot), and says so in the log.",
     ),
     "timeout": ("float", "Seconds to wait for a free connection (or a server that is down)."),
     "max_lifetime": ("float", "Seconds after which a connection is replaced; 'none' keeps it."),
@@ -49,6 +50,14 @@ def _options() -> dict[str, dict[str, Any]]:
         "type": "float",
         "example": None,
         "default": "60",
+    }
+    options["ledger_retention_days"] = {
+        "description": "Days a finished copy's rows are kept in its ledger table before a later copy "
+        "into the same ledger prunes them; 'none' keeps them. A pruned copy_id run again is a new copy.",
+        "version_added": "0.2.0",
+        "type": "float",
+        "example": None,
+        "default": "30",
     }
     return options
 

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg2
@@ -23,18 +23,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
-    """How a pool is sized and how long its connections live (see :class:`ConnectionPool`)."""
+    """How a pool is sized and how long its connections live (see :class:`ConnectionPool`).
+
+    ``max_size`` 5 lets a copy whose source and target share one connection id run two workers
+    (two connections each, and one for the snapshot).
+    """
 
     min_size: int = 0
-    max_size: int = 4
+    max_size: int = 5
     timeout: float = 30.0
     max_lifetime: float | None = 3600.0
     max_idle: float | None = 600.0
     leak_threshold: float | None = 300.0
 
 
+@dataclass(slots=True)
+class _Entry:
+    fingerprint: str
+    settings: PoolSettings
+    pool: ConnectionPool
+    warned: set[PoolSettings] = field(default_factory=set)
+
+
 _lock = threading.Lock()
-_pools: dict[str, tuple[str, ConnectionPool]] = {}
+_pools: dict[str, _Entry] = {}
 
 
 def _new_lock_in_child() -> None:
@@ -55,29 +67,39 @@ def fingerprint(connect_kwargs: dict[str, Any]) -> str:
 def pool_for(conn_id: str, connect_kwargs: dict[str, Any], settings: PoolSettings) -> ConnectionPool:
     """The pool of ``conn_id``; a new one if the connect arguments changed (the old is drained).
 
-    A pool asked for with a larger ``max_size`` than it has grows to it, so the caller that needs
-    the most connections at once (a copy with many workers) is never starved by a smaller default.
+    Settings belong to the pool, made by the first caller: a later caller asking for others gets
+    the same pool and one warning naming both, never a bigger pool (``max_size`` is a hard cap).
     """
     key = fingerprint(connect_kwargs)
     with _lock:
         current = _pools.get(conn_id)
-        if current is not None and current[0] == key and not current[1].closed:
-            pool = current[1]
-            pool.grow(settings.max_size)
-            return pool
+        if current is not None and current.fingerprint == key and not current.pool.closed:
+            if settings != current.settings and settings not in current.warned:
+                current.warned.add(settings)
+                log.warning(
+                    "the pool of connection %r already exists with %s; a hook asked for %s and shares the "
+                    "existing pool. Pools are per process and per connection id: set their sizes in the "
+                    "[pooled_postgres] config section, or give every hook on %r the same pool_* arguments",
+                    conn_id, _describe(current.settings), _describe(settings), conn_id,
+                )
+            return current.pool
         if current is not None:
             log.info("connection %r changed; draining its old pool and starting a new one", conn_id)
-            current[1].close()
+            current.pool.close()
         kwargs = dict(connect_kwargs)
         pool = ConnectionPool(lambda: psycopg2.connect(**kwargs), name=conn_id, **asdict(settings))
-        _pools[conn_id] = (key, pool)
+        _pools[conn_id] = _Entry(key, settings, pool)
         return pool
+
+
+def _describe(settings: PoolSettings) -> str:
+    return ", ".join(f"{k}={v}" for k, v in asdict(settings).items())
 
 
 def pools() -> dict[str, ConnectionPool]:
     """The live pools of this process by connection id."""
     with _lock:
-        return {conn_id: pool for conn_id, (_, pool) in _pools.items()}
+        return {conn_id: entry.pool for conn_id, entry in _pools.items()}
 
 
 def close_all() -> None:
@@ -85,5 +107,5 @@ def close_all() -> None:
     with _lock:
         entries = list(_pools.values())
         _pools.clear()
-    for _, pool in entries:
-        pool.close()
+    for entry in entries:
+        entry.pool.close()

@@ -1,4 +1,5 @@
-"""Writes one line of pool stats per connection id to the task log when a task ends.
+"""Writes one line of pool stats per connection id to the task log when a task ends, and sends
+the pool gauges through Airflow's ``Stats``.
 
 Loaded as an Airflow plugin (entry point ``airflow.plugins``) so that every task using
 PooledPostgresHook gets the summary, whatever operator it runs. Only pools the task used
@@ -14,6 +15,8 @@ from airflow.plugins_manager import AirflowPlugin
 from airflow.providers.common.compat.sdk import hookimpl
 
 from airflow_pool_provider import registry
+from airflow_pool_provider.airflow_metrics import AirflowMetrics
+from airflow_pool_provider.metrics import report_pool
 
 log = logging.getLogger("airflow.task")
 
@@ -21,9 +24,11 @@ _checkouts_at_start: dict[str, int] = {}
 
 
 def log_pool_stats(since: dict[str, int] | None = None) -> None:
+    metrics = AirflowMetrics()
     for conn_id, pool in sorted(registry.pools().items()):
         if pool.stats()["checkouts"] > (since or {}).get(conn_id, 0):
             log.info("%s", pool.stats_line())
+            report_pool(metrics, pool)
 
 
 class _TaskListener:

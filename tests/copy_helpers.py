@@ -14,12 +14,10 @@ from typing import Any
 import psycopg2
 from psycopg2 import sql
 
-from airflow_pool_provider.copy.engine import CopySpec, TableCopy
+from airflow_pool_provider.copy import CopySpec, TableCopy
 from airflow_pool_provider.copy.ledger import LEDGER_TABLE
 from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.postgres import Server
-
-LEDGER = sql.Identifier("public", LEDGER_TABLE)
 
 
 class CopyEnv:
@@ -88,15 +86,17 @@ class CopyEnv:
     # -- the ledger -------------------------------------------------------------------------
 
     def ledger(self, copy_id: str, side: str = "dst") -> list[dict[str, Any]]:
-        """The ledger rows of ``copy_id`` (none if the ledger table does not exist)."""
-        if self.one(side, "SELECT to_regclass(%s)", (f"public.{LEDGER_TABLE}",)) is None:
-            return []
-        with self.conn(side).cursor() as cur:
-            cur.execute(
-                sql.SQL("SELECT * FROM {} WHERE copy_id = %s ORDER BY chunk_no").format(LEDGER), (copy_id,)
-            )
-            names = [d.name for d in cur.description]
-            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        """The ledger rows of ``copy_id``, in whichever schema its ledger is (none if no ledger)."""
+        schemas = [r[0] for r in self.rows(
+            side, "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s", (LEDGER_TABLE,))]
+        found: list[dict[str, Any]] = []
+        for schema in schemas:
+            with self.conn(side).cursor() as cur:
+                cur.execute(sql.SQL("SELECT * FROM {}.{} WHERE copy_id = %s ORDER BY chunk_no").format(
+                    sql.SQL(schema), sql.Identifier(LEDGER_TABLE)), (copy_id,))
+                names = [d.name for d in cur.description]
+                found += [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+        return found
 
     def assert_ledger_complete(self, copy_id: str, rows: int, side: str = "dst") -> list[dict[str, Any]]:
         chunks = self.ledger(copy_id, side)
@@ -123,7 +123,7 @@ class CopyEnv:
 
     def copy(self, spec: CopySpec, copy_id: str = "copy-1") -> dict[str, Any]:
         with self.pools() as (src, dst):
-            return TableCopy(src, dst, spec, copy_id=copy_id).run()
+            return TableCopy(src, dst, spec, copy_id=copy_id).run().to_xcom()
 
     def close(self) -> None:
         for conn in self._conns.values():

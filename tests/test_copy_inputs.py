@@ -13,9 +13,10 @@ import pytest
 from copy_helpers import CopyEnv
 from psycopg2 import sql
 
+from airflow_pool_provider.copy import CopySpec
 from airflow_pool_provider.copy.catalog import CatalogError
-from airflow_pool_provider.copy.engine import CopySpec
 from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.errors import FilterError
 
 
 @pytest.fixture
@@ -31,19 +32,21 @@ def env(pg_server, make_database) -> Iterator[CopyEnv]:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"chunk_size": 0}, "chunk_size must be a positive integer, got 0"),
-        ({"chunk_size": -1}, "chunk_size must be a positive integer, got -1"),
-        ({"chunk_size": "abc"}, "chunk_size must be a positive integer, got 'abc'"),
+        ({"chunk_size": 0}, "chunk_size must be a positive integer (at most 10,000,000), got 0"),
+        ({"chunk_size": -1}, "chunk_size must be a positive integer (at most 10,000,000), got -1"),
+        ({"chunk_size": "abc"}, "chunk_size must be a positive integer (at most 10,000,000), got 'abc'"),
+        ({"chunk_size": 10**30}, "chunk_size must be a positive integer (at most 10,000,000)"),
         ({"chunk_size": "100"}, "chunk_size must be a positive integer"),
         ({"chunk_size": 1.5}, "chunk_size must be a positive integer"),
         ({"chunk_size": True}, "chunk_size must be a positive integer"),
-        ({"parallelism": 0}, "parallelism must be a positive integer, got 0"),
+        ({"parallelism": 0}, "parallelism must be a positive integer (at most 64), got 0"),
+        ({"parallelism": 1000}, "parallelism must be a positive integer (at most 64), got 1000"),
         ({"parallelism": -3}, "parallelism must be a positive integer"),
         ({"max_chunk_retries": -1}, "max_chunk_retries must be 0 or more"),
         ({"mode": "merge"}, "mode must be one of append, replace, upsert, got 'merge'"),
         ({"mode": "APPEND"}, "mode must be one of"),
-        ({"where": "id > 0; DROP TABLE victim"}, "where must be one SQL condition without ';'"),
-        ({"where": "id > 0;"}, "without ';'"),
+        ({"where": "id > 0; DROP TABLE victim"}, "';' outside a string ends the statement"),
+        ({"where": "id > 0;"}, "';' outside a string"),
         ({"columns": []}, "columns must be a non-empty list of column names"),
         ({"columns": "id"}, "columns must be a non-empty list"),
         ({"columns": ["id", ""]}, "columns must be a non-empty list"),
@@ -196,8 +199,9 @@ def test_where_naming_a_missing_column_fails_before_writing(env: CopyEnv) -> Non
     env.sql("src", "INSERT INTO t SELECT g, 'n' FROM generate_series(1, 100) g")
     env.sql("dst", "INSERT INTO t VALUES (1000, 'keep')")
 
-    with pytest.raises(psycopg2.errors.UndefinedColumn, match="no_such_column"):
+    with pytest.raises(FilterError, match="does not work on the source table: column \"no_such_column\"") as caught:
         env.copy(CopySpec("t", where="no_such_column > 0", chunk_size=10, mode="replace"), copy_id="bad")
+    assert "'no_such_column > 0'" in str(caught.value)  # the message quotes the filter
 
     assert env.ledger("bad") == []
     assert env.rows("dst", "SELECT * FROM t") == [(1000, "keep")]  # not truncated

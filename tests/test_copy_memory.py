@@ -37,7 +37,7 @@ CHILD = textwrap.dedent(
 
     def copy(where, copy_id):
         spec = CopySpec("events", chunk_size=5000, parallelism=4, where=where)
-        return TableCopy(source, target, spec, copy_id=copy_id).run()["rows"]
+        return TableCopy(source, target, spec, copy_id=copy_id).run().rows
 
     copied = copy(f"id <= {rows // 10}", "warm-up")
     warm = peak = rss_mb()

@@ -108,14 +108,18 @@ def test_two_hooks_on_one_conn_id_share_one_pool(conn_id, pg_server):
     assert registry.pools() == {conn_id: first.get_pool()}
 
 
-def test_hook_asking_for_more_connections_grows_the_shared_pool(conn_id):
+def test_a_later_hook_asking_for_other_settings_shares_the_pool_and_is_warned(conn_id, caplog):
     small = PooledPostgresHook(conn_id, pool_max_size=2)
     pool = small.get_pool()
     assert pool.max_size == 2
-    big = PooledPostgresHook(conn_id, pool_max_size=5)
-    assert big.get_pool() is pool
-    assert pool.max_size == 5
-    assert small.get_pool().max_size == 5  # never shrinks
+    with caplog.at_level("WARNING", logger="airflow_pool_provider.registry"):
+        big = PooledPostgresHook(conn_id, pool_max_size=7)
+        assert big.get_pool() is pool
+        assert big.get_pool() is pool  # warned once, not at every call
+    assert pool.max_size == 2  # max_size is a hard cap: a later hook never grows it
+    warnings = [r.getMessage() for r in caplog.records if "already exists" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "max_size=2" in warnings[0] and "max_size=7" in warnings[0] and repr(conn_id) in warnings[0]
 
 
 def test_rotated_password_gives_a_new_pool_and_closes_the_old(

@@ -3,6 +3,9 @@
 It knows nothing of Airflow operators; it takes pools of psycopg2 connections and a logger.
 """
 
-from airflow_pool_provider.copy.engine import CopyError, CopySpec, TableCopy
+from airflow_pool_provider.copy.engine import TableCopy
+from airflow_pool_provider.copy.spec import CopySpec
+from airflow_pool_provider.copy.summary import CopySummary
+from airflow_pool_provider.errors import CopyError, CopyMistake, CopyStopped
 
-__all__ = ["CopyError", "CopySpec", "TableCopy"]
+__all__ = ["CopyError", "CopyMistake", "CopySpec", "CopyStopped", "CopySummary", "TableCopy"]

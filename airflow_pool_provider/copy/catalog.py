@@ -7,12 +7,19 @@ from dataclasses import dataclass, field
 from psycopg2 import sql
 
 from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.errors import CatalogError
 
 FIRST_USER_OID = 16384
 
+#: Types whose values are OIDs of catalog objects: binary COPY and binary hashes would carry the
+#: source's OIDs, which mean other objects (or nothing) in the target. Copied as text (names).
+OID_ALIAS_TYPES = (
+    "regclass", "regcollation", "regconfig", "regdictionary", "regnamespace", "regoper",
+    "regoperator", "regproc", "regprocedure", "regrole", "regtype",
+)
 
-class CatalogError(ValueError):
-    """A table, column or key that is not what the copy needs; the message says what to do."""
+_RELKINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence",
+             "c": "a composite type", "i": "an index", "I": "a partitioned index"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +33,16 @@ class Column:
     builtin: bool  # the type (and its element type) is built into PostgreSQL
     hashable: bool  # has a default hash operator class (arrays: their element type)
     collation: str | None  # effective collation ("default:<db collate>" for the default), if collatable
+    oid_alias: bool = False  # regclass, regtype, ... (or an array of one): values are catalog OIDs
 
     @property
     def ident(self) -> sql.Identifier:
         return sql.Identifier(self.name)
+
+    @property
+    def portable_binary(self) -> bool:
+        """Its binary form means the same in another database (built in, and not an OID)."""
+        return self.builtin and not self.oid_alias
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +68,12 @@ class Table:
 
 
 _FIND = """
-SELECT c.oid, n.nspname, c.relname
+SELECT c.oid, n.nspname, c.relname, c.relkind::text
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p')
-   AND c.relname = ANY(%(names)s)
+ WHERE c.relname = ANY(%(names)s)
    AND CASE WHEN %(schemas)s::text[] IS NULL THEN pg_table_is_visible(c.oid)
             ELSE n.nspname = ANY(%(schemas)s) END
- ORDER BY c.relname = %(exact)s DESC, n.nspname = %(exact_schema)s DESC
+ ORDER BY c.relkind IN ('r', 'p') DESC, c.relname = %(exact)s DESC, n.nspname = %(exact_schema)s DESC
  LIMIT 1
 """
 
@@ -77,7 +89,10 @@ SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgener
        CASE WHEN a.attcollation = 0 THEN NULL
             WHEN co.collname = 'default'
             THEN 'default:' || (SELECT datcollate FROM pg_database WHERE datname = current_database())
-            ELSE co.collname END
+            ELSE co.collname END,
+       (SELECT e.typname FROM pg_type e
+         WHERE e.oid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem ELSE t.oid END)
+       = ANY(%(oid_aliases)s)
   FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
   LEFT JOIN pg_collation co ON co.oid = a.attcollation
  WHERE a.attrelid = %(oid)s AND a.attnum > 0 AND NOT a.attisdropped
@@ -108,12 +123,14 @@ def load_table(cur, name: TableName, side: str) -> Table:
     row = cur.fetchone()
     if row is None:
         where = f"schema {name.schema!r}" if name.schema else "the search_path"
+        advice = "create it first, or check the name" if side == "target" else "check the name and the connection"
         raise CatalogError(
-            f"{side} table {name} does not exist in {where}: create it first, or check the name "
-            "(quote mixed-case names as \"Name\")"
+            f"{side} table {name} does not exist in {where}: {advice} (quote mixed-case names as \"Name\")"
         )
-    oid, schema, relname = row
-    cur.execute(_COLUMNS, {"oid": oid, "first_user_oid": FIRST_USER_OID})
+    oid, schema, relname, relkind = row
+    if relkind not in ("r", "p"):
+        raise CatalogError(_not_a_table(side, TableName(schema, relname), relkind))
+    cur.execute(_COLUMNS, {"oid": oid, "first_user_oid": FIRST_USER_OID, "oid_aliases": list(OID_ALIAS_TYPES)})
     columns = tuple(Column(*r) for r in cur.fetchall())
     cur.execute(_KEYS, {"oid": oid})
     keys = [(primary, tuple(cols)) for primary, cols in cur.fetchall()]
@@ -132,6 +149,17 @@ def load_table(cur, name: TableName, side: str) -> Table:
         estimated_rows=estimated_rows,
         pages=pages,
     )
+
+
+def _not_a_table(side: str, name: TableName, relkind: str) -> str:
+    what = _RELKINDS.get(relkind, f"a relation of kind {relkind!r}")
+    if side == "target":
+        return (f"target {name} is {what}, not a table: COPY can only load tables. Name the table "
+                "to load as target_table")
+    advice = ("copy the table(s) it reads from instead (with where=... for a subset), or "
+              f"materialize it first (CREATE TABLE ... AS SELECT * FROM {name}) and copy that table")
+    return (f"source {name} is {what}, not a table: the copy splits tables into chunks by key or "
+            f"by page, which {what} does not have. To copy its rows, {advice}")
 
 
 def check_compatible(source: Table, target: Table, columns: tuple[str, ...]) -> None:

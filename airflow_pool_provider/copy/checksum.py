@@ -1,7 +1,7 @@
 """Order-independent checksums of a chunk's rows, computed by each server on its own rows.
 
 ``hash_record_extended`` is fast but only comparable across databases for built-in types with a
-hash function (an enum hashes its OID, ``json`` has no hash); other tables hash the rows' text
+hash function (an enum hashes its OID, ``json`` has no hash, a ``regclass`` is an OID); other tables hash the rows' text
 form, which both sides print identically under the same session settings.
 """
 
@@ -26,7 +26,7 @@ STABLE_OUTPUT = {
 def method(source: Table, target: Table, columns: Sequence[str]) -> str:
     """"record" (binary hash) when every column allows it on both sides, else "text"."""
     fast = all(
-        t.by_name[c].builtin and t.by_name[c].hashable for t in (source, target) for c in columns
+        t.by_name[c].portable_binary and t.by_name[c].hashable for t in (source, target) for c in columns
     )
     return "record" if fast else "text"
 

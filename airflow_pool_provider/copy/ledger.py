@@ -2,6 +2,11 @@
 
 A chunk's rows and its ledger row commit in one transaction, so after any crash the ledger says
 exactly which chunks are in the target: a re-run skips those and redoes the rest.
+
+Where it lives: the schema given (``ledger_schema``), else the target table's schema, which the
+target role can write to whenever it can create the table there; a copy already recorded in a
+ledger in ``public`` (where earlier versions kept it) is still found there. Finished copies are
+pruned after ``retention_days``; a pruned copy_id that runs again is a new copy.
 """
 
 from __future__ import annotations
@@ -10,11 +15,36 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
 from psycopg2 import sql
+from psycopg2.extras import execute_values
 
+from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.copy.plan import Chunk, Keyset
+from airflow_pool_provider.errors import CopyMistake
 
 LEDGER_TABLE = "airflow_pool_provider_copy_chunks"
+LEGACY_SCHEMA = "public"
+RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+_DDL = """CREATE TABLE IF NOT EXISTS {} (
+    copy_id       text        NOT NULL,
+    chunk_no      integer     NOT NULL,
+    source_table  text        NOT NULL,
+    target_table  text        NOT NULL,
+    key_kind      text        NOT NULL,
+    key_columns   jsonb       NOT NULL,
+    lower_bound   jsonb,
+    upper_bound   jsonb,
+    expected_rows bigint,
+    planned_at    timestamptz NOT NULL DEFAULT now(),
+    rows_copied   bigint,
+    bytes_copied  bigint,
+    checksum      text,
+    seconds       double precision,
+    finished_at   timestamptz,
+    PRIMARY KEY (copy_id, chunk_no)
+)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,42 +54,79 @@ class ChunkResult:
     checksum: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredPlan:
+    keyset: Keyset
+    chunks: list[Chunk]
+    done: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTotals:
+    chunks: int
+    chunks_done: int
+    rows: int
+    bytes: int
+
+
 class Ledger:
     """Reads and writes the ledger through cursors of the target database."""
 
-    def __init__(self, schema: str = "public") -> None:
-        self.table = sql.Identifier(schema, LEDGER_TABLE)
+    def __init__(self, schema: str) -> None:
         self.schema = schema
+        self.table = sql.Identifier(schema, LEDGER_TABLE)
+
+    def __str__(self) -> str:
+        return f"{quote_ident(self.schema)}.{quote_ident(LEDGER_TABLE)}"
+
+    @classmethod
+    def locate(cls, cur, copy_id: str, target_schema: str, schema: str | None = None) -> Ledger:
+        """The ledger to use: ``schema`` if given; else the one in ``public`` if it already holds
+        ``copy_id``; else the target table's schema."""
+        if schema is not None:
+            return cls(schema)
+        if target_schema != LEGACY_SCHEMA and _exists(cur, LEGACY_SCHEMA):
+            legacy = cls(LEGACY_SCHEMA)
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE copy_id = %s)").format(legacy.table),
+                        (copy_id,))
+            if cur.fetchone()[0]:
+                return legacy
+        return cls(target_schema)
 
     def ensure(self, cur) -> None:
-        """Create the ledger table once; copies starting together wait for each other here."""
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.{LEDGER_TABLE}",))
-        if cur.fetchone()[0]:
-            return
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LEDGER_TABLE,))
-        cur.execute(
-            sql.SQL("""
-            CREATE TABLE IF NOT EXISTS {} (
-                copy_id      text        NOT NULL,
-                chunk_no     integer     NOT NULL,
-                source_table text        NOT NULL,
-                target_table text        NOT NULL,
-                key_kind     text        NOT NULL,
-                key_columns  jsonb       NOT NULL,
-                lower_bound  jsonb,
-                upper_bound  jsonb,
-                expected_rows bigint,
-                planned_at   timestamptz NOT NULL DEFAULT now(),
-                rows_copied  bigint,
-                bytes_copied bigint,
-                checksum     text,
-                seconds      double precision,
-                finished_at  timestamptz,
-                PRIMARY KEY (copy_id, chunk_no)
-            )""").format(self.table)
+        """Create the ledger table once, or say what to grant; copies starting together wait here."""
+        if not _exists(cur, self.schema):
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LEDGER_TABLE,))
+            cur.execute("SAVEPOINT ledger_create")
+            try:
+                cur.execute(sql.SQL(_DDL).format(self.table))
+            except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.InvalidSchemaName) as exc:
+                cur.execute("ROLLBACK TO SAVEPOINT ledger_create")
+                raise CopyMistake(self._cannot_create(cur, exc)) from exc
+        missing = self._missing_rights(cur)
+        if missing:
+            raise CopyMistake(
+                f"the copy's ledger {self} exists, but this role lacks {', '.join(missing)} on it. "
+                f"Have its owner run: GRANT {', '.join(RIGHTS)} ON {self} TO {quote_ident(_role(cur))};"
+            )
+
+    def _cannot_create(self, cur, exc: BaseException) -> str:
+        role = quote_ident(_role(cur))
+        ddl = sql.SQL(_DDL).format(self.table).as_string(cur)
+        reason = str(exc).strip().splitlines()[0]
+        return (
+            f"cannot create the copy's ledger table {self} ({reason}). Either grant the target role the "
+            f"right to create it: GRANT CREATE ON SCHEMA {quote_ident(self.schema)} TO {role}; or name a "
+            f"schema it may write to with ledger_schema=...; or have an administrator create it once:\n"
+            f"{ddl};\nGRANT {', '.join(RIGHTS)} ON {self} TO {role};"
         )
 
-    def load_plan(self, cur, copy_id: str, source: str, target: str) -> tuple[Keyset, list[Chunk], set[int]] | None:
+    def _missing_rights(self, cur) -> list[str]:
+        cur.execute("SELECT " + ", ".join(f"has_table_privilege(%s, '{r}')" for r in RIGHTS),
+                    [str(self)] * len(RIGHTS))
+        return [r for r, ok in zip(RIGHTS, cur.fetchone(), strict=True) if not ok]
+
+    def load_plan(self, cur, copy_id: str, source: str, target: str) -> StoredPlan | None:
         """The stored plan of ``copy_id`` and the chunks already done, or None for a new copy."""
         cur.execute(
             sql.SQL("SELECT chunk_no, key_kind, key_columns, lower_bound, upper_bound, expected_rows, "
@@ -71,18 +138,15 @@ class Ledger:
         if not rows:
             return None
         if (rows[0][7], rows[0][8]) != (source, target):
-            raise ValueError(
+            raise CopyMistake(
                 f"copy_id {copy_id!r} already names a copy of {rows[0][7]} -> {rows[0][8]} in the ledger; "
                 f"give this copy of {source} -> {target} another copy_id"
             )
         keyset = Keyset(rows[0][1], tuple(rows[0][2]), "the plan stored by the earlier run")
         chunks = [Chunk(no, _tuple(lo), _tuple(hi), exp) for no, _, _, lo, hi, exp, *_ in rows]
-        done = {r[0] for r in rows if r[6]}
-        return keyset, chunks, done
+        return StoredPlan(keyset, chunks, frozenset(r[0] for r in rows if r[6]))
 
     def save_plan(self, cur, copy_id: str, source: str, target: str, keyset: Keyset, chunks: list[Chunk]) -> None:
-        from psycopg2.extras import execute_values
-
         execute_values(
             cur,
             sql.SQL("INSERT INTO {} (copy_id, chunk_no, source_table, target_table, key_kind, key_columns, "
@@ -111,7 +175,10 @@ class Ledger:
         )
         row = cur.fetchone()
         if row is None:
-            raise RuntimeError(f"chunk {chunk_no} of copy {copy_id!r} is missing from the ledger")
+            raise CopyMistake(
+                f"chunk {chunk_no + 1} of copy {copy_id!r} is missing from the ledger {self}: it was pruned or "
+                "deleted while the copy ran; run the copy again under another copy_id"
+            )
         return bool(row[0])
 
     def finish(self, cur, copy_id: str, chunk_no: int, result: ChunkResult, seconds: float) -> None:
@@ -121,14 +188,43 @@ class Ledger:
             (result.rows, result.bytes, result.checksum, seconds, copy_id, chunk_no),
         )
 
-    def totals(self, cur, copy_id: str) -> dict[str, Any]:
+    def totals(self, cur, copy_id: str) -> LedgerTotals:
         cur.execute(
             sql.SQL("SELECT count(*), count(finished_at), coalesce(sum(rows_copied), 0), "
                     "coalesce(sum(bytes_copied), 0) FROM {} WHERE copy_id = %s").format(self.table),
             (copy_id,),
         )
         chunks, done, rows, nbytes = cur.fetchone()
-        return {"chunks": chunks, "chunks_done": done, "rows": int(rows), "bytes": int(nbytes)}
+        return LedgerTotals(chunks, done, int(rows), int(nbytes))
+
+    def prune(self, cur, retention_days: float) -> int:
+        """Delete the rows of copies whose every chunk finished more than ``retention_days`` ago.
+
+        Returns the number of copies pruned. Unfinished copies are always kept: they can resume.
+        """
+        cur.execute(
+            sql.SQL("""
+            WITH finished AS (
+                SELECT copy_id FROM {table} GROUP BY copy_id
+                HAVING bool_and(finished_at IS NOT NULL)
+                   AND max(finished_at) < now() - make_interval(secs => %s)
+            ), gone AS (
+                DELETE FROM {table} l USING finished f WHERE l.copy_id = f.copy_id RETURNING l.copy_id
+            )
+            SELECT count(DISTINCT copy_id) FROM gone""").format(table=self.table),
+            (retention_days * 86400.0,),
+        )
+        return cur.fetchone()[0]
+
+
+def _exists(cur, schema: str) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(LEDGER_TABLE)}",))
+    return cur.fetchone()[0]
+
+
+def _role(cur) -> str:
+    cur.execute("SELECT current_user")
+    return cur.fetchone()[0]
 
 
 def _json(bound: tuple[str, ...] | None) -> str | None:

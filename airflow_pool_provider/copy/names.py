@@ -52,7 +52,12 @@ class TableName:
 
     def __str__(self) -> str:
         parts = [self.schema, self.name] if self.schema else [self.name]
-        return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+        return ".".join(quote_ident(p) for p in parts)
+
+
+def quote_ident(part: str) -> str:
+    """A name as SQL text, always quoted (for messages and for statements shown to users)."""
+    return '"' + part.replace('"', '""') + '"'
 
 
 def _quoted(part: str) -> bool:

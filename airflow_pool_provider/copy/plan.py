@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from psycopg2 import sql
 
-from airflow_pool_provider.copy.catalog import CatalogError, Table
+from airflow_pool_provider.copy.catalog import Table
+from airflow_pool_provider.copy.row_filter import RowFilter
+from airflow_pool_provider.errors import CatalogError
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +85,14 @@ def _compare(keyset: Keyset, op: str, values: tuple[str, ...]) -> sql.Composable
     return sql.SQL("ROW({}) " + op + " ROW({})").format(cols, vals)
 
 
-def filter_clause(where: str | None) -> sql.Composable:
-    return sql.SQL("({})").format(sql.SQL(where)) if where else sql.SQL("true")
-
-
-def plan(cur, table: Table, keyset: Keyset, where: str | None, chunk_size: int) -> list[Chunk]:
-    """Split the rows of ``table`` matching ``where`` into chunks of about ``chunk_size`` rows."""
+def plan(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int) -> list[Chunk]:
+    """Split the rows of ``table`` matching ``row_filter`` into chunks of about ``chunk_size`` rows."""
     if keyset.kind == "ctid":
-        return _plan_pages(cur, table, where, chunk_size)
-    return _plan_keys(cur, table, keyset, where, chunk_size)
+        return _plan_pages(cur, table, row_filter, chunk_size)
+    return _plan_keys(cur, table, keyset, row_filter, chunk_size)
 
 
-def _plan_keys(cur, table: Table, keyset: Keyset, where: str | None, chunk_size: int) -> list[Chunk]:
+def _plan_keys(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int) -> list[Chunk]:
     # Aliased, so ORDER BY names the key column, not its text form (which would sort 10 < 9).
     bounds = sql.SQL(", ").join(
         sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"bound_{i}"))
@@ -108,7 +106,7 @@ def _plan_keys(cur, table: Table, keyset: Keyset, where: str | None, chunk_size:
         cur.execute(
             sql.SQL("SELECT {bounds} FROM {table} WHERE {after} AND {where} "
                     "ORDER BY {order} OFFSET {offset} LIMIT 1").format(
-                bounds=bounds, table=table.ident, after=after, where=filter_clause(where),
+                bounds=bounds, table=table.ident, after=after, where=row_filter.clause(),
                 order=keyset.order_by(), offset=sql.Literal(chunk_size - 1),
             )
         )
@@ -116,12 +114,14 @@ def _plan_keys(cur, table: Table, keyset: Keyset, where: str | None, chunk_size:
         if row is None:
             break
         upper = tuple(row)
+        if upper == lower:  # a key that does not order strictly: the plan would never end
+            raise CatalogError(f"key {list(keyset.columns)} of {table.name} does not order its rows strictly")
         chunks.append(Chunk(len(chunks), lower, upper, chunk_size))
         lower = upper
     last = Chunk(len(chunks), lower, None)
     cur.execute(
         sql.SQL("SELECT count(*) FROM {} WHERE {} AND {}").format(
-            table.ident, range_predicate(keyset, last), filter_clause(where)
+            table.ident, range_predicate(keyset, last), row_filter.clause()
         )
     )
     remaining = cur.fetchone()[0]
@@ -133,11 +133,11 @@ def _plan_keys(cur, table: Table, keyset: Keyset, where: str | None, chunk_size:
     return chunks
 
 
-def _plan_pages(cur, table: Table, where: str | None, chunk_size: int) -> list[Chunk]:
+def _plan_pages(cur, table: Table, row_filter: RowFilter, chunk_size: int) -> list[Chunk]:
     cur.execute(
         sql.SQL("SELECT count(*), pg_relation_size({oid}) / current_setting('block_size')::int "
                 "FROM {table} WHERE {where}").format(
-            oid=sql.Literal(table.oid), table=table.ident, where=filter_clause(where)
+            oid=sql.Literal(table.oid), table=table.ident, where=row_filter.clause()
         )
     )
     rows, pages = cur.fetchone()

@@ -34,7 +34,7 @@ _connection_cache_lock = threading.Lock()
 _config_cache: dict[str, Any] = {}
 
 
-def _config_number(key: str, default: float | None, cast: type) -> Any:
+def config_number(key: str, default: float | None, cast: type) -> Any:
     """A setting of the provider's config section, read once per process (reading costs ~15 us).
 
     ``none``, ``off`` or an empty value turns a limit off.
@@ -120,8 +120,8 @@ class PooledPostgresHook(PostgresHook):
         for name, override in self._pool_overrides.items():
             default = getattr(defaults, name)
             cast = int if name.endswith("size") else float
-            resolved[name] = override if override is not None else _config_number(name, default, cast)
-        resolved["leak_threshold"] = _config_number("leak_threshold", defaults.leak_threshold, float)
+            resolved[name] = override if override is not None else config_number(name, default, cast)
+        resolved["leak_threshold"] = config_number("leak_threshold", defaults.leak_threshold, float)
         for name in ("min_size", "max_size", "timeout"):
             if resolved[name] is None:
                 raise ValueError(
@@ -214,7 +214,7 @@ class PooledPostgresHook(PostgresHook):
 
 def cached_connection(conn_id: str) -> Connection:
     """The Airflow Connection ``conn_id``, fetched at most once per ``connection_cache_seconds``."""
-    ttl = _config_number("connection_cache_seconds", 60.0, float) or 0.0
+    ttl = config_number("connection_cache_seconds", 60.0, float) or 0.0
     now = time.monotonic()
     with _connection_cache_lock:
         hit = _connection_cache.get(conn_id)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowNotFoundException
 from airflow.sdk import BaseOperator, Context
 
+from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy import CopySpec, TableCopy
-from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
+from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.spec import DEFAULT_PARALLELISM, MAX_PARALLELISM
+from airflow_pool_provider.errors import is_mistake
+from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_number
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
+
+#: The default label of a mapped copy in the UI: which table goes where.
+MAP_INDEX_TEMPLATE = "{{ task.source_table }} -> {{ task.target_table or task.source_table }}"
 
 
 def _templated(value: Any) -> bool:
@@ -29,6 +40,11 @@ def _as_int(name: str, value: Any) -> Any:
     return value
 
 
+def connections_for(parallelism: int) -> int:
+    """Connections a copy with ``parallelism`` workers holds in all: two per worker, one snapshot."""
+    return 2 * parallelism + 1
+
+
 class ChunkedTableCopyOperator(BaseOperator):
     """Copy a table between two postgres connections in verified, resumable COPY chunks.
 
@@ -37,9 +53,11 @@ class ChunkedTableCopyOperator(BaseOperator):
     :param source_table: ``table``, ``schema.table`` or a quoted SQL name.
     :param target_table: defaults to the source table's name.
     :param columns: columns to copy; default: all non-generated columns of the source.
-    :param where: SQL condition on source rows, for subset and incremental copies.
-    :param chunk_size: rows per chunk (each chunk is one target transaction).
-    :param parallelism: chunks copied at once inside the task.
+    :param where: one SQL condition on source rows, for subset and incremental copies. It runs
+        with the source connection's rights (read-only transactions).
+    :param chunk_size: rows per chunk (each chunk is one target transaction), at most 10,000,000.
+    :param parallelism: chunks copied at once inside the task, at most 64; fewer when the pool's
+        ``max_size``, ``pool_slots`` or the servers' free connections do not allow it (logged).
     :param mode: ``append``, ``replace`` (truncate first, once) or ``upsert`` (on the primary key
         or ``conflict_columns``).
     :param conflict_columns: unique key of the target for ``upsert``.
@@ -47,18 +65,33 @@ class ChunkedTableCopyOperator(BaseOperator):
         else ctid ranges).
     :param verify_checksums: compare a hash of each chunk's rows on both sides (counts are always
         compared).
-    :param max_chunk_retries: retries of a chunk whose connection failed.
+    :param max_chunk_retries: retries of a chunk that hit a transient fault (lost connection,
+        server restart, serialization failure).
     :param copy_id: names the copy in the ledger; a task run again with the same id resumes.
         Default: ``dag_id.task_id.run_id[.map_index]``, so retries and re-runs of a task instance
         resume, and each DAG run is a new copy.
+    :param ledger_schema: schema of the progress ledger in the target; default: the target
+        table's schema.
+    :param sync_sequences: after the rows, move the target's sequences of copied serial and
+        identity columns up to the source's position.
+    :param pool_slots: the connections the task may hold in all. Default: what ``parallelism``
+        needs (``2 × parallelism + 1``) when it is a number, else 5 (two workers), since a
+        template renders after the slots are fixed. Put copies in an Airflow pool sized in
+        connections, and they never hold more than it has.
 
-    Returns (XCom) a summary: rows, chunks, bytes, seconds, rows/s and the verification result.
+    Mistakes (missing tables, mismatched schemas, duplicate keys, bad filters, checksum
+    mismatches) fail the task without retries; faults (lost connections, a busy server) are
+    retried as the task's ``retries`` say.
+
+    Returns (XCom) a summary: rows, chunks, bytes, seconds, rows/s, ``verified`` and the
+    verification details.
     """
 
     template_fields: Sequence[str] = (
         "source_conn_id", "target_conn_id", "source_table", "target_table", "columns", "where",
-        "chunk_size", "parallelism", "mode", "copy_id",
+        "chunk_size", "parallelism", "mode", "copy_id", "ledger_schema",
     )
+    template_fields_renderers = {"where": "sql", "columns": "json"}
     ui_color = "#c8e6ff"
 
     def __init__(
@@ -71,20 +104,34 @@ class ChunkedTableCopyOperator(BaseOperator):
         columns: Sequence[str] | None = None,
         where: str | None = None,
         chunk_size: int | str = 50_000,
-        parallelism: int | str = 2,
+        parallelism: int | str = DEFAULT_PARALLELISM,
         mode: str = "append",
         conflict_columns: Sequence[str] | None = None,
         key: Sequence[str] | None = None,
         verify_checksums: bool = True,
         max_chunk_retries: int = 3,
         copy_id: str | None = None,
+        ledger_schema: str | None = None,
+        sync_sequences: bool = True,
         **kwargs: Any,
     ) -> None:
+        parallelism = _as_int("parallelism", parallelism)
+        kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
+        if "pool_slots" not in kwargs:
+            known = isinstance(parallelism, int) and not isinstance(parallelism, bool)
+            # Clamped, so that a bad parallelism is reported as such by the spec check below.
+            kwargs["pool_slots"] = connections_for(min(max(parallelism, 1), MAX_PARALLELISM) if known
+                                                   else DEFAULT_PARALLELISM)
         super().__init__(**kwargs)
         for name, value in (("source_conn_id", source_conn_id), ("target_conn_id", target_conn_id)):
             # A template renders later; anything else must already name a connection.
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must name an Airflow connection, got {value!r}")
+        if self.pool_slots < connections_for(1):
+            raise ValueError(
+                f"pool_slots={self.pool_slots} leaves no room for a worker: a copy holds "
+                f"{connections_for(1)} connections with one worker (2 per worker, 1 for the snapshot)"
+            )
         self.source_conn_id = source_conn_id
         self.target_conn_id = target_conn_id
         self.source_table = source_table
@@ -92,13 +139,17 @@ class ChunkedTableCopyOperator(BaseOperator):
         self.columns = columns
         self.where = where
         self.chunk_size = _as_int("chunk_size", chunk_size)
-        self.parallelism = _as_int("parallelism", parallelism)
+        self.parallelism = parallelism
         self.mode = mode
         self.conflict_columns = conflict_columns
         self.key = key
         self.verify_checksums = verify_checksums
         self.max_chunk_retries = max_chunk_retries
         self.copy_id = copy_id
+        self.ledger_schema = ledger_schema
+        self.sync_sequences = sync_sequences
+        self._copy: TableCopy | None = None
+        self._tables: tuple[TableName, TableName] | None = None
         self._spec(parse_time=True)  # fail at parse time on anything not templated
 
     def _spec(self, parse_time: bool = False) -> CopySpec:
@@ -115,20 +166,64 @@ class ChunkedTableCopyOperator(BaseOperator):
             "key": self.key,
             "verify_checksums": self.verify_checksums,
             "max_chunk_retries": self.max_chunk_retries,
+            "ledger_schema": self.ledger_schema or None,
+            "sync_sequences": self.sync_sequences,
         }
         if parse_time:
             # Stand-ins for values only known at run time, so the rest is still checked now.
             stand_ins = {"chunk_size": 1, "parallelism": 1, "source_table": "t", "target_table": "t",
-                         "columns": None, "where": None, "mode": "append"}
+                         "columns": None, "where": None, "mode": "append", "ledger_schema": None}
             values = {k: stand_ins.get(k) if _templated(v) else v for k, v in values.items()}
         return CopySpec(**values)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        spec = self._spec()
-        ti = context["ti"]
-        copy_id = self.copy_id or ".".join(
-            str(p) for p in (ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1)) if p != -1
+        try:
+            spec = self._spec()
+            source = PooledPostgresHook(self.source_conn_id).get_pool()
+            target = PooledPostgresHook(self.target_conn_id).get_pool()
+        except (ValueError, AirflowNotFoundException) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        self._copy = TableCopy(
+            source, target, spec, self._copy_id(context), log=self.log, metrics=AirflowMetrics(),
+            connection_limit=self.pool_slots,
+            ledger_retention_days=config_number("ledger_retention_days", 30.0, float),
         )
-        source = PooledPostgresHook(self.source_conn_id).get_pool()
-        target = PooledPostgresHook(self.target_conn_id).get_pool()
-        return TableCopy(source, target, spec, copy_id, log=self.log).run()
+        try:
+            summary = self._copy.run()
+        except Exception as exc:
+            if is_mistake(exc):
+                raise AirflowFailException(f"{exc} (not retried: trying again cannot help)") from exc
+            raise
+        finally:
+            self._copy = None
+        self._tables = (TableName.parse(summary.source), TableName.parse(summary.target))
+        return summary.to_xcom()
+
+    def _copy_id(self, context: Context) -> str:
+        if self.copy_id:
+            return self.copy_id
+        ti = context["ti"]
+        parts = (ti.dag_id, ti.task_id, ti.run_id, getattr(ti, "map_index", -1))
+        return ".".join(str(p) for p in parts if p != -1)
+
+    def on_kill(self) -> None:
+        """Airflow's SIGTERM handler calls this and returns: stopping makes ``execute`` raise."""
+        copy = self._copy
+        if copy is not None:
+            copy.stop("the task was told to stop (SIGTERM: marked failed, or its worker is shutting down)")
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """The source table as input and the target table as output, named as the postgres
+        provider names them: namespace ``postgres://host:port``, name ``database.schema.table``."""
+        from airflow.providers.common.compat.openlineage.facet import Dataset
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        if self._tables is None:
+            return OperatorLineage()
+        datasets = []
+        for conn_id, table in zip((self.source_conn_id, self.target_conn_id), self._tables, strict=True):
+            hook = PooledPostgresHook(conn_id)
+            info = hook.get_openlineage_database_info(hook.connection)
+            datasets.append(Dataset(namespace=f"{info.scheme}://{info.authority}",
+                                    name=f"{info.database}.{table.schema}.{table.name}"))
+        return OperatorLineage(inputs=[datasets[0]], outputs=[datasets[1]])

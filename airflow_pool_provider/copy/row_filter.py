@@ -1,0 +1,103 @@
+"""The row filter (``where``): one boolean expression over the source table, and nothing more.
+
+The filter is spliced into every chunk's ``WHERE (filter) AND key range``. Text that closes its
+parentheses early (``1=1) OR (1=1``) would escape the range: each chunk would select the whole
+table. So the filter is tokenized (with sqlparse, which Airflow's common-sql already installs) and
+refused when it holds a comment, a ``;`` outside a literal, or a parenthesis that closes more
+than it opens. Where sqlparse and PostgreSQL could read a token differently (a backslash in a
+standard string or a quoted name, a dollar quote glued to a name), the filter is refused too.
+Then PostgreSQL itself checks it against the source table (``EXPLAIN``) before anything is
+written. It runs with the source connection's rights, in read-only transactions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg2 import sql
+from sqlparse import tokens as T
+from sqlparse.lexer import Lexer
+
+from airflow_pool_provider.errors import FilterError, first_line
+
+#: Longest filter accepted; a filter is a condition, not a program.
+MAX_LENGTH = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """A checked filter; ``RowFilter.parse(None)`` or ``""`` is "every row"."""
+
+    text: str | None
+
+    @classmethod
+    def parse(cls, text: str | None) -> RowFilter:
+        if text is None or (isinstance(text, str) and not text.strip()):
+            return cls(None)
+        if not isinstance(text, str):
+            raise FilterError(f"where must be a string with one SQL condition, got {text!r}")
+        if len(text) > MAX_LENGTH:
+            raise FilterError(f"where is {len(text)} characters long; at most {MAX_LENGTH} are accepted")
+        problem = _first_problem(text)
+        if problem:
+            raise FilterError(f"where {text!r} is not one SQL condition: {problem}")
+        return cls(text.strip())
+
+    def clause(self) -> sql.Composable:
+        """``(filter)``, or ``true``. The filter went through :meth:`parse`."""
+        return sql.SQL("({})").format(sql.SQL(self.text)) if self.text else sql.SQL("true")
+
+    def check(self, cur, table: sql.Composable) -> None:
+        """Let PostgreSQL plan the filter on the source table; raise FilterError if it cannot.
+
+        Runs in a savepoint, so the caller's transaction (and its snapshot) survives a bad filter.
+        """
+        if not self.text:
+            return
+        cur.execute("SAVEPOINT row_filter_check")
+        try:
+            cur.execute(sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE {}").format(table, self.clause()))
+            cur.fetchall()
+        except Exception as exc:  # noqa: BLE001 - any server error means the filter is unusable
+            cur.execute("ROLLBACK TO SAVEPOINT row_filter_check")
+            raise FilterError(
+                f"where {self.text!r} does not work on the source table: {first_line(exc)}. "
+                "It must be a boolean condition on the source table's columns."
+            ) from exc
+        cur.execute("RELEASE SAVEPOINT row_filter_check")
+
+
+def _first_problem(text: str) -> str | None:
+    """What makes ``text`` more or other than one expression, or None."""
+    depth = 0
+    previous: tuple[object, str] = (T.Whitespace, "")
+    for ttype, value in Lexer.get_default_instance().get_tokens(text):
+        if ttype in T.Comment:
+            return "comments are not allowed"
+        if ttype in T.Error:
+            return f"cannot read it at {value!r} (an unterminated quote?)"
+        if ttype in T.Punctuation and value == ";":
+            return "';' outside a string ends the statement"
+        if ttype in T.Punctuation and value == "(":
+            depth += 1
+        elif ttype in T.Punctuation and value == ")":
+            depth -= 1
+            if depth < 0:
+                return "a ')' closes more parentheses than were opened"
+        elif ttype in T.String.Single and "\\" in value and not _is_escape_prefix(previous):
+            return r"a backslash in a string is read differently by different parsers; write E'...\...'"
+        elif ttype in T.String.Symbol and "\\" in value:
+            return "a backslash in a quoted name is not allowed"
+        elif ttype is T.Literal and value.startswith("$") and previous[0] not in T.Whitespace \
+                and previous[1] not in ("(", ",") and previous[0] not in T.Operator:
+            return "a dollar-quoted string must be separated from the word before it"
+        previous = (ttype, value)
+    if depth:
+        return "a '(' is never closed"
+    return None
+
+
+def _is_escape_prefix(token: tuple[object, str]) -> bool:
+    """An ``E`` glued to the string makes it an escape string, where a backslash escapes."""
+    ttype, value = token
+    return ttype in T.Name and value in ("E", "e")
