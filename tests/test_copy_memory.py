@@ -32,8 +32,8 @@ CHILD = textwrap.dedent(
             return int(f.read().split()[1]) * 4096 / 2**20
 
     src_dsn, dst_dsn, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    source = ConnectionPool(lambda: psycopg2.connect(src_dsn), name="source")
-    target = ConnectionPool(lambda: psycopg2.connect(dst_dsn), name="target")
+    source = ConnectionPool(lambda: psycopg2.connect(src_dsn), name="source", max_size=5)
+    target = ConnectionPool(lambda: psycopg2.connect(dst_dsn), name="target", max_size=5)
 
     def copy(where, copy_id):
         spec = CopySpec("events", chunk_size=5000, parallelism=4, where=where)

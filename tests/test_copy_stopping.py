@@ -1,0 +1,249 @@
+"""A copy stops when told: on Airflow's execution_timeout, on SIGTERM (on_kill), on Ctrl-C, on
+stop() from another thread, and when one chunk fails. In every case no new chunk starts, running
+statements are cancelled on both servers, the copy ends within about two seconds, nothing
+commits afterwards, and a resume with the same copy_id finishes the table exactly once.
+
+The target is slowed down by a statement trigger that sleeps, so that chunks are always running
+when the stop comes.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import psycopg2
+import pytest
+from dag_process import DagTestProcess
+from observe import wait_until
+
+from airflow_pool_provider.copy import CopySpec, CopyStopped, TableCopy
+from airflow_pool_provider.copy.ledger import LEDGER_TABLE
+from airflow_pool_provider.errors import ChunkFailed
+from airflow_pool_provider.pool import ConnectionPool
+from airflow_pool_provider.testing.data import create_events, table_digest
+
+ROWS, CHUNK = 15_000, 500  # 30 chunks
+SLOW_TARGET = """
+CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(%s); RETURN NULL; END $$;
+CREATE TRIGGER slow_statement AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow_statement();
+"""
+#: A stopped copy's task must end within this many seconds of the stop.
+STOP_WITHIN = 2.0
+
+
+@pytest.fixture
+def tables(pg_server, make_database):
+    """A source of 30 chunks and an empty target whose every COPY takes at least 0.5 s."""
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    src = psycopg2.connect(pg_server.dsn(src_db))
+    dst = psycopg2.connect(pg_server.dsn(dst_db))
+    dst.autocommit = True
+    create_events(src, ROWS)
+    create_events(dst, 0)
+    with dst.cursor() as cur:
+        cur.execute(SLOW_TARGET, (0.5,))
+    yield src_db, dst_db, src, dst
+    src.close()
+    dst.close()
+
+
+def _done_chunks(dst, copy_id: str) -> int:
+    """Chunks the ledger records as done (0 before the ledger exists)."""
+    with dst.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,))
+        if not cur.fetchone()[0]:
+            return 0
+        cur.execute(f"SELECT count(finished_at) FROM {LEDGER_TABLE} WHERE copy_id = %s", (copy_id,))
+        return cur.fetchone()[0]
+
+
+def _target_rows(dst) -> int:
+    with dst.cursor() as cur:
+        cur.execute("SELECT count(*) FROM events")
+        return cur.fetchone()[0]
+
+
+def _busy_backends(pg_server, *apps: str) -> int:
+    """Backends of ``apps`` that are running a statement (or are in a transaction)."""
+    rows = pg_server.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = ANY(%s) AND state <> 'idle'",
+        (list(apps),),
+    )
+    return rows[0][0]
+
+
+def _assert_stopped_for_good(pg_server, dst, copy_id: str, apps: list[str]) -> int:
+    """Nothing of the copy runs or commits any more; returns the chunks it finished."""
+    done = _done_chunks(dst, copy_id)
+    assert 0 < done < ROWS // CHUNK, f"{done} chunks done: the stop came too late or too early to show anything"
+    assert _target_rows(dst) == done * CHUNK  # exactly the ledger's chunks are in the target
+    wait_until(lambda: _busy_backends(pg_server, *apps) == 0, timeout=STOP_WITHIN, what="no busy backends")
+    time.sleep(1.0)
+    assert _done_chunks(dst, copy_id) == done, "chunks committed after the copy was stopped"
+    return done
+
+
+def _resume_and_check(pg_server, src_db, dst_db, src, dst, copy_id: str, done_before: int) -> None:
+    with dst.cursor() as cur:
+        cur.execute("DROP TRIGGER slow_statement ON events")
+    source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db)), name="source")
+    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), name="target")
+    try:
+        summary = TableCopy(source, target, CopySpec("events", chunk_size=CHUNK), copy_id=copy_id).run()
+    finally:
+        source.close()
+        target.close()
+    assert summary.chunks_skipped == done_before and summary.total_rows == ROWS
+    dst.autocommit = False
+    assert table_digest(dst) == table_digest(src)  # exactly once: nothing lost, nothing doubled
+
+
+def _run_copy_dag(make_conn_id, src_db, dst_db, copy_id: str) -> tuple[DagTestProcess, list[str]]:
+    src_id, dst_id = make_conn_id(src_db), make_conn_id(dst_db)
+    conf = {"source_conn_id": src_id, "target_conn_id": dst_id, "copy_id": copy_id}
+    return DagTestProcess("copy_with_timeout", conf), [f"test-{src_id}", f"test-{dst_id}"]
+
+
+def test_execution_timeout_stops_the_copy_within_two_seconds(airflow_db, pg_server, tables, make_conn_id):
+    src_db, dst_db, src, dst = tables
+    run, apps = _run_copy_dag(make_conn_id, src_db, dst_db, "timed-out")
+    try:
+        code = run.wait(120)
+        timed_out = run.seen(r"Process timed out")
+        ended = run.seen(r"Task instance state updated.*new_state=failed")
+        assert code != 0 and timed_out is not None and ended is not None, run.output[-4000:]
+        assert ended - timed_out < STOP_WITHIN, f"the task ended {ended - timed_out:.1f} s after the timeout"
+        assert "stopped (AirflowTaskTimeout" in run.output and "Resume with copy_id 'timed-out'" in run.output
+    finally:
+        run.stop()
+    done = _assert_stopped_for_good(pg_server, dst, "timed-out", apps)
+    _resume_and_check(pg_server, src_db, dst_db, src, dst, "timed-out", done)
+
+
+def test_sigterm_runs_on_kill_and_stops_the_copy_within_two_seconds(airflow_db, pg_server, tables, make_conn_id):
+    src_db, dst_db, src, dst = tables
+    run, apps = _run_copy_dag(make_conn_id, src_db, dst_db, "terminated")
+    try:
+        wait_until(lambda: _done_chunks(dst, "terminated") >= 2, timeout=60, what="two chunks done")
+        sent = run.signal(signal.SIGTERM)  # what "mark failed" and the supervisor send
+        code = run.wait(60)
+        ended = run.seen(r"Task instance state updated.*new_state=failed")
+        assert code != 0 and ended is not None, run.output[-4000:]
+        assert ended - sent < STOP_WITHIN, f"the task ended {ended - sent:.1f} s after SIGTERM"
+        assert "the task was told to stop (SIGTERM" in run.output and "CopyStopped" in run.output
+    finally:
+        run.stop()
+    done = _assert_stopped_for_good(pg_server, dst, "terminated", apps)
+    _resume_and_check(pg_server, src_db, dst_db, src, dst, "terminated", done)
+
+
+# -- the engine on its own: stop(), Ctrl-C, a failing chunk -------------------------------------
+
+
+def _pools(pg_server, src_db, dst_db):
+    source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="stop-source")),
+                            name="source")
+    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db, application_name="stop-target")),
+                            name="target")
+    return source, target
+
+
+def _copy_in_thread(copy: TableCopy) -> tuple[threading.Thread, dict]:
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = copy.run()
+        except BaseException as exc:  # noqa: BLE001 - asserted by the test
+            outcome["error"] = exc
+        outcome["ended"] = time.monotonic()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_stop_from_another_thread_cancels_both_sides(pg_server, tables):
+    src_db, dst_db, src, dst = tables
+    source, target = _pools(pg_server, src_db, dst_db)
+    # The source is slow too: reading a chunk takes a second. (Only chunk reads set
+    # extra_float_digits to 3, so planning, which reads every row, stays fast.)
+    slow_read = "pg_sleep(CASE WHEN current_setting('extra_float_digits') = '3' THEN 0.002 ELSE 0 END) IS NOT NULL"
+    spec = CopySpec("events", chunk_size=CHUNK, parallelism=2, where=slow_read)
+    copy = TableCopy(source, target, spec, copy_id="stopped")
+    thread, outcome = _copy_in_thread(copy)
+    try:
+        wait_until(lambda: _busy_backends(pg_server, "stop-source") >= 2, timeout=30, what="two source COPYs")
+        stopped_at = time.monotonic()
+        copy.stop("the test says stop")
+        thread.join(30)
+        assert not thread.is_alive()
+        assert isinstance(outcome.get("error"), CopyStopped), outcome
+        assert outcome["ended"] - stopped_at < STOP_WITHIN
+        assert _busy_backends(pg_server, "stop-source", "stop-target") == 0
+        assert source.stats()["in_use"] == target.stats()["in_use"] == 0
+    finally:
+        source.close()
+        target.close()
+    assert _target_rows(dst) == _done_chunks(dst, "stopped") * CHUNK
+
+
+def test_ctrl_c_stops_the_copy_and_raises_keyboard_interrupt(pg_server, tables):
+    src_db, dst_db, src, dst = tables
+    source, target = _pools(pg_server, src_db, dst_db)
+    copy = TableCopy(source, target, CopySpec("events", chunk_size=CHUNK), copy_id="interrupted")
+    main = threading.main_thread().ident
+    pressed: list[float] = []
+
+    def press_ctrl_c() -> None:
+        wait_until(lambda: _done_chunks(dst, "interrupted") >= 1, timeout=30, what="a chunk done")
+        pressed.append(time.monotonic())
+        signal.pthread_kill(main, signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c, daemon=True)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            copy.run()
+        ended = time.monotonic()
+    finally:
+        presser.join(10)
+        source.close()
+        target.close()
+    assert ended - pressed[0] < STOP_WITHIN
+    assert copy.stopping.reason == "KeyboardInterrupt"
+    wait_until(lambda: _busy_backends(pg_server, "stop-source", "stop-target") == 0, timeout=STOP_WITHIN,
+               what="no busy backends")
+    done = _done_chunks(dst, "interrupted")
+    assert done < ROWS // CHUNK and _target_rows(dst) == done * CHUNK
+
+
+def test_a_failing_chunk_cancels_the_running_ones_at_once(pg_server, tables):
+    src_db, dst_db, src, dst = tables
+    with dst.cursor() as cur:  # the chunk with id 5200 fails at once; every other COPY takes 3 s
+        cur.execute("""
+            CREATE OR REPLACE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$;
+            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.id = 5200 THEN RAISE EXCEPTION 'refusing %', NEW.id USING ERRCODE = 'check_violation'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();
+        """)
+    source, target = _pools(pg_server, src_db, dst_db)
+    spec = CopySpec("events", chunk_size=CHUNK, parallelism=3, key=["id"], where="id > 4500")
+    started = time.monotonic()
+    try:
+        with pytest.raises(ChunkFailed, match="refusing 5200"):
+            TableCopy(source, target, spec, copy_id="one-fails").run()
+        took = time.monotonic() - started
+    finally:
+        source.close()
+        target.close()
+    # Chunk 1 (ids 4501-5000) and chunk 3 were sleeping in their 3 s trigger: cancelled, not waited for.
+    assert took < 3.0, f"the copy took {took:.1f} s: it waited for the running chunks"
+    assert _done_chunks(dst, "one-fails") == 0 and _target_rows(dst) == 0
