@@ -54,6 +54,7 @@ def test_dag_copies_table_and_returns_summary(airflow_db, copy_dag, source_and_t
     assert summary["rows"] == 5000 and summary["chunks"] == 8
     assert summary["verification"]["counts"] == "match"
     assert summary["verification"]["checksums"].startswith("match")
+    assert summary["verified"] is True and summary["verification"]["checksums_match"] is True
     assert summary["rows_per_second"] > 0 and summary["bytes"] > 0
 
 
@@ -91,13 +92,60 @@ def test_task_retry_resumes_from_the_ledger_without_duplicates(airflow_db, copy_
     assert summary["chunks_skipped"] == 3 and summary["rows"] == 2000 and summary["total_rows"] == 5000
 
 
-def test_unknown_connection_fails_the_task_with_clear_message(airflow_db, copy_dag, source_and_target, capsys):
+def _tries(run) -> int:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.settings import Session
+    from sqlalchemy import select
+
+    with Session() as session:
+        return session.scalars(select(TaskInstance.try_number).where(
+            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)).one()
+
+
+def test_unknown_connection_fails_the_task_once_with_clear_message(airflow_db, copy_dag, source_and_target,
+                                                                   capsys):
     src, dst, src_id, dst_id = source_and_target
     run, _ = _run(copy_dag, {"source_conn_id": "no_such_conn", "target_conn_id": dst_id})
     assert run.state == "failed"
+    assert _tries(run) == 1  # a mistake: the task's retries=1 is not used
     captured = capsys.readouterr()
     assert "'no_such_conn' is not defined" in captured.out + captured.err
     assert table_digest(dst)[0] == 0
+
+
+MISTAKES = {
+    "duplicate key": ("INSERT INTO events SELECT * FROM events_seed", "duplicate key value"),
+    "missing target table": ("DROP TABLE events", 'target table "events" does not exist'),
+    "schema mismatch": ("ALTER TABLE events ALTER COLUMN account_id TYPE bigint",
+                        "is integer in the source but bigint in the target"),
+    "checksum mismatch": ("""
+        CREATE FUNCTION corrupt() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN NEW.note := 'changed'; RETURN NEW; END $$;
+        CREATE TRIGGER corrupt BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION corrupt();""",
+                          "checksum mismatch"),
+    "bad filter": (None, "does not work on the source table"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_a_mistake_fails_the_task_once_without_retries(airflow_db, copy_dag, source_and_target, capsys, case):
+    src, dst, src_id, dst_id = source_and_target
+    setup, message = MISTAKES[case]
+    with dst.cursor() as cur:
+        cur.execute("CREATE TABLE events_seed AS SELECT * FROM events LIMIT 0")
+        cur.execute("INSERT INTO events_seed VALUES (42, 1, 'click', '{}', 1.00, now(), NULL)")
+        if setup:
+            cur.execute(setup)
+    dst.commit()
+    conf = {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 1000}
+    if case == "bad filter":
+        conf["where"] = "no_such_column = 1"
+    run, _ = _run(copy_dag, conf)
+    assert run.state == "failed"
+    assert _tries(run) == 1  # AirflowFailException: Airflow does not retry it
+    output = capsys.readouterr()
+    assert message in output.out + output.err
+    assert "not retried: trying again cannot help" in output.out + output.err
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,182 @@
+"""Mistakes fail once; faults are retried. A chunk is tried again only for transient faults; a
+lost source snapshot is taken anew (and reported); the operator tells Airflow not to retry
+mistakes."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg2
+import pytest
+from copy_helpers import CopyEnv
+from observe import wait_until
+
+from airflow_pool_provider.copy import CopySpec, TableCopy
+from airflow_pool_provider.errors import ChunkFailed, CopyError, Kind, classify
+from airflow_pool_provider.pool import ConnectionPool
+from airflow_pool_provider.testing.data import create_events, table_digest
+
+# The chunk holding id 250 fails the first time it arrives with SQLSTATE {code} (sequences
+# ignore rollbacks, so the attempts are counted in fail_once).
+FAIL_ONCE = """
+CREATE SEQUENCE fail_once;
+CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.id = 250 AND nextval('fail_once') <= {times} THEN
+        RAISE EXCEPTION 'injected failure' USING ERRCODE = '{code}';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER fail_once BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION fail_once();
+"""
+
+
+@pytest.fixture
+def env(pg_server, make_database):
+    e = CopyEnv(pg_server, make_database(prefix="src"), make_database(prefix="dst"))
+    e.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
+    e.sql("src", "INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 500) g")
+    yield e
+    e.close()
+
+
+def _attempts(env: CopyEnv) -> int:
+    return env.one("dst", "SELECT last_value FROM fail_once")
+
+
+@pytest.mark.parametrize("code", ["40001", "40P01", "53300", "57P01"])
+def test_a_transient_error_is_retried_and_the_copy_ends_exactly_once(env, code, caplog):
+    env.sql("dst", FAIL_ONCE.format(code=code, times=1))
+    with caplog.at_level("WARNING"):
+        summary = env.copy(CopySpec("t", chunk_size=100, parallelism=1))
+    assert summary["rows"] == 500
+    assert _attempts(env) == 2  # failed once, then went through
+    assert env.digest("dst", order="id") == env.digest("src", order="id")
+    assert "retry 1/3" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [("53100", Kind.FAULT), ("53200", Kind.FAULT), ("57014", Kind.FAULT), ("42501", Kind.MISTAKE),
+     ("23514", Kind.MISTAKE)],
+)
+def test_a_non_transient_error_fails_the_copy_on_the_first_attempt(env, code, kind, caplog):
+    env.sql("dst", FAIL_ONCE.format(code=code, times=1))
+    with caplog.at_level("WARNING"), pytest.raises(CopyError, match="chunk 3 .*failed: injected failure") as caught:
+        env.copy(CopySpec("t", chunk_size=100, parallelism=1))
+    assert _attempts(env) == 1  # not tried again
+    assert classify(caught.value) is kind
+    assert caught.value.__cause__.pgcode == code
+    assert "retry" not in caplog.text and "connection was lost" not in caplog.text
+    assert env.count("dst") == 200  # chunks 1 and 2 committed, nothing of chunk 3
+
+
+def test_a_statement_timeout_is_not_retried(env, caplog):
+    env.sql("dst", """
+        CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
+        CREATE TRIGGER slow AFTER INSERT ON t FOR EACH STATEMENT EXECUTE FUNCTION slow();
+    """)
+    dsn = env.server.dsn(env.db["dst"], options="-c statement_timeout=300")
+    source, target = env.pool("src"), ConnectionPool(lambda: psycopg2.connect(dsn), name="target")
+    try:
+        started = time.monotonic()
+        with caplog.at_level("WARNING"), pytest.raises(ChunkFailed, match="canceling statement due to statement "
+                                                                          "timeout") as caught:
+            TableCopy(source, target, CopySpec("t", chunk_size=100, parallelism=1), copy_id="timeout").run()
+        assert time.monotonic() - started < 1.5  # one attempt of 0.3 s, no retries
+    finally:
+        source.close()
+        target.close()
+    assert caught.value.__cause__.pgcode == "57014" and classify(caught.value) is Kind.FAULT
+    assert "retry" not in caplog.text
+
+
+def test_a_unique_violation_in_append_mode_is_a_mistake_with_advice(env):
+    env.sql("dst", "INSERT INTO t VALUES (250, 'already here')")
+    with pytest.raises(CopyError, match="duplicate key value.*use mode='upsert'") as caught:
+        env.copy(CopySpec("t", chunk_size=100, parallelism=1))
+    assert classify(caught.value) is Kind.MISTAKE
+
+
+# -- a source that restarts mid-copy: the snapshot is lost and taken anew ------------------------
+
+SLOW_TARGET = """
+CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_sleep(0.2); RETURN NULL; END $$;
+CREATE TRIGGER slow_statement AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow_statement();
+"""
+
+
+def _restart_source_mid_copy(own_server, pg_server, make_database, key: bool, caplog):
+    """Copy 20 chunks from a private server that restarts after the third chunk."""
+    src_db = own_server.server.create_database("src")
+    dst_db = make_database(prefix="dst")
+    src = psycopg2.connect(own_server.server.dsn(src_db))
+    dst = psycopg2.connect(pg_server.dsn(dst_db))
+    create_events(src, 10_000)
+    if not key:
+        with src.cursor() as cur:
+            cur.execute("ALTER TABLE events DROP CONSTRAINT events_pkey")
+        src.commit()
+    src.close()
+    create_events(dst, 0)
+    with dst.cursor() as cur:
+        cur.execute(SLOW_TARGET)
+    dst.commit()
+    source = ConnectionPool(lambda: psycopg2.connect(own_server.server.dsn(src_db)), name="source", timeout=30)
+    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), name="target")
+    spec = CopySpec("events", chunk_size=500, parallelism=2, mode="replace")
+    copy = TableCopy(source, target, spec, copy_id="restarted")
+
+    def restart() -> None:
+        wait_until(lambda: _done(dst) >= 3, timeout=60, what="three chunks done")
+        own_server.restart()
+
+    restarter = threading.Thread(target=restart, daemon=True)
+    restarter.start()
+    try:
+        with caplog.at_level("WARNING"):
+            outcome = copy.run()
+        return outcome, dst, own_server.server.dsn(src_db)
+    except Exception as exc:  # noqa: BLE001 - returned for the test to assert on
+        return exc, dst, own_server.server.dsn(src_db)
+    finally:
+        restarter.join(60)
+        source.close()
+        target.close()
+
+
+def _done(dst) -> int:
+    with dst.cursor() as cur:
+        cur.execute("SELECT to_regclass('airflow_pool_provider_copy_chunks') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            dst.commit()
+            return 0
+        cur.execute("SELECT count(finished_at) FROM airflow_pool_provider_copy_chunks")
+        done = cur.fetchone()[0]
+    dst.commit()
+    return done
+
+
+def test_a_source_restart_takes_a_new_snapshot_and_the_copy_goes_on(own_server, pg_server, make_database, caplog):
+    summary, dst, src_dsn = _restart_source_mid_copy(own_server, pg_server, make_database, True, caplog)
+    assert not isinstance(summary, BaseException), summary
+    assert summary.snapshots == 2  # reported, not hidden
+    assert "was lost" in caplog.text and "NEW snapshot" in caplog.text
+    assert "read through 2 snapshots" in caplog.text
+    src = psycopg2.connect(src_dsn)
+    try:
+        assert table_digest(dst) == table_digest(src)  # exactly once
+    finally:
+        src.close()
+        dst.close()
+
+
+def test_a_keyless_table_fails_with_the_reason_when_its_snapshot_is_lost(own_server, pg_server, make_database,
+                                                                          caplog):
+    outcome, dst, _ = _restart_source_mid_copy(own_server, pg_server, make_database, False, caplog)
+    dst.close()
+    assert isinstance(outcome, CopyError), outcome
+    assert "page (ctid) ranges that only hold within one snapshot" in str(outcome)
+    assert "mode='replace'" in str(outcome)
