@@ -28,8 +28,12 @@ with DAG(
                                 description="An Airflow postgres connection to write to."),
         "table": Param("events", type="string", title="Table",
                        description="table, schema.table or a quoted SQL name; the target must exist."),
-        "where": Param("", type="string", title="Row filter",
-                       description="Optional SQL condition on source rows, e.g. created_at >= '2024-06-01'."),
+        "where": Param("", type="string", title="Row filter", maxLength=500,
+                       pattern=r"^(?!.*--)(?!.*/\*)[^;\\]*$",
+                       description="Optional: one SQL condition on the source rows, e.g. created_at >= "
+                                   "'2024-06-01'. It runs with the source connection's rights (read-only), "
+                                   "so anyone who may trigger this DAG can read what that role can read. "
+                                   "No ';', comments or backslashes; at most 500 characters."),
         "mode": Param("append", enum=["append", "replace", "upsert"], title="Mode"),
         "chunk_size": Param(50_000, type="integer", minimum=1, title="Rows per chunk"),
         "parallelism": Param(2, type="integer", minimum=1, maximum=32, title="Parallel chunks"),

@@ -1,0 +1,119 @@
+"""The row filter is one boolean expression: it cannot close the parentheses around it, end the
+statement or hide text in comments, and PostgreSQL checks it before anything is written. A ';'
+or a parenthesis inside a string literal is just data."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from copy_helpers import CopyEnv
+
+from airflow_pool_provider.copy import CopySpec
+from airflow_pool_provider.copy.row_filter import RowFilter
+from airflow_pool_provider.errors import FilterError
+
+DAGS = Path(__file__).parent.parent / "dags"
+
+
+@pytest.fixture
+def env(pg_server, make_database):
+    e = CopyEnv(pg_server, make_database(prefix="src"), make_database(prefix="dst"))
+    yield e
+    e.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "problem"),
+    [
+        ("1=1) OR (1=1", "closes more parentheses than were opened"),
+        ("id > 0) OR (true", "closes more parentheses than were opened"),
+        ("(id > 0", "a '(' is never closed"),
+        ("id > 0; DELETE FROM t", "';' outside a string ends the statement"),
+        ("id > 0 -- and the rest", "comments are not allowed"),
+        ("id > 0 /* ) OR (1=1 */", "comments are not allowed"),
+        ("note = 'unterminated", "cannot read it"),
+        # sqlparse reads \' as an escaped quote; PostgreSQL (standard strings) ends the string there.
+        (r"note = '\' ) OR ( '\' = note", "backslash in a string"),
+        ('"we\\" ) OR (1=1 OR "x" = 1', "backslash in a quoted name"),
+        ("x" * 4001, "at most 4000"),
+    ],
+)
+def test_a_filter_that_is_not_one_expression_is_refused_when_the_spec_is_made(where, problem):
+    with pytest.raises(FilterError, match=re.escape(problem)) as caught:
+        CopySpec("t", where=where)
+    if len(where) < 100:
+        assert repr(where) in str(caught.value)  # the message quotes the filter
+    assert isinstance(caught.value, ValueError)  # so the operator refuses it when the DAG is parsed
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "note <> 'a;b'",
+        "note LIKE '%;%' OR note = ')'",
+        "note = $$a;b)$$",
+        r"note = E'it\'s'",
+        "id IN (SELECT id FROM t WHERE id % 2 = 0)",
+        "coalesce(note, '') <> '(' AND id BETWEEN 1 AND 1000",
+        '"id" >= 10',
+    ],
+)
+def test_semicolons_and_parentheses_inside_literals_are_accepted(where):
+    assert RowFilter.parse(where).text == where
+
+
+def test_a_breakout_on_a_keyless_table_is_refused_and_nothing_is_copied(env):
+    # Before: every ctid chunk selected the whole table, and the copy reported success with the
+    # rows 25 times over.
+    env.both("CREATE TABLE t (n int, note text)")
+    env.sql("src", "INSERT INTO t SELECT g, 'n' FROM generate_series(1, 5000) g")
+    with pytest.raises(FilterError, match="closes more parentheses"):
+        env.copy(CopySpec("t", where="1=1) OR (1=1", chunk_size=200))
+    assert env.count("dst") == 0
+
+
+def test_a_filter_with_a_semicolon_in_a_literal_copies_exactly_the_matching_rows(env):
+    env.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
+    env.sql("src", "INSERT INTO t SELECT g, CASE WHEN g % 3 = 0 THEN 'a;b' ELSE 'c)d' END "
+                   "FROM generate_series(1, 900) g")
+    summary = env.copy(CopySpec("t", where="note <> 'a;b' AND note = 'c)d'", chunk_size=100))
+    assert summary["rows"] == 600
+    assert env.rows("dst", "SELECT count(*), count(*) FILTER (WHERE note = 'a;b') FROM t") == [(600, 0)]
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("id + 1", "argument of WHERE must be type boolean"),
+        ("no_such_column = 1", 'column "no_such_column" does not exist'),
+        ("id = 'abc'", "invalid input syntax for type integer"),
+        ("id > 0 OR DROP TABLE t", "syntax error"),
+    ],
+)
+def test_the_source_checks_the_filter_before_anything_is_written(env, where, message):
+    env.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
+    env.sql("src", "INSERT INTO t SELECT g, 'n' FROM generate_series(1, 100) g")
+    env.sql("dst", "INSERT INTO t VALUES (1000, 'keep')")
+    with pytest.raises(FilterError, match=re.escape(message)) as caught:
+        env.copy(CopySpec("t", where=where, mode="replace", chunk_size=10), copy_id="checked")
+    assert repr(where) in str(caught.value)
+    assert env.rows("dst", "SELECT * FROM t") == [(1000, "keep")]  # not truncated
+    assert env.ledger("checked") == []
+
+
+def test_the_example_dags_form_restricts_the_filter():
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk.exceptions import ParamValidationError
+
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    dag = next(d for d in bag.dags.values() if "where" in d.params)
+    param = dag.params.get_param("where")
+    assert param.schema.get("maxLength") and param.schema.get("pattern")
+    assert "source connection's rights" in param.description
+    for bad in ("id > 0; DROP TABLE t", "id > 0 -- comment", "id > 0 /* c */", "x" * 1000):
+        with pytest.raises(ParamValidationError):
+            param.resolve(bad)
+    assert param.resolve("created_at >= '2024-06-01'") == "created_at >= '2024-06-01'"
