@@ -1,0 +1,155 @@
+"""Copies by roles with only the rights they need, and the ledger's place and lifetime.
+
+On PostgreSQL 15 and later nobody may create tables in ``public`` by default, so the ledger lives
+in the target table's schema unless told otherwise; where it cannot be created the error says
+what to grant, or gives the DDL for an administrator.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg2
+import pytest
+from copy_helpers import CopyEnv
+from psycopg2 import sql
+
+from airflow_pool_provider.copy import CopySpec, TableCopy
+from airflow_pool_provider.copy.ledger import LEDGER_TABLE, Ledger
+from airflow_pool_provider.errors import ChunkFailed, CopyMistake
+from airflow_pool_provider.pool import ConnectionPool
+
+TABLE = "CREATE TABLE {t} (id int PRIMARY KEY, note text)"
+
+
+@pytest.fixture
+def env(pg_server, make_database):
+    e = CopyEnv(pg_server, make_database(prefix="src"), make_database(prefix="dst"))
+    e.both(TABLE.format(t="t"))
+    e.sql("src", "INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 1000) g")
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def make_role(pg_server, env):
+    """Login roles (no rights but CONNECT on both databases); dropped after the test."""
+    roles: list[str] = []
+
+    def make(kind: str) -> str:
+        role = f"{kind}_{uuid.uuid4().hex[:8]}"
+        pg_server.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        roles.append(role)
+        for db in env.db.values():
+            pg_server.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                sql.Identifier(db), sql.Identifier(role)))
+        return role
+
+    yield make
+    for role in roles:
+        for db in env.db.values():
+            pg_server.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)), dbname=db)
+        pg_server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def _copy(env: CopyEnv, source_role: str, target_role: str, spec: CopySpec, copy_id: str = "least"):
+    src_dsn = env.server.dsn(env.db["src"], user=source_role)
+    dst_dsn = env.server.dsn(env.db["dst"], user=target_role)
+    source = ConnectionPool(lambda: psycopg2.connect(src_dsn), name="source")
+    target = ConnectionPool(lambda: psycopg2.connect(dst_dsn), name="target")
+    try:
+        return TableCopy(source, target, spec, copy_id=copy_id).run()
+    finally:
+        source.close()
+        target.close()
+
+
+def _ledger_schemas(env: CopyEnv) -> list[str]:
+    return [r[0] for r in env.rows("dst", "SELECT relnamespace::regnamespace::text FROM pg_class "
+                                          "WHERE relname = %s ORDER BY 1", (LEDGER_TABLE,))]
+
+
+def test_a_target_role_that_owns_its_schema_keeps_the_ledger_there(env, make_role):
+    reader, owner = make_role("reader"), make_role("owner")
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))  # SELECT only
+    env.sql("dst", sql.SQL("CREATE SCHEMA loader AUTHORIZATION {}").format(sql.Identifier(owner)))
+    env.sql("dst", f"SET ROLE {owner}; " + TABLE.format(t="loader.t") + "; RESET ROLE")
+    assert not env.one("dst", "SELECT has_schema_privilege(%s, 'public', 'CREATE')", (owner,))
+
+    summary = _copy(env, reader, owner, CopySpec("t", target_table="loader.t", chunk_size=200))
+
+    assert summary.rows == 1000 and summary.ledger == f'"loader"."{LEDGER_TABLE}"'
+    assert _ledger_schemas(env) == ["loader"]
+    assert env.digest("dst", "loader.t", "id") == env.digest("src", "t", "id")
+
+
+def test_a_target_role_with_insert_and_select_uses_a_ledger_made_for_it(env, make_role):
+    reader, writer = make_role("reader"), make_role("writer")
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
+    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+    with pytest.raises(CopyMistake) as refused:  # no ledger yet, and no right to create one
+        _copy(env, reader, writer, CopySpec("t", chunk_size=200))
+    message = str(refused.value)
+    assert "permission denied for schema public" in message
+    assert f'GRANT CREATE ON SCHEMA "public" TO "{writer}"' in message
+    ddl = message[message.index("CREATE TABLE IF NOT EXISTS"):message.index(";\nGRANT")]
+    assert env.count("dst") == 0 and _ledger_schemas(env) == []
+
+    env.sql("dst", ddl)  # what an administrator runs once, as the message says
+    env.sql("dst", message[message.index(";\nGRANT") + 2:])
+    summary = _copy(env, reader, writer, CopySpec("t", chunk_size=200))
+
+    assert summary.rows == 1000
+    assert env.digest("dst", order="id") == env.digest("src", order="id")
+
+
+def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):
+    reader, writer = make_role("reader"), make_role("writer")
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
+    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+    admin = psycopg2.connect(env.server.dsn(env.db["dst"]))
+    with admin, admin.cursor() as cur:  # one transaction, committed
+        Ledger("public").ensure(cur)
+    admin.close()
+    env.sql("dst", sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(LEDGER_TABLE),
+                                                                      sql.Identifier(writer)))
+    with pytest.raises(CopyMistake, match="lacks UPDATE, DELETE on it") as caught:
+        _copy(env, reader, writer, CopySpec("t", chunk_size=200))
+    assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON "public"."{LEDGER_TABLE}" TO "{writer}"' in str(caught.value)
+
+
+def test_a_copy_recorded_in_a_public_ledger_resumes_from_there(env):
+    env.sql("dst", "CREATE SCHEMA loader; " + TABLE.format(t="loader.t"))
+    env.sql("dst", """
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN IF NEW.id = 777 THEN RAISE EXCEPTION 'refusing %', NEW.id; END IF; RETURN NEW; END $$;
+        CREATE TRIGGER refuse BEFORE INSERT ON loader.t FOR EACH ROW EXECUTE FUNCTION refuse();
+    """)
+    spec = CopySpec("t", target_table="loader.t", chunk_size=100, parallelism=1)
+    with pytest.raises(ChunkFailed):  # recorded where earlier versions kept every ledger
+        env.copy(CopySpec("t", target_table="loader.t", chunk_size=100, parallelism=1, ledger_schema="public"),
+                 copy_id="upgrade")
+    env.sql("dst", "DROP TRIGGER refuse ON loader.t")
+
+    summary = env.copy(spec, copy_id="upgrade")  # the default would be "loader"
+
+    assert summary["chunks_skipped"] == 7 and summary["ledger"] == f'"public"."{LEDGER_TABLE}"'
+    assert _ledger_schemas(env) == ["public"]
+    assert env.digest("dst", "loader.t", "id") == env.digest("src", "t", "id")
+
+
+def test_finished_copies_are_pruned_after_the_retention(env):
+    with env.pools() as (src, dst):
+        for copy_id in ("old-finished", "old-unfinished", "recent"):
+            TableCopy(src, dst, CopySpec("t", chunk_size=500, mode="replace"), copy_id=copy_id).run()
+    ledger = f"public.{LEDGER_TABLE}"
+    env.sql("dst", f"UPDATE {ledger} SET finished_at = now() - interval '40 days' "
+                   "WHERE copy_id IN ('old-finished', 'old-unfinished')")
+    env.sql("dst", f"UPDATE {ledger} SET finished_at = NULL WHERE copy_id = 'old-unfinished' AND chunk_no = 1")
+
+    with env.pools() as (src, dst):
+        TableCopy(src, dst, CopySpec("t", chunk_size=500, mode="replace"), copy_id="latest",
+                  ledger_retention_days=30).run()
+
+    kept = [r[0] for r in env.rows("dst", f"SELECT DISTINCT copy_id FROM {ledger} ORDER BY 1")]
+    assert kept == ["latest", "old-unfinished", "recent"]  # an unfinished copy may still resume
