@@ -20,7 +20,7 @@ import threading
 import time
 
 from airflow_pool_provider.copy import sequences
-from airflow_pool_provider.copy.budget import plan_workers
+from airflow_pool_provider.copy.budget import ServerSlots, WorkerBudget, plan_workers
 from airflow_pool_provider.copy.chunk import ChunkCopier
 from airflow_pool_provider.copy.prepare import PreparedCopy, prepare
 from airflow_pool_provider.copy.progress import Progress
@@ -94,11 +94,8 @@ class TableCopy:
         try:
             snapshot_id = snapshot.open()
             with self.stopping.checkout(self.target_pool) as tconn, snapshot.conn.cursor() as scur:
-                prepared = prepare(scur, tconn, self.spec, self.copy_id, snapshot_id, self.log)
-            budget = plan_workers(self.spec.parallelism, self.source_pool, self.target_pool,
-                                  prepared.source_slots, prepared.target_slots, self.connection_limit)
-            if budget.limits:
-                self.log.warning("copy %s runs %s", self.copy_id, budget.describe())
+                prepared = prepare(scur, tconn, self.spec, self.copy_id, snapshot_id, self._budget, self.log)
+            budget = prepared.budget
             pools = [self.source_pool] if self.source_pool is self.target_pool else [self.source_pool,
                                                                                     self.target_pool]
             progress = Progress(self.log, prepared.chunks, prepared.done, pools, self.metrics, {
@@ -117,6 +114,13 @@ class TableCopy:
         finally:
             snapshot.close()
         return self._finish(prepared, progress, budget.workers, snapshot.renewals + 1, started)
+
+    def _budget(self, source_slots: ServerSlots, target_slots: ServerSlots | None) -> WorkerBudget:
+        budget = plan_workers(self.spec.parallelism, self.source_pool, self.target_pool, source_slots,
+                              target_slots, self.connection_limit)
+        if budget.limits:
+            self.log.warning("copy %s runs %s", self.copy_id, budget.describe())
+        return budget
 
     def _finish(self, prepared: PreparedCopy, progress: Progress, workers: int, snapshots: int,
                 started: float) -> CopySummary:

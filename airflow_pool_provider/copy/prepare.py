@@ -9,12 +9,13 @@ TRUNCATE of ``mode='replace'``, which commits together with the stored plan.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import catalog, checksum, plan, sequences
-from airflow_pool_provider.copy.budget import ServerSlots, read_slots
+from airflow_pool_provider.copy.budget import ServerSlots, WorkerBudget, read_slots
 from airflow_pool_provider.copy.catalog import Table
 from airflow_pool_provider.copy.ledger import Ledger, StoredPlan
 from airflow_pool_provider.copy.plan import Chunk, Keyset
@@ -42,17 +43,21 @@ class PreparedCopy:
     checksum: str  # "record" or "text"
     verify_in_range: bool  # the chunk's key range finds its rows in the target too
     sequences: tuple[SequencePair, ...]
-    source_slots: ServerSlots
-    target_slots: ServerSlots | None  # None: the target is on the source's server
+    budget: WorkerBudget
 
     @property
     def pending(self) -> list[Chunk]:
         return [c for c in self.chunks if c.no not in self.done]
 
 
-def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: str,
+#: Decides the workers from both servers' slots (the target's None when it is the source's server).
+BudgetCheck = Callable[[ServerSlots, "ServerSlots | None"], WorkerBudget]
+
+
+def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: str, check_budget: BudgetCheck,
             log: logging.Logger | logging.LoggerAdapter) -> PreparedCopy:
-    """``scur``: a cursor in the source transaction that exported ``snapshot``."""
+    """``scur``: a cursor in the source transaction that exported ``snapshot``. ``check_budget``
+    runs before anything is written, so a copy refused for lack of connections leaves no trace."""
     source = catalog.load_table(scur, spec.source_name, "source")
     spec.row_filter.check(scur, source.ident)
     scur.execute("SELECT " + WHERE_AM_I)
@@ -73,6 +78,7 @@ def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: str,
         catalog.check_compatible(source, target, columns)
         conflict = _conflict_columns(spec, target, columns)
         pairs = sequences.pair(scur, tcur, source, target, columns) if spec.sync_sequences else []
+        budget = check_budget(source_slots, target_slots)
         _warn_sequence_rights(scur, tcur, pairs, log)
         ledger = Ledger.locate(tcur, copy_id, target.name.schema, spec.ledger_schema)
         ledger.ensure(tcur)
@@ -112,7 +118,7 @@ def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: str,
         keyset=stored.keyset, chunks=tuple(stored.chunks), done=stored.done, resumed=resumed, ledger=ledger,
         binary=binary,
         checksum=checksum.method(source, target, columns), verify_in_range=in_range,
-        sequences=tuple(pairs), source_slots=source_slots, target_slots=target_slots,
+        sequences=tuple(pairs), budget=budget,
     )
 
 
