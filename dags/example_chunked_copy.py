@@ -12,6 +12,9 @@ import pendulum
 from airflow.sdk import DAG, Param
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
+from airflow_pool_provider.operators.chunked_copy import connections_for
+
+MAX_WORKERS = 4
 
 with DAG(
     dag_id="example_chunked_copy",
@@ -19,6 +22,7 @@ with DAG(
     schedule=None,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,
+    max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
     tags=["pool-provider", "example"],
     params={
@@ -34,9 +38,15 @@ with DAG(
                                    "'2024-06-01'. It runs with the source connection's rights (read-only), "
                                    "so anyone who may trigger this DAG can read what that role can read. "
                                    "No ';', comments or backslashes; at most 500 characters."),
-        "mode": Param("append", enum=["append", "replace", "upsert"], title="Mode"),
-        "chunk_size": Param(50_000, type="integer", minimum=1, title="Rows per chunk"),
-        "parallelism": Param(2, type="integer", minimum=1, maximum=32, title="Parallel chunks"),
+        "mode": Param("append", enum=["append", "replace", "upsert"], title="Mode",
+                      description="append: add the rows (fails on duplicate keys); replace: empty the target "
+                                  "table first; upsert: insert new rows and update existing ones by key."),
+        "chunk_size": Param(50_000, type="integer", minimum=1, maximum=10_000_000, title="Rows per chunk",
+                            description="Rows copied and verified in one target transaction."),
+        "parallelism": Param(2, type="integer", minimum=1, maximum=MAX_WORKERS, title="Parallel chunks",
+                             description=f"Chunks copied at once, at most {MAX_WORKERS}: each holds a source and "
+                                         "a target connection, and fewer run when the pools or the servers "
+                                         "have no room (the log says why)."),
         "copy_id": Param("", type="string", title="Copy id (to resume)",
                          description="Empty: a new copy per run (retries of the run resume it). Give the "
                                      "copy_id of an earlier failed run to finish that copy instead."),
@@ -52,4 +62,5 @@ with DAG(
         chunk_size="{{ params.chunk_size }}",
         parallelism="{{ params.parallelism }}",
         copy_id="{{ params.copy_id }}",
+        pool_slots=connections_for(MAX_WORKERS),  # parallelism renders later: reserve its maximum
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import psycopg2
@@ -56,6 +57,43 @@ def test_dag_copies_table_and_returns_summary(airflow_db, copy_dag, source_and_t
     assert summary["verification"]["checksums"].startswith("match")
     assert summary["verified"] is True and summary["verification"]["checksums_match"] is True
     assert summary["rows_per_second"] > 0 and summary["bytes"] > 0
+
+
+def test_task_log_numbers_chunks_from_one_and_prints_each_pool_line_once(airflow_db, copy_dag, source_and_target,
+                                                                       capsys, caplog):
+    src, dst, src_id, dst_id = source_and_target
+    with caplog.at_level("INFO"):
+        run, _ = _run(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 500})
+    assert run.state == "success"
+    output = capsys.readouterr()
+    log = output.out + output.err + caplog.text  # the task's own lines, and the listener's
+    done = re.findall(r"chunk (\d+)/(\d+) done", log)
+    assert sorted(int(n) for n, _ in done) == list(range(1, 11)) and {t for _, t in done} == {"10"}
+    for conn_id in (src_id, dst_id):  # 10 chunks: the end-of-task line only, not also a 10th-chunk one
+        assert len(re.findall(rf"pool {conn_id}: size=", log)) == 1
+
+
+def test_mapped_copies_are_labelled_source_to_target(airflow_db, source_and_target):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.settings import Session
+    from sqlalchemy import select
+
+    src, dst, src_id, dst_id = source_and_target
+    for conn in (src, dst):
+        with conn.cursor() as cur:
+            cur.execute("CREATE TABLE more_events AS SELECT * FROM events")
+        conn.commit()
+    dag = DagBag(dag_folder=str(DAGS / "mapped_copy_dag.py")).get_dag("mapped_copy")
+    run = dag.test(run_conf={"source_conn_id": src_id, "target_conn_id": dst_id})
+    assert run.state == "success"
+    with Session() as session:
+        labels = session.scalars(select(TaskInstance.rendered_map_index).where(
+            TaskInstance.run_id == run.run_id, TaskInstance.dag_id == "mapped_copy").order_by(
+            TaskInstance.map_index)).all()
+    assert labels == ["events -> events", "public.more_events -> public.more_events"]
+    assert dag.get_task("copy").pool_slots == 5  # what the scheduler reserves: 2 workers x 2 + 1
+    assert ChunkedTableCopyOperator.template_fields_renderers["where"] == "sql"
 
 
 def test_dag_where_param_copies_subset(airflow_db, copy_dag, source_and_target):
@@ -189,3 +227,17 @@ def test_dag_file_parses_without_import_errors():
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
     assert "copy_table" in bag.dag_ids
+
+
+def test_the_example_dag_follows_airflow_conventions():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(Path(__file__).parent.parent / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.dags["example_chunked_copy"]
+    assert dag.max_active_runs == 1
+    missing = [name for name, param in dag.params.items() if not dag.params.get_param(name).description]
+    assert missing == []
+    task = dag.get_task("copy")
+    assert task.pool_slots == 9  # the connections of its largest parallelism, 4
+    assert dag.params.get_param("parallelism").schema["maximum"] == 4

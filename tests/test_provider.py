@@ -66,3 +66,15 @@ def test_postgres_connection_type_still_belongs_to_the_postgres_provider():
     assert hook_info is not None
     assert hook_info.package_name == "apache-airflow-providers-postgres"
     assert hook_info.hook_class_name == "airflow.providers.postgres.hooks.postgres.PostgresHook"
+
+
+def test_airflow_providers_get_shows_the_documentation_url():
+    import json
+
+    shown = json.loads(_airflow("providers", "get", "airflow-pool-provider", "--full", "-o", "json"))
+    assert shown[0]["documentation-url"].endswith("airflow-pool-provider#readme")
+
+
+def test_the_ledger_retention_is_a_setting():
+    shown = _airflow("config", "list", "--section", "pooled_postgres", "--show-values")
+    assert "ledger_retention_days = 30" in shown

@@ -45,6 +45,13 @@ def connections_for(parallelism: int) -> int:
     return 2 * parallelism + 1
 
 
+def _default_pool_slots(parallelism: Any) -> int:
+    """What ``parallelism`` needs when it is a number; else (a template, a mapped value) what the
+    default parallelism needs. Clamped, so that a bad value is reported by the spec check."""
+    known = isinstance(parallelism, int) and not isinstance(parallelism, bool)
+    return connections_for(min(max(parallelism, 1), MAX_PARALLELISM) if known else DEFAULT_PARALLELISM)
+
+
 class ChunkedTableCopyOperator(BaseOperator):
     """Copy a table between two postgres connections in verified, resumable COPY chunks.
 
@@ -117,11 +124,7 @@ class ChunkedTableCopyOperator(BaseOperator):
     ) -> None:
         parallelism = _as_int("parallelism", parallelism)
         kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
-        if "pool_slots" not in kwargs:
-            known = isinstance(parallelism, int) and not isinstance(parallelism, bool)
-            # Clamped, so that a bad parallelism is reported as such by the spec check below.
-            kwargs["pool_slots"] = connections_for(min(max(parallelism, 1), MAX_PARALLELISM) if known
-                                                   else DEFAULT_PARALLELISM)
+        kwargs.setdefault("pool_slots", _default_pool_slots(parallelism))
         super().__init__(**kwargs)
         for name, value in (("source_conn_id", source_conn_id), ("target_conn_id", target_conn_id)):
             # A template renders later; anything else must already name a connection.
@@ -151,6 +154,14 @@ class ChunkedTableCopyOperator(BaseOperator):
         self._copy: TableCopy | None = None
         self._tables: tuple[TableName, TableName] | None = None
         self._spec(parse_time=True)  # fail at parse time on anything not templated
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """The same defaults for mapped copies: the scheduler reads pool_slots and the label here."""
+        kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
+        kwargs.setdefault("pool_slots", _default_pool_slots(_as_int("parallelism", kwargs.get(
+            "parallelism", DEFAULT_PARALLELISM))))
+        return super().partial(**kwargs)
 
     def _spec(self, parse_time: bool = False) -> CopySpec:
         values = {
