@@ -247,3 +247,25 @@ def test_a_failing_chunk_cancels_the_running_ones_at_once(pg_server, tables):
     # Chunk 1 (ids 4501-5000) and chunk 3 were sleeping in their 3 s trigger: cancelled, not waited for.
     assert took < 3.0, f"the copy took {took:.1f} s: it waited for the running chunks"
     assert _done_chunks(dst, "one-fails") == 0 and _target_rows(dst) == 0
+
+
+def test_a_stop_while_planning_cancels_the_planning_query(pg_server, tables):
+    src_db, dst_db, src, dst = tables
+    source, target = _pools(pg_server, src_db, dst_db)
+    # Planning reads every row through the filter; here each row takes a millisecond (15 s in all).
+    slow_plan = "pg_sleep(CASE WHEN current_setting('extra_float_digits') = '3' THEN 0 ELSE 0.001 END) IS NOT NULL"
+    copy = TableCopy(source, target, CopySpec("events", chunk_size=CHUNK, where=slow_plan), copy_id="planning")
+    thread, outcome = _copy_in_thread(copy)
+    try:
+        wait_until(lambda: _busy_backends(pg_server, "stop-source") >= 1, timeout=30, what="planning")
+        time.sleep(0.5)
+        stopped_at = time.monotonic()
+        copy.stop("stopped while planning")
+        thread.join(30)
+        assert isinstance(outcome.get("error"), CopyStopped), outcome
+        assert outcome["ended"] - stopped_at < STOP_WITHIN
+        assert _busy_backends(pg_server, "stop-source", "stop-target") == 0
+    finally:
+        source.close()
+        target.close()
+    assert _done_chunks(dst, "planning") == 0 and _target_rows(dst) == 0

@@ -29,7 +29,7 @@ from airflow_pool_provider.copy.spec import CopySpec
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.summary import CopySummary
 from airflow_pool_provider.copy.workers import WorkOutcome, join_all, run_workers
-from airflow_pool_provider.errors import CopyStopped, first_line
+from airflow_pool_provider.errors import CopyError, CopyStopped, first_line
 from airflow_pool_provider.metrics import Metrics, NoMetrics
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -86,6 +86,13 @@ class TableCopy:
         try:
             outcome.append(self._run())
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            if self.stopping.stopped and not isinstance(exc, CopyError):
+                # Stopped while planning or finishing: the statement running then was cancelled.
+                self.log.warning("copy %s stopped (%s) while planning or finishing; resume with copy_id %r",
+                                 self.copy_id, self.stopping.reason, self.copy_id)
+                stopped = CopyStopped(f"copy {self.copy_id} was stopped ({self.stopping.reason})")
+                stopped.__cause__ = exc
+                exc = stopped
             outcome.append(exc)
 
     def _run(self) -> CopySummary:
