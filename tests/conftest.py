@@ -22,6 +22,7 @@ _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="pool-provider-airflow-"))
 os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parent / "dags")
+os.environ["AIRFLOW__OPENLINEAGE__DISABLED"] = "True"  # tests/test_lineage_and_metrics.py enables it
 
 from airflow_pool_provider import registry  # noqa: E402
 from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, server_from_env  # noqa: E402

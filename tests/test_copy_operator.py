@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from dag_runs import load_dag, run_dag, tries
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
 from airflow_pool_provider.testing.data import create_events, table_digest
@@ -16,11 +17,7 @@ DAGS = Path(__file__).parent / "dags"
 
 @pytest.fixture
 def copy_dag():
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / "copy_table_dag.py"))
-    assert bag.import_errors == {}
-    return bag.get_dag("copy_table")
+    return load_dag("copy_table")
 
 
 @pytest.fixture
@@ -35,20 +32,9 @@ def source_and_target(pg_server, make_database, make_conn_id):
     dst.close()
 
 
-def _run(dag, conf):
-    from airflow.models.xcom import XComModel
-    from airflow.settings import Session
-
-    run = dag.test(run_conf=conf)
-    query = XComModel.get_many(run_id=run.run_id, dag_ids=dag.dag_id, task_ids="copy", key="return_value")
-    with Session() as session:
-        row = session.scalars(query).first()
-    return run, (XComModel.deserialize_value(row) if row is not None else None)
-
-
 def test_dag_copies_table_and_returns_summary(airflow_db, copy_dag, source_and_target):
     src, dst, src_id, dst_id = source_and_target
-    run, summary = _run(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 700})
+    run, summary = run_dag(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 700})
     assert run.state == "success"
     assert table_digest(dst) == table_digest(src)
     assert summary is not None
@@ -63,7 +49,7 @@ def test_task_log_numbers_chunks_from_one_and_prints_each_pool_line_once(airflow
                                                                        capsys, caplog):
     src, dst, src_id, dst_id = source_and_target
     with caplog.at_level("INFO"):
-        run, _ = _run(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 500})
+        run, _ = run_dag(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 500})
     assert run.state == "success"
     output = capsys.readouterr()
     log = output.out + output.err + caplog.text  # the task's own lines, and the listener's
@@ -74,7 +60,6 @@ def test_task_log_numbers_chunks_from_one_and_prints_each_pool_line_once(airflow
 
 
 def test_mapped_copies_are_labelled_source_to_target(airflow_db, source_and_target):
-    from airflow.dag_processing.dagbag import DagBag
     from airflow.models.taskinstance import TaskInstance
     from airflow.settings import Session
     from sqlalchemy import select
@@ -84,7 +69,7 @@ def test_mapped_copies_are_labelled_source_to_target(airflow_db, source_and_targ
         with conn.cursor() as cur:
             cur.execute("CREATE TABLE more_events AS SELECT * FROM events")
         conn.commit()
-    dag = DagBag(dag_folder=str(DAGS / "mapped_copy_dag.py")).get_dag("mapped_copy")
+    dag = load_dag("mapped_copy", "mapped_copy_dag.py")
     run = dag.test(run_conf={"source_conn_id": src_id, "target_conn_id": dst_id})
     assert run.state == "success"
     with Session() as session:
@@ -98,7 +83,7 @@ def test_mapped_copies_are_labelled_source_to_target(airflow_db, source_and_targ
 
 def test_dag_where_param_copies_subset(airflow_db, copy_dag, source_and_target):
     src, dst, src_id, dst_id = source_and_target
-    run, summary = _run(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "where": "id <= 1234"})
+    run, summary = run_dag(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "where": "id <= 1234"})
     assert run.state == "success"
     assert summary["rows"] == 1234
     with dst.cursor() as cur:
@@ -121,7 +106,7 @@ def test_task_retry_resumes_from_the_ledger_without_duplicates(airflow_db, copy_
             CREATE TRIGGER fail_once BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION fail_once();
         """)
     dst.commit()
-    run, summary = _run(
+    run, summary = run_dag(
         copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 1000, "parallelism": 1}
     )
     assert run.state == "success"
@@ -130,22 +115,12 @@ def test_task_retry_resumes_from_the_ledger_without_duplicates(airflow_db, copy_
     assert summary["chunks_skipped"] == 3 and summary["rows"] == 2000 and summary["total_rows"] == 5000
 
 
-def _tries(run) -> int:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.settings import Session
-    from sqlalchemy import select
-
-    with Session() as session:
-        return session.scalars(select(TaskInstance.try_number).where(
-            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)).one()
-
-
 def test_unknown_connection_fails_the_task_once_with_clear_message(airflow_db, copy_dag, source_and_target,
                                                                    capsys):
     src, dst, src_id, dst_id = source_and_target
-    run, _ = _run(copy_dag, {"source_conn_id": "no_such_conn", "target_conn_id": dst_id})
+    run, _ = run_dag(copy_dag, {"source_conn_id": "no_such_conn", "target_conn_id": dst_id})
     assert run.state == "failed"
-    assert _tries(run) == 1  # a mistake: the task's retries=1 is not used
+    assert tries(run) == 1  # a mistake: the task's retries=1 is not used
     captured = capsys.readouterr()
     assert "'no_such_conn' is not defined" in captured.out + captured.err
     assert table_digest(dst)[0] == 0
@@ -178,9 +153,9 @@ def test_a_mistake_fails_the_task_once_without_retries(airflow_db, copy_dag, sou
     conf = {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 1000}
     if case == "bad filter":
         conf["where"] = "no_such_column = 1"
-    run, _ = _run(copy_dag, conf)
+    run, _ = run_dag(copy_dag, conf)
     assert run.state == "failed"
-    assert _tries(run) == 1  # AirflowFailException: Airflow does not retry it
+    assert tries(run) == 1  # AirflowFailException: Airflow does not retry it
     output = capsys.readouterr()
     assert message in output.out + output.err
     assert "not retried: trying again cannot help" in output.out + output.err
