@@ -80,15 +80,20 @@ class PooledConnection:
     A fresh wrapper is made for each checkout, so a wrapper that was given back cannot be used or
     returned a second time by mistake. ``raw`` is the psycopg2 connection itself, for APIs that
     insist on one (``psycopg2.sql.Composable.as_string``, ``psycopg2.extras``).
+
+    ``with conn:`` commits (or rolls back on an exception) and then gives the connection back, as
+    psycopg 3 and psycopg_pool do: psycopg2's own ``with`` keeps the connection, which in a pool
+    would hold it until garbage collection.
     """
 
-    __slots__ = ("_pool", "_slot", "_taker", "__weakref__")
+    __slots__ = ("_pool", "_slot", "_taker", "_ended_by_with", "__weakref__")
 
     def __init__(self, pool: ConnectionPool, slot: _Slot, taker: FrameType | None = None) -> None:
         set_ = object.__setattr__  # past our __setattr__, which forwards to psycopg2
         set_(self, "_pool", pool)
         set_(self, "_slot", slot)
         set_(self, "_taker", taker)
+        set_(self, "_ended_by_with", False)
         if taker is not None:
             slot.holder = weakref.ref(self)
             slot.taken_at_line = taker.f_lineno
@@ -97,6 +102,11 @@ class PooledConnection:
     def raw(self) -> ext.connection:
         slot = self._slot
         if slot is None:
+            if self._ended_by_with:
+                raise PoolError(
+                    f"this connection was given back to pool {self._pool.name!r} at the end of its "
+                    "with-block; call get_conn() again (pool.getconn() without a hook) for a new one"
+                )
             raise PoolError(f"this connection was already given back to pool {self._pool.name!r}")
         return slot.conn
 
@@ -124,8 +134,12 @@ class PooledConnection:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        # psycopg2 semantics: commit or roll back, keep the connection.
-        self.raw.__exit__(*exc)
+        """Commit, or roll back on an exception (psycopg2), then give the connection back."""
+        try:
+            self.raw.__exit__(*exc)
+        finally:
+            object.__setattr__(self, "_ended_by_with", True)
+            self.close()
 
     def __del__(self) -> None:
         if self._slot is not None:
@@ -430,7 +444,11 @@ class ConnectionPool:
         """Give back a connection whose wrapper was dropped without ``close()``."""
         if self._pid != os.getpid():
             return
-        log.warning("pool %r: a connection was dropped without close(); giving it back", self.name)
+        log.warning(
+            "pool %r: a connection was dropped without close(); giving it back. Next time give it back "
+            "with conn.close(), or use `with hook.get_conn() as conn:` / `with pool.connection() as conn:`",
+            self.name,
+        )
         try:
             self.putconn(pooled)
         except PoolError:
@@ -478,8 +496,9 @@ class ConnectionPool:
             self._stats.leaks_detected += 1
             stack = _format_stack(slot)
             log.warning(
-                "pool %r: a connection has been held for %.1f s (leak_threshold=%g s); "
-                "it was taken here:\n%s",
+                "pool %r: a connection has been held for %.1f s (leak_threshold=%g s); give it back "
+                "with conn.close(), or use `with hook.get_conn() as conn:` / `with pool.connection() as conn:`"
+                ", which give it back at the end of the block. It was taken here:\n%s",
                 self.name,
                 now - slot.checked_out_at,
                 threshold,

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import psycopg2
 
+from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE  # no Airflow import: AIRFLOW_HOME is set later
+
 HERE = Path(__file__).resolve()
 RSS_PARALLELISM = 4  # the most connections and threads: the largest footprint
 
@@ -140,7 +142,7 @@ def _benchmark(server, temp, args) -> None:
         rss[subset] = small["maxrss_mb"]
         _report(results, rss, args.rows, subset, version)
         reset()
-        _profile(src, dst, args.rows, args.chunk_size or _default_chunk_size())
+        _profile(src, dst, args.rows, args.chunk_size or DEFAULT_CHUNK_SIZE)
     finally:
         for name in made:
             server.drop_database(name)
@@ -225,7 +227,7 @@ def _worker(spec: dict) -> None:
     from airflow_pool_provider.copy import CopySpec, TableCopy
     from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
 
-    copy = CopySpec("events", chunk_size=spec["chunk_size"] or _default_chunk_size(), parallelism=spec["parallelism"],
+    copy = CopySpec("events", chunk_size=spec["chunk_size"] or DEFAULT_CHUNK_SIZE, parallelism=spec["parallelism"],
                     verify_checksums=spec["checksums"], where=spec["where"])
     started = time.perf_counter()
     source = PooledPostgresHook("bench_src").get_pool()
@@ -233,15 +235,7 @@ def _worker(spec: dict) -> None:
     summary = TableCopy(source, target, copy, copy_id="benchmark").run()
     seconds = time.perf_counter() - started
     maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rows": summary["rows"], "maxrss_mb": maxrss_mb}))
-
-
-def _default_chunk_size() -> int:
-    import inspect
-
-    from airflow_pool_provider.operators import ChunkedTableCopyOperator
-
-    return inspect.signature(ChunkedTableCopyOperator.__init__).parameters["chunk_size"].default
+    print(json.dumps({"seconds": seconds, "rows": summary.rows, "maxrss_mb": maxrss_mb}))
 
 
 def _profile(src, dst, rows: int, chunk_size: int) -> None:

@@ -1,14 +1,18 @@
 """PooledPostgresHook against a real PostgreSQL: shared and rotated pools, the DbApiHook API on
-pooled psycopg2 connections, settings, connection extras, fork safety and secrecy."""
+pooled psycopg2 connections, settings, connection extras, fork safety, secrecy and parity with
+PostgresHook (JSON cells, ``connection=``, ``with get_conn()``, ``get_cursor``, SQL operators)."""
 
 from __future__ import annotations
 
 import dataclasses
+import gc
+import json
 import logging
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -21,7 +25,7 @@ from psycopg2 import sql
 
 from airflow_pool_provider import registry
 from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, forget_cached_connections
-from airflow_pool_provider.pool import PoolTimeout
+from airflow_pool_provider.pool import PoolError, PoolTimeout
 from airflow_pool_provider.registry import PoolSettings
 from airflow_pool_provider.testing.postgres import Server
 
@@ -446,3 +450,198 @@ def test_password_appears_in_no_log_repr_message_or_key(
         **{f"repr {i}": r for i, r in enumerate(reprs)},
     }.items():
         assert PASSWORD not in text, f"password shown in {name}"
+
+
+# -- 17. parity with PostgresHook -----------------------------------------------------------------
+
+
+def _pool_warnings(caplog: pytest.LogCaptureFixture, conn_id: str, marker: str) -> list[str]:
+    """The pool's warnings about ``conn_id``'s pool that contain ``marker``."""
+    return [
+        message for message in (r.getMessage() for r in caplog.records if r.name == "airflow_pool_provider.pool")
+        if marker in message and repr(conn_id) in message
+    ]
+
+
+def test_insert_rows_stores_dicts_as_json_and_lists_by_the_column_type(conn_id, pg_server, database):
+    pg_server.execute(
+        "CREATE TABLE typed (id int, nums int[], tags text[], doc jsonb, raw json)", dbname=database
+    )
+    pg_server.execute(
+        'CREATE SCHEMA "Odd Schema"; CREATE TABLE "Odd Schema"."Typed" ("Tags" text[], "order" jsonb, id int)',
+        dbname=database,
+    )
+    hook = PooledPostgresHook(conn_id)
+    returns = _Returns(hook)
+    hook.insert_rows(
+        "typed",
+        [(1, [1, 2], ["a", "b"], {"k": [1, {"n": None}]}, [1, "x"]), (2, [], ["c"], [{"k": 1}], {"a": 1})],
+        commit_every=1,
+    )
+    returns.check()  # the column types were read on the insert's own connection
+    # other columns in another order: each list follows its own target column
+    hook.insert_rows("typed", [({"z": 1}, [3], 3, ["d"])], target_fields=["raw", "nums", "id", "tags"])
+    returns.check()
+    hook.insert_rows("typed", [([4, 5], 4)], target_fields=["doc", "id"])
+    read = (
+        "SELECT id, nums, tags, doc, raw::text, jsonb_typeof(doc), json_typeof(raw) FROM typed ORDER BY id"
+    )
+    assert pg_server.execute(read, dbname=database) == [
+        (1, [1, 2], ["a", "b"], {"k": [1, {"n": None}]}, '[1, "x"]', "object", "array"),
+        (2, [], ["c"], [{"k": 1}], '{"a": 1}', "array", "object"),
+        (3, [3], ["d"], None, '{"z": 1}', None, "object"),
+        (4, None, None, [4, 5], None, "array", None),
+    ]
+    # a quoted, schema-qualified table; a quoted and a reserved column name
+    hook.insert_rows('"Odd Schema"."Typed"', [(["x", "y"], [1, {"b": 2}], 7)], target_fields=['"Tags"', "order", "id"])
+    assert pg_server.execute(
+        'SELECT "Tags", "order", jsonb_typeof("order"), id FROM "Odd Schema"."Typed"', dbname=database
+    ) == [(["x", "y"], [1, {"b": 2}], "array", 7)]
+
+
+def _connection(pg_server: Server, conn_id: str, dbname: str, app: str) -> Any:
+    from airflow.sdk import Connection
+
+    return Connection(
+        conn_id=conn_id, conn_type="postgres", host=pg_server.host, port=pg_server.port,
+        login=pg_server.user, password=pg_server.password, schema=dbname,
+        extra=json.dumps({"application_name": app}),
+    )
+
+
+def test_connection_argument_is_used_instead_of_looking_up_the_conn_id(make_conn_id, make_database, pg_server):
+    db_a, db_b = make_database(prefix="a"), make_database(prefix="b")
+    cid = make_conn_id(db_a)
+    by_id = PooledPostgresHook(cid)
+    assert by_id.get_first("SELECT current_database()") == (db_a,)
+    pool_a = by_id.get_pool()
+
+    given = _connection(pg_server, cid, db_b, f"given-{cid}")
+    hook = PooledPostgresHook(cid, connection=given)
+    assert hook.connection is given
+    assert hook.get_first("SELECT current_database(), current_setting('application_name')") == (
+        db_b, f"given-{cid}"
+    )
+    # still one pool per conn id: other connect arguments make a new one and drain the old
+    assert hook.get_pool() is not pool_a and pool_a.closed is True
+    assert registry.pools()[cid] is hook.get_pool()
+
+    # without a conn id the Connection's own id names the pool; it need not be defined anywhere
+    nowhere = f"pg_nowhere_{uuid.uuid4().hex[:8]}"
+    alone = PooledPostgresHook(connection=_connection(pg_server, nowhere, db_b, f"given-{nowhere}"))
+    assert alone.get_conn_id() == nowhere
+    assert alone.get_first("SELECT current_database()") == (db_b,)
+    assert registry.pools()[nowhere] is alone.get_pool()
+
+
+def test_with_get_conn_commits_and_gives_the_connection_back(conn_id, items, caplog):
+    hook = PooledPostgresHook(conn_id)
+    with hook.get_conn() as conn:
+        pid = conn.get_backend_pid()
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO items VALUES (1, 'one')")
+        assert hook.pool_stats()["in_use"] == 1
+    assert hook.pool_stats()["in_use"] == 0  # back in the pool at once, not at garbage collection
+    assert items() == [(1, "one")]  # committed: seen from another connection
+    assert conn.closed == 1
+    with pytest.raises(PoolError, match=r"given back .* at the end of its with-block.*get_conn\(\) again"):
+        conn.cursor()
+    with pytest.raises(PoolError, match="with-block"):
+        with conn:
+            pass
+    again = hook.get_conn()
+    assert again.get_backend_pid() == pid  # the same backend, from the pool
+    again.close()
+
+    with pytest.raises(psycopg2.errors.UniqueViolation), hook.get_conn() as conn:
+        assert conn.get_backend_pid() == pid
+        with conn.cursor() as cur:
+            cur.execute("INSERT INTO items VALUES (2, 'two')")
+            cur.execute("CREATE UNIQUE INDEX ON items (id); INSERT INTO items VALUES (2, 'again')")
+    assert hook.pool_stats()["in_use"] == 0
+    assert items() == [(1, "one")]  # rolled back
+    assert hook_pid(hook) == pid
+    with caplog.at_level(logging.WARNING, logger="airflow_pool_provider.pool"):
+        gc.collect()
+    assert _pool_warnings(caplog, conn_id, "dropped without close()") == []
+    stats = hook.pool_stats()
+    assert stats["connections_created"] == 1 and stats["returns"] == stats["checkouts"]
+
+
+def test_leak_and_drop_warnings_say_how_to_give_a_connection_back(monkeypatch, conn_id, caplog):
+    set_config(monkeypatch, leak_threshold="0.05")
+    hook = PooledPostgresHook(conn_id)
+    pool = hook.get_pool()
+    with caplog.at_level(logging.WARNING, logger="airflow_pool_provider.pool"):
+        held = hook.get_conn()
+        time.sleep(0.1)
+        hook.pool_stats()
+        held.close()
+        dropped = pool.getconn()
+        del dropped
+        gc.collect()
+    (leak,) = _pool_warnings(caplog, conn_id, "has been held for")
+    (drop,) = _pool_warnings(caplog, conn_id, "dropped without close()")
+    for message in (leak, drop):
+        assert "give it back with conn.close()" in message, message
+        assert "with hook.get_conn() as conn:" in message and "with pool.connection() as conn:" in message
+    assert "It was taken here:" in leak and "test_leak_and_drop_warnings_say_how_to_give_a_connection_back" in leak
+    assert hook.pool_stats()["in_use"] == 0
+
+
+def test_get_cursor_holds_its_connection_until_the_cursor_is_closed(conn_id, caplog):
+    pool = PooledPostgresHook(conn_id).get_pool()
+    with caplog.at_level(logging.WARNING, logger="airflow_pool_provider.pool"):
+        first = PooledPostgresHook(conn_id).get_cursor()  # the hook is dropped at once
+        gc.collect()
+        second = PooledPostgresHook(conn_id).get_cursor()
+        gc.collect()
+        assert pool.stats()["in_use"] == 2
+        first.execute("SELECT pg_backend_pid()")
+        second.execute("SELECT pg_backend_pid()")
+        (pid_1,), (pid_2,) = first.fetchone(), second.fetchone()
+        assert pid_1 != pid_2
+        assert isinstance(first, psycopg2.extensions.cursor)
+        first.close()
+        assert pool.stats()["in_use"] == 1
+        first.close()  # idempotent, like psycopg2's
+        second.close()
+        assert pool.stats()["in_use"] == 0
+        with PooledPostgresHook(conn_id).get_cursor() as cur:
+            assert pool.stats()["in_use"] == 1
+            cur.execute("SELECT pg_backend_pid()")
+            assert cur.fetchone()[0] in (pid_1, pid_2)
+        assert pool.stats()["in_use"] == 0
+        gc.collect()
+    assert _pool_warnings(caplog, conn_id, "dropped without close()") == []
+    assert pool.stats()["connections_created"] == 2
+
+
+def test_get_cursor_keeps_the_cursor_extra(make_conn_id, database):
+    hook = PooledPostgresHook(make_conn_id(database, extra={"cursor": "realdictcursor"}))
+    cur = hook.get_cursor()
+    cur.execute("SELECT 1 AS one")
+    assert cur.fetchone() == {"one": 1}
+    assert isinstance(cur, psycopg2.extras.RealDictCursor)
+    cur.close()
+    assert hook.pool_stats()["in_use"] == 0
+
+
+def test_sql_execute_query_operator_subclass_runs_on_the_pool(airflow_db, conn_id, pg_server, database):
+    from airflow.dag_processing.dagbag import DagBag
+
+    pg_server.execute("CREATE TABLE operator_runs (task text, pid int, app text)", dbname=database)
+    bag = DagBag(dag_folder=str(Path(__file__).parent / "dags" / "pooled_sql_operator_dag.py"))
+    assert bag.import_errors == {}
+    dag_run = bag.get_dag("pooled_sql_operator").test(run_conf={"conn_id": conn_id})
+
+    assert dag_run.state == "success"
+    rows = pg_server.execute("SELECT task, pid, app FROM operator_runs ORDER BY task", dbname=database)
+    app = f"test-{conn_id}"
+    assert [(task, name) for task, _, name in rows] == [("first", app), ("second", app)]
+    (_, pid_1, _), (_, pid_2, _) = rows
+    assert pid_1 == pid_2  # both tasks ran on one pooled backend ...
+    assert app_backends(pg_server, app) == [pid_1]  # ... which is still open, idle in the pool
+    stats = registry.pools()[conn_id].stats()
+    assert stats["connections_created"] == 1
+    assert stats["checkouts"] == 2 and stats["in_use"] == 0

@@ -276,3 +276,15 @@ def test_copy_and_pool_metrics_go_out_through_airflow_statsd(airflow_db, copy_da
         assert last["in_use"] == 0 and last["waiting"] == 0  # sent at task end: all given back
         assert 1 <= last["size"] <= last["max_size"]
         assert all(m.kind == "g" for m in metrics if m.name.startswith("airflow.pooled_postgres.pool."))
+
+
+def test_the_hooks_copy_expert_reports_to_the_hook_lineage_collector(tables, openlineage_events, tmp_path):
+    from airflow.providers.common.compat.lineage.hook import get_hook_lineage_collector
+
+    from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
+
+    dump = tmp_path / "events.tsv"
+    PooledPostgresHook(tables.src_id).copy_expert("COPY events TO STDOUT", str(dump))
+    assert len(dump.read_text().splitlines()) == 5000
+    extras = [e.value for e in get_hook_lineage_collector().collected_assets.extra if e.key == "sql_job"]
+    assert any(e.get("sql") == "COPY events TO STDOUT" for e in extras), extras

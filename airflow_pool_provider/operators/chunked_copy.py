@@ -11,7 +11,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy import CopySpec, TableCopy
 from airflow_pool_provider.copy.names import TableName
-from airflow_pool_provider.copy.spec import DEFAULT_PARALLELISM, MAX_PARALLELISM
+from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_PARALLELISM
 from airflow_pool_provider.errors import is_mistake
 from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_number
 
@@ -110,7 +110,7 @@ class ChunkedTableCopyOperator(BaseOperator):
         target_table: str | None = None,
         columns: Sequence[str] | None = None,
         where: str | None = None,
-        chunk_size: int | str = 50_000,
+        chunk_size: int | str = DEFAULT_CHUNK_SIZE,
         parallelism: int | str = DEFAULT_PARALLELISM,
         mode: str = "append",
         conflict_columns: Sequence[str] | None = None,
