@@ -53,5 +53,6 @@ class DagTestProcess:
     def stop(self) -> None:
         if self.process.poll() is None:
             self.kill_group()
-            self.process.wait(30)
+        self.process.wait(30)
+        self._reader.join(10)  # the output is read to its end before the pipe is closed
         self.process.stdout.close()

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 
 import psycopg2
 import pytest
+from dag_process import DagTestProcess
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
 from airflow_pool_provider.copy.ledger import LEDGER_TABLE
@@ -154,20 +150,17 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
         "source_conn_id": make_conn_id(src_db), "target_conn_id": make_conn_id(dst_db),
         "chunk_size": 500, "parallelism": 2, "copy_id": "killed-task",
     }
-    command = [sys.executable, "-m", "airflow", "dags", "test", "copy_table", "-c", json.dumps(conf)]
-    env = os.environ.copy()
-    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    first = DagTestProcess("copy_table", conf)
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and first.poll() is None:
+        while time.monotonic() < deadline and first.process.poll() is None:
             if _table_exists(dst) and _ledger(dst, "killed-task")[0] >= 5:
                 break
             time.sleep(0.05)
-        assert first.poll() is None, "the first run ended before it could be killed"
-        os.killpg(first.pid, signal.SIGKILL)
+        assert first.process.poll() is None, "the first run ended before it could be killed"
+        first.kill_group()
     finally:
-        first.wait(30)
+        first.stop()
     time.sleep(0.5)
     done_before, planned, _ = _ledger(dst, "killed-task")
     assert 5 <= done_before < planned == 80
@@ -176,12 +169,14 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
         assert cur.fetchone()[0] == done_before * 500  # exactly the ledger's chunks are in the target
     dst.commit()
 
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    second = DagTestProcess("copy_table", conf)
+    try:
+        assert second.wait(300) == 0, second.output[-6000:]
+    finally:
+        second.stop()
     assert table_digest(dst) == table_digest(src)  # no row lost or doubled
     assert _ledger(dst, "killed-task") == (80, 80, 40_000)
-    output = second.stdout + second.stderr
-    assert "resumes" in output and "NEW snapshot" in output
+    assert "resumes" in second.output and "NEW snapshot" in second.output
 
 
 def _table_exists(conn) -> bool:
