@@ -105,6 +105,14 @@ class SnapshotLost(CopyError):
         self.snapshot = snapshot
 
 
+class ToolMissing(CopyMistake):
+    """pg_dump/pg_restore are missing or too old for the servers; the message says what to install."""
+
+
+class ToolFailed(CopyError):
+    """pg_dump/pg_restore ran and failed (its stderr is in the message); Airflow's retries apply."""
+
+
 class ChunkFailed(CopyError):
     """A chunk failed; its kind is its cause's (a lost connection retried too often is a fault)."""
 

@@ -18,18 +18,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Collection
 
 from airflow_pool_provider.copy import sequences
 from airflow_pool_provider.copy.budget import ServerSlots, WorkerBudget, plan_workers
 from airflow_pool_provider.copy.chunk import ChunkCopier
 from airflow_pool_provider.copy.prepare import PreparedCopy, prepare
 from airflow_pool_provider.copy.progress import Progress
-from airflow_pool_provider.copy.snapshot import SourceSnapshot
+from airflow_pool_provider.copy.snapshot import ExportedSnapshot, SharedSnapshot, SourceSnapshot
 from airflow_pool_provider.copy.spec import CopySpec
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.summary import CopySummary
 from airflow_pool_provider.copy.workers import WorkOutcome, join_all, run_workers
-from airflow_pool_provider.errors import CopyError, CopyStopped, first_line
+from airflow_pool_provider.errors import CopyError, CopyStopped, SnapshotLost, first_line
 from airflow_pool_provider.metrics import Metrics, NoMetrics
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -50,7 +51,9 @@ class TableCopy:
     def __init__(self, source_pool: ConnectionPool, target_pool: ConnectionPool, spec: CopySpec,
                  copy_id: str, log: logging.Logger | logging.LoggerAdapter | None = None, *,
                  metrics: Metrics | None = None, connection_limit: int | None = None,
-                 ledger_retention_days: float | None = DEFAULT_LEDGER_RETENTION_DAYS) -> None:
+                 ledger_retention_days: float | None = DEFAULT_LEDGER_RETENTION_DAYS,
+                 snapshot: str | None = None, replace_snapshot: Callable[[str], str] | None = None,
+                 only_chunks: Collection[int] | None = None) -> None:
         self.source_pool = source_pool
         self.target_pool = target_pool
         self.spec = spec
@@ -59,7 +62,17 @@ class TableCopy:
         self.metrics = metrics or NoMetrics()
         self.connection_limit = connection_limit
         self.ledger_retention_days = ledger_retention_days
+        self.shared_snapshot = snapshot
+        self.replace_snapshot = replace_snapshot
+        self.only_chunks = None if only_chunks is None else frozenset(only_chunks)
         self.stopping = StopSignal()
+
+    def _snapshot(self) -> SourceSnapshot:
+        """The copy's own snapshot, or the migration's it was given (``snapshot``)."""
+        if self.shared_snapshot is None:
+            return ExportedSnapshot(self.source_pool, self.stopping, self.log)
+        return SharedSnapshot(self.source_pool, self.stopping, self.log, self.shared_snapshot,
+                              self.replace_snapshot or _cannot_replace)
 
     def stop(self, reason: str) -> None:
         """Stop the copy from any thread (or a signal handler); :meth:`run` then raises."""
@@ -97,11 +110,11 @@ class TableCopy:
 
     def _run(self) -> CopySummary:
         started = time.monotonic()
-        snapshot = SourceSnapshot(self.source_pool, self.stopping, self.log)
+        snapshot = self._snapshot()
         try:
-            snapshot_id = snapshot.open()
+            snapshot.open()
             with self.stopping.checkout(self.target_pool) as tconn, snapshot.conn.cursor() as scur:
-                prepared = prepare(scur, tconn, self.spec, self.copy_id, snapshot_id, self._budget, self.log)
+                prepared = prepare(scur, tconn, self.spec, self.copy_id, snapshot, self._budget, self.log)
             budget = prepared.budget
             pools = [self.source_pool] if self.source_pool is self.target_pool else [self.source_pool,
                                                                                     self.target_pool]
@@ -110,7 +123,7 @@ class TableCopy:
                 "table": str(prepared.target.name)})
             copier = ChunkCopier(prepared, self.spec, self.source_pool, self.target_pool, snapshot,
                                  self.stopping, progress, self.log)
-            pending = prepared.pending
+            pending = [c for c in prepared.pending if self.only_chunks is None or c.no in self.only_chunks]
             work = run_workers(pending, budget.workers, copier.copy, self.stopping,
                                describe=lambda chunk: f"chunk {chunk.no + 1}")
             if work.failure is not None or self.stopping.stopped:
@@ -181,3 +194,7 @@ class TableCopy:
             self.copy_id, self.stopping.reason, done_before + work.done, len(prepared.chunks), work.done,
             work.cancelled, work.not_started, self.copy_id,
         )
+
+
+def _cannot_replace(lost: str) -> str:
+    raise SnapshotLost(f"the shared source snapshot {lost} is gone and nobody can take another", lost)

@@ -95,36 +95,7 @@ class Ledger:
 
     def ensure(self, cur) -> None:
         """Create the ledger table once, or say what to grant; copies starting together wait here."""
-        if not _exists(cur, self.schema):
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LEDGER_TABLE,))
-            cur.execute("SAVEPOINT ledger_create")
-            try:
-                cur.execute(sql.SQL(_DDL).format(self.table))
-            except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.InvalidSchemaName) as exc:
-                cur.execute("ROLLBACK TO SAVEPOINT ledger_create")
-                raise CopyMistake(self._cannot_create(cur, exc)) from exc
-        missing = self._missing_rights(cur)
-        if missing:
-            raise CopyMistake(
-                f"the copy's ledger {self} exists, but this role lacks {', '.join(missing)} on it. "
-                f"Have its owner run: GRANT {', '.join(RIGHTS)} ON {self} TO {quote_ident(_role(cur))};"
-            )
-
-    def _cannot_create(self, cur, exc: BaseException) -> str:
-        role = quote_ident(_role(cur))
-        ddl = sql.SQL(_DDL).format(self.table).as_string(cur)
-        reason = str(exc).strip().splitlines()[0]
-        return (
-            f"cannot create the copy's ledger table {self} ({reason}). Either grant the target role the "
-            f"right to create it: GRANT CREATE ON SCHEMA {quote_ident(self.schema)} TO {role}; or name a "
-            f"schema it may write to with ledger_schema=...; or have an administrator create it once:\n"
-            f"{ddl};\nGRANT {', '.join(RIGHTS)} ON {self} TO {role};"
-        )
-
-    def _missing_rights(self, cur) -> list[str]:
-        cur.execute("SELECT " + ", ".join(f"has_table_privilege(%s, '{r}')" for r in RIGHTS),
-                    [str(self)] * len(RIGHTS))
-        return [r for r, ok in zip(RIGHTS, cur.fetchone(), strict=True) if not ok]
+        ensure_table(cur, self.schema, LEDGER_TABLE, _DDL, "the copy's ledger")
 
     def load_plan(self, cur, copy_id: str, source: str, target: str) -> StoredPlan | None:
         """The stored plan of ``copy_id`` and the chunks already done, or None for a new copy."""
@@ -217,8 +188,37 @@ class Ledger:
         return cur.fetchone()[0]
 
 
-def _exists(cur, schema: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(LEDGER_TABLE)}",))
+def ensure_table(cur, schema: str, table: str, ddl: str, what: str) -> None:
+    """Create a bookkeeping table (``ddl`` formats one ``{}``: the table) once, or raise a
+    CopyMistake that gives the GRANT to run, or the DDL for an administrator to run once."""
+    ident = sql.Identifier(schema, table)
+    shown = f"{quote_ident(schema)}.{quote_ident(table)}"
+    if not _exists(cur, schema, table):
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        cur.execute("SAVEPOINT ledger_create")
+        try:
+            cur.execute(sql.SQL(ddl).format(ident))
+        except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.InvalidSchemaName) as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT ledger_create")
+            role = quote_ident(_role(cur))
+            reason = str(exc).strip().splitlines()[0]
+            raise CopyMistake(
+                f"cannot create {what} table {shown} ({reason}). Either grant the target role the right to "
+                f"create it: GRANT CREATE ON SCHEMA {quote_ident(schema)} TO {role}; or name a schema it may "
+                f"write to with ledger_schema=...; or have an administrator create it once:\n"
+                f"{sql.SQL(ddl).format(ident).as_string(cur)};\nGRANT {', '.join(RIGHTS)} ON {shown} TO {role};"
+            ) from exc
+    cur.execute("SELECT " + ", ".join(f"has_table_privilege(%s, '{r}')" for r in RIGHTS), [shown] * len(RIGHTS))
+    missing = [r for r, ok in zip(RIGHTS, cur.fetchone(), strict=True) if not ok]
+    if missing:
+        raise CopyMistake(
+            f"{what} {shown} exists, but this role lacks {', '.join(missing)} on it. Have its owner run: "
+            f"GRANT {', '.join(RIGHTS)} ON {shown} TO {quote_ident(_role(cur))};"
+        )
+
+
+def _exists(cur, schema: str, table: str = LEDGER_TABLE) -> bool:
+    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(table)}",))
     return cur.fetchone()[0]
 
 

@@ -20,7 +20,7 @@ from airflow_pool_provider.copy.catalog import Table
 from airflow_pool_provider.copy.ledger import Ledger, StoredPlan
 from airflow_pool_provider.copy.plan import Chunk, Keyset
 from airflow_pool_provider.copy.sequences import SequencePair
-from airflow_pool_provider.copy.snapshot import WHERE_AM_I
+from airflow_pool_provider.copy.snapshot import WHERE_AM_I, SourceSnapshot
 from airflow_pool_provider.copy.spec import CopySpec
 from airflow_pool_provider.errors import CatalogError, CopyMistake
 
@@ -54,10 +54,10 @@ class PreparedCopy:
 BudgetCheck = Callable[[ServerSlots, "ServerSlots | None"], WorkerBudget]
 
 
-def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: str, check_budget: BudgetCheck,
+def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: SourceSnapshot, check_budget: BudgetCheck,
             log: logging.Logger | logging.LoggerAdapter) -> PreparedCopy:
-    """``scur``: a cursor in the source transaction that exported ``snapshot``. ``check_budget``
-    runs before anything is written, so a copy refused for lack of connections leaves no trace."""
+    """``scur``: a cursor in ``snapshot``'s own transaction. ``check_budget`` runs before anything
+    is written, so a copy refused for lack of connections leaves no trace."""
     source = catalog.load_table(scur, spec.source_name, "source")
     spec.row_filter.check(scur, source.ident)
     scur.execute("SELECT " + WHERE_AM_I)
@@ -95,14 +95,18 @@ def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: str, check_budg
             log.info(
                 "copy %s: %s -> %s, %d chunk(s) of up to %d rows by %s; all workers read one snapshot of "
                 "the source (%s); ledger %s%s", copy_id, source.name, target.name, len(chunks), spec.chunk_size,
-                keyset.reason, snapshot, ledger, "; target truncated (mode=replace)" if spec.mode == "replace" else "",
+                keyset.reason, snapshot.id, ledger,
+                "; target truncated (mode=replace)" if spec.mode == "replace" else "",
             )
-        else:
+        elif snapshot.taken_now:
             log.info(
                 "copy %s resumes: %d of %d chunk(s) already done (ledger %s); the rest are read from a NEW "
                 "snapshot of the source (%s), taken now - rows changed since the earlier attempt are "
-                "copied as they are now", copy_id, len(stored.done), len(stored.chunks), ledger, snapshot,
+                "copied as they are now", copy_id, len(stored.done), len(stored.chunks), ledger, snapshot.id,
             )
+        else:
+            log.info("copy %s: %d of %d chunk(s) already done (ledger %s); the rest are read through the "
+                     "shared snapshot %s", copy_id, len(stored.done), len(stored.chunks), ledger, snapshot.id)
     tconn.commit()
     binary = all(source.by_name[c].portable_binary and target.by_name[c].portable_binary for c in columns)
     if not binary:

@@ -5,12 +5,18 @@ it with ``SET TRANSACTION SNAPSHOT``. It lives only as long as that transaction:
 restarts or the holding connection drops, every join fails with SQLSTATE 22023. The copy then
 takes a new snapshot and says so, as a resume does; rows changed between the two are copied as
 they are in the new one. ``renewals`` counts how often that happened, for the summary.
+
+Two kinds: a copy on its own exports a snapshot of its own (:class:`ExportedSnapshot`); a copy
+that is part of a migration joins the migration's (:class:`SharedSnapshot`), held elsewhere,
+and asks the migration for a new one when it is lost, so that every table of the migration
+knows which instant it was read at.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 import psycopg2
 
@@ -22,11 +28,22 @@ from airflow_pool_provider.pool import ConnectionPool, PooledConnection
 WHERE_AM_I = "current_database(), pg_postmaster_start_time(), current_setting('port')"
 
 
-class SourceSnapshot:
-    """Holds the exporting transaction on a connection of its own."""
+def join(cur, snapshot: str) -> None:
+    """Start ``cur``'s transaction on ``snapshot``; SnapshotLost if it is gone."""
+    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    try:
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+    except psycopg2.errors.InvalidParameterValue as exc:  # 22023, here: the exporter is gone
+        raise SnapshotLost(f"snapshot {snapshot} of the source is gone ({first_line(exc)})", snapshot) from exc
 
-    def __init__(self, pool: ConnectionPool, stop: StopSignal,
-                 log: logging.Logger | logging.LoggerAdapter) -> None:
+
+class SourceSnapshot:
+    """A transaction on the snapshot, on a connection of its own; planning reads through it too."""
+
+    #: Whether the snapshot was taken for this copy (so a resumed copy reads a new instant).
+    taken_now = True
+
+    def __init__(self, pool: ConnectionPool, stop: StopSignal, log: logging.Logger | logging.LoggerAdapter) -> None:
         self.pool = pool
         self.stop = stop
         self.log = log
@@ -36,14 +53,11 @@ class SourceSnapshot:
         self._lock = threading.Lock()
 
     def open(self) -> str:
-        """Begin the exporting transaction; its cursor also serves planning (same snapshot)."""
         conn = self.pool.getconn()
         try:
             self.stop.watch(conn)
             with conn.cursor() as cur:
-                cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                cur.execute("SELECT pg_export_snapshot()")
-                self.id = cur.fetchone()[0]
+                self.id = self._begin(cur)
         except BaseException:
             self.stop.unwatch(conn)
             conn.close()
@@ -51,24 +65,21 @@ class SourceSnapshot:
         self.conn = conn
         return self.id
 
+    def _begin(self, cur) -> str:
+        raise NotImplementedError
+
     def join(self, cur) -> str:
-        """Start ``cur``'s transaction on the snapshot; SnapshotLost if it is gone."""
         snapshot = self.id
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        try:
-            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-        except psycopg2.errors.InvalidParameterValue as exc:  # 22023, here: the exporter is gone
-            raise SnapshotLost(f"snapshot {snapshot} of the source is gone ({first_line(exc)})", snapshot) from exc
+        join(cur, snapshot)
         return snapshot
 
     def renew(self, lost: str) -> str:
-        """Take a new snapshot unless another worker already did since ``lost`` was seen."""
+        """A new snapshot, unless another worker already took one since ``lost`` was seen."""
         with self._lock:
             if self.id != lost:
                 return self.id
             self.close()
-            self.open()
-            self.renewals += 1
+            self.open()  # counts the renewal
             self.log.warning(
                 "the source snapshot %s was lost (the source restarted or its connection dropped); "
                 "reading on from a NEW snapshot %s: rows changed since are copied as they are now",
@@ -86,3 +97,38 @@ class SourceSnapshot:
         except psycopg2.Error:
             pass  # a lost connection: the pool discards it
         conn.close()
+
+
+class ExportedSnapshot(SourceSnapshot):
+    """The copy's own: exported by its transaction."""
+
+    def _begin(self, cur) -> str:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        cur.execute("SELECT pg_export_snapshot()")
+        if self.id is not None:
+            self.renewals += 1
+        return cur.fetchone()[0]
+
+
+class SharedSnapshot(SourceSnapshot):
+    """A snapshot held elsewhere (a migration's); ``replace(lost)`` returns the one to use once it
+    is gone."""
+
+    taken_now = False
+
+    def __init__(self, pool: ConnectionPool, stop: StopSignal, log: logging.Logger | logging.LoggerAdapter,
+                 snapshot: str, replace: Callable[[str], str]) -> None:
+        super().__init__(pool, stop, log)
+        self.id = snapshot
+        self._replace = replace
+
+    def _begin(self, cur) -> str:
+        snapshot = self.id
+        try:
+            join(cur, snapshot)
+        except SnapshotLost:
+            cur.connection.rollback()
+            snapshot = self._replace(snapshot)
+            self.renewals += 1
+            join(cur, snapshot)
+        return snapshot

@@ -10,6 +10,10 @@ from airflow_pool_provider.copy.row_filter import RowFilter
 from airflow_pool_provider.errors import CopyMistake
 
 MODES = ("append", "replace", "upsert")
+#: Where the target's side of a checksum is computed: per chunk, before it commits (a scan of the
+#: chunk's key range), or once per table after its load (the ledger keeps each chunk's source
+#: sum), for targets without indexes yet, where a per-chunk scan would read the whole table.
+TARGET_CHECKSUMS = ("per_chunk", "per_table")
 
 #: Upper bounds: a chunk is one target transaction, and every worker holds two connections.
 MAX_CHUNK_SIZE = 10_000_000
@@ -37,6 +41,7 @@ class CopySpec:
     max_chunk_retries: int = 3
     ledger_schema: str | None = None
     sync_sequences: bool = True
+    target_checksum: str = "per_chunk"
     source_name: TableName = field(init=False, repr=False)
     target_name: TableName = field(init=False, repr=False)
     row_filter: RowFilter = field(init=False, repr=False)
@@ -55,6 +60,9 @@ class CopySpec:
             _check_columns(name, getattr(self, name))
         if self.conflict_columns and self.mode != "upsert":
             raise CopyMistake("conflict_columns only applies to mode='upsert'")
+        if self.target_checksum not in TARGET_CHECKSUMS:
+            raise CopyMistake(f"target_checksum must be one of {', '.join(TARGET_CHECKSUMS)}, "
+                              f"got {self.target_checksum!r}")
         if self.ledger_schema is not None and (not isinstance(self.ledger_schema, str) or not self.ledger_schema):
             raise CopyMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
 

@@ -1,0 +1,131 @@
+"""What a source's schemas hold, read once: relations and the objects that hang off them.
+
+The schema dump is filtered by object OID (each TOC entry names its catalog and OID), so the
+catalog records which table every default, constraint, trigger, rule and owned sequence
+belongs to, and which relations each view reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from airflow_pool_provider.copy.names import TableName
+
+_RELATIONS = """
+SELECT c.oid, n.nspname, c.relname, c.relkind::text, p.inhparent, c.relispartition,
+       greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN pg_inherits p ON p.inhrelid = c.oid AND c.relispartition
+ WHERE n.nspname = ANY(%(schemas)s) AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+ ORDER BY n.nspname, c.relname
+"""
+
+# Objects that belong to one table: (catalog, oid, table oid).
+_OWNED = """
+SELECT 'pg_attrdef'::regclass::oid, d.oid, d.adrelid FROM pg_attrdef d WHERE d.adrelid = ANY(%(oids)s)
+UNION ALL
+SELECT 'pg_constraint'::regclass::oid, k.oid, k.conrelid FROM pg_constraint k WHERE k.conrelid = ANY(%(oids)s)
+UNION ALL
+SELECT 'pg_trigger'::regclass::oid, t.oid, t.tgrelid FROM pg_trigger t
+ WHERE t.tgrelid = ANY(%(oids)s) AND NOT t.tgisinternal
+UNION ALL
+SELECT 'pg_rewrite'::regclass::oid, r.oid, r.ev_class FROM pg_rewrite r WHERE r.ev_class = ANY(%(oids)s)
+UNION ALL
+SELECT 'pg_class'::regclass::oid, d.objid, d.refobjid FROM pg_depend d
+ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+   AND d.refobjid = ANY(%(oids)s) AND d.deptype IN ('a', 'i') AND d.objsubid = 0
+   AND (SELECT relkind FROM pg_class WHERE oid = d.objid) = 'S'
+"""
+
+# Relations each view (or materialized view) reads.
+_VIEW_READS = """
+SELECT DISTINCT r.ev_class, d.refobjid
+  FROM pg_rewrite r JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+ WHERE r.ev_class = ANY(%(views)s) AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class
+"""
+
+# Extensions the relations depend on: column types, index operator classes, default functions.
+_EXTENSIONS = """
+WITH objects AS (
+    SELECT unnest(%(oids)s::oid[]) AS oid
+    UNION SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = ANY(%(oids)s)
+    UNION SELECT d.oid FROM pg_attrdef d WHERE d.adrelid = ANY(%(oids)s)
+)
+SELECT DISTINCT e.extname
+  FROM objects o
+  JOIN pg_depend d ON d.objid = o.oid
+  JOIN pg_depend m ON m.classid = d.refclassid AND m.objid = d.refobjid AND m.deptype = 'e'
+  JOIN pg_extension e ON e.oid = m.refobjid
+ ORDER BY 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    oid: int
+    name: TableName
+    kind: str  # r table, p partitioned table, v view, m materialized view, S sequence, f foreign table
+    parent: int | None  # the partitioned table of a partition
+    estimated_rows: int
+    bytes: int
+
+    @property
+    def is_table(self) -> bool:
+        return self.kind in ("r", "p")
+
+
+@dataclass(frozen=True)
+class SourceCatalog:
+    """The relations of some schemas and the objects owned by their tables."""
+
+    schemas: tuple[str, ...]
+    relations: dict[int, Relation]
+    owner: dict[tuple[int, int], int]  # (catalog oid, object oid) -> table oid
+    view_reads: dict[int, frozenset[int]] = field(default_factory=dict)
+
+    def by_name(self) -> dict[TableName, Relation]:
+        return {r.name: r for r in self.relations.values()}
+
+    def partitions_of(self, oid: int) -> list[Relation]:
+        return [r for r in self.relations.values() if r.parent == oid]
+
+    def leaves(self, oid: int) -> list[Relation]:
+        """Where a table's rows are: itself, or the leaf partitions under it."""
+        relation = self.relations[oid]
+        if relation.kind != "p":
+            return [relation]
+        return [leaf for child in self.partitions_of(oid) for leaf in self.leaves(child.oid)]
+
+
+def load(cur, schemas: tuple[str, ...]) -> SourceCatalog:
+    cur.execute(_RELATIONS, {"schemas": list(schemas)})
+    relations = {
+        oid: Relation(oid, TableName(schema, name), kind, parent if is_partition else None, rows, size)
+        for oid, schema, name, kind, parent, is_partition, rows, size in cur.fetchall()
+    }
+    tables = [r.oid for r in relations.values() if r.is_table]
+    cur.execute(_OWNED, {"oids": tables})
+    owner = {(catalog, oid): table for catalog, oid, table in cur.fetchall()}
+    views = [r.oid for r in relations.values() if r.kind in ("v", "m")]
+    cur.execute(_VIEW_READS, {"views": views})
+    reads: dict[int, set[int]] = {}
+    for view, relation in cur.fetchall():
+        reads.setdefault(view, set()).add(relation)
+    return SourceCatalog(tuple(schemas), relations, owner, {v: frozenset(r) for v, r in reads.items()})
+
+
+def extensions_used(cur, table_oids: list[int]) -> list[str]:
+    """Extensions whose types, operator classes or functions the tables use."""
+    cur.execute(_EXTENSIONS, {"oids": table_oids})
+    return [row[0] for row in cur.fetchall()]
+
+
+def installed_extensions(cur) -> set[str]:
+    cur.execute("SELECT extname FROM pg_extension")
+    return {row[0] for row in cur.fetchall()}
+
+
+def existing_schemas(cur, schemas: tuple[str, ...]) -> set[str]:
+    cur.execute("SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (list(schemas),))
+    return {row[0] for row in cur.fetchall()}

@@ -1,0 +1,230 @@
+"""The migration's plan (and its dry run): what moves, what exists already, what it costs.
+
+Made before anything is written and refused as a whole when a part cannot work: an unknown
+table, a target table this migration did not create (``resume``), dependents outside the
+selection of a table to drop (``replace``), an extension the target lacks, pg_dump too old, a
+connection budget the servers cannot hold.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_pool_provider.copy import catalog as copy_catalog
+from airflow_pool_provider.copy.budget import read_slots
+from airflow_pool_provider.copy.snapshot import WHERE_AM_I
+from airflow_pool_provider.errors import CatalogError, CopyMistake
+from airflow_pool_provider.migration import catalog
+from airflow_pool_provider.migration.catalog import Relation
+from airflow_pool_provider.migration.ledger import MigrationLedger
+from airflow_pool_provider.migration.report import render
+from airflow_pool_provider.migration.request import MigrationRequest
+from airflow_pool_provider.migration.selection import Selection, select
+from airflow_pool_provider.migration.tools import PgTools, find_tools, server_major
+
+_INDEXES = """
+SELECT i.indrelid, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = ANY(%s) ORDER BY c.relname
+"""
+
+# Target relations of the selection's names, with what depends on them from outside it.
+_TARGET_TABLES = """
+SELECT t.name, c.oid, c.relkind::text
+  FROM unnest(%(names)s::text[]) AS t(name) JOIN pg_class c ON c.oid = to_regclass(t.name)
+"""
+_OUTSIDE_DEPENDENTS = """
+SELECT DISTINCT v.oid::regclass::text || ' (a view)'
+  FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_rewrite'::regclass
+  JOIN pg_class v ON v.oid = r.ev_class
+ WHERE d.refobjid = ANY(%(oids)s) AND v.oid <> ALL(%(oids)s)
+UNION
+SELECT DISTINCT conrelid::regclass::text || ' (a foreign key ' || quote_ident(conname) || ')'
+  FROM pg_constraint WHERE contype = 'f' AND confrelid = ANY(%(oids)s) AND conrelid <> ALL(%(oids)s)
+ORDER BY 1
+"""
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    name: str
+    partitions: int
+    estimated_rows: int
+    bytes: int
+    chunks: int  # estimated from the statistics; the data stage plans them exactly
+    indexes: list[str]
+    in_target: str  # "no", "created by this migration", "will be replaced", "exists"
+    differences: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Budget:
+    tasks: int  # copy tasks that may run at once
+    per_task: int  # connections each holds
+    needed: int
+    available: int  # on the busier side
+    fits: bool
+
+    def describe(self) -> str:
+        verdict = "fits" if self.fits else "does NOT fit"
+        return (f"{self.tasks} copy task(s) at once x {self.per_task} connection(s) each = {self.needed}, "
+                f"{verdict} in {self.available} spare slot(s)")
+
+
+@dataclass(frozen=True)
+class MigrationPlan:
+    migration_id: str
+    mode: str
+    dry_run: bool
+    source_version: int
+    target_version: int
+    tools: str
+    schemas: list[str]
+    schemas_in_target: list[str]
+    tables: list[TablePlan]
+    views: list[str]
+    sequences: list[str]
+    extensions: list[str]
+    budget: Budget
+    resumed_stages: list[str]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.estimated_rows for t in self.tables)
+
+    def to_xcom(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def table(self) -> str:
+        rows = [(t.name, t.partitions, t.estimated_rows, round(t.bytes / 1e6, 1), t.chunks, len(t.indexes),
+                 t.in_target, "; ".join(t.differences) or "-") for t in self.tables]
+        head = (f"migration {self.migration_id} ({self.mode}{', dry run' if self.dry_run else ''}): "
+                f"PostgreSQL {self.source_version} -> {self.target_version}, {self.tools}\n"
+                f"schemas {self.schemas} (already in the target: {self.schemas_in_target or 'none'}); "
+                f"{len(self.tables)} table(s), about {self.total_rows:,} rows; views {self.views or 'none'}; "
+                f"sequences {len(self.sequences)}; extensions needed {self.extensions or 'none'}\n"
+                f"connection budget: {self.budget.describe()}"
+                + (f"\nstages done by an earlier run: {self.resumed_stages}" if self.resumed_stages else ""))
+        return head + "\n" + render(
+            ("table", "partitions", "rows (est.)", "MB", "chunks", "indexes", "in target", "differences"), rows)
+
+
+def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tasks: int) -> MigrationPlan:
+    """The plan, or a CopyMistake listing everything that stops it."""
+    source_major, target_major = server_major(scur), server_major(tcur)
+    tools = find_tools(source_major, target_major, request.pg_bin_dir)
+    source = catalog.load(scur, request.schemas)
+    missing_schemas = [s for s in request.schemas if s not in catalog.existing_schemas(scur, request.schemas)]
+    if missing_schemas:
+        raise CopyMistake(f"schemas {missing_schemas} do not exist in the source")
+    selection = select(source, request.tables, request.exclude_tables)
+    ledger = MigrationLedger(request.ledger_schema, migration_id)
+    created = _created_by(tcur, ledger)
+    problems: list[str] = []
+    tables = _table_plans(scur, tcur, selection, request, created, problems)
+    extensions = catalog.extensions_used(scur, sorted(selection.restored))
+    lacking = sorted(set(extensions) - catalog.installed_extensions(tcur))
+    if lacking:
+        problems.append(f"the target lacks the extension(s) {lacking} the tables use: CREATE EXTENSION them in "
+                        "the target database first (a schema dump does not carry extensions)")
+    budget = _budget(scur, tcur, request.parallelism, copy_tasks)
+    if not budget.fits:
+        problems.append(f"connection budget: {budget.describe()}; lower parallelism or the copy tasks' "
+                        "concurrency, or raise max_connections")
+    if problems:
+        raise CopyMistake(f"migration {migration_id} cannot run:\n  - " + "\n  - ".join(problems))
+    stages = sorted({r.stage for r in ledger.records(tcur) if r.object == "*" and r.status == "done"}) \
+        if ledger.exists(tcur) else []
+    return MigrationPlan(
+        migration_id=migration_id, mode=request.mode, dry_run=request.dry_run, source_version=source_major,
+        target_version=target_major, tools=tools.describe(), schemas=list(request.schemas),
+        schemas_in_target=sorted(catalog.existing_schemas(tcur, request.schemas)), tables=tables,
+        views=[str(v.name) for v in selection.views], sequences=[str(s.name) for s in selection.sequences],
+        extensions=extensions, budget=budget, resumed_stages=stages,
+    )
+
+
+def tools_for(scur, tcur, request: MigrationRequest) -> PgTools:
+    return find_tools(server_major(scur), server_major(tcur), request.pg_bin_dir)
+
+
+def _created_by(tcur, ledger: MigrationLedger) -> set[str]:
+    if not ledger.exists(tcur):
+        return set()
+    return {r.object for r in ledger.records(tcur, "pre_data") if r.object != "*" and r.status == "done"}
+
+
+def _table_plans(scur, tcur, selection: Selection, request: MigrationRequest, created: set[str],
+                 problems: list[str]) -> list[TablePlan]:
+    scur.execute(_INDEXES, ([t.oid for t in selection.tables],))
+    indexes: dict[int, list[str]] = {}
+    for table, index in scur.fetchall():
+        indexes.setdefault(table, []).append(index)
+    tcur.execute(_TARGET_TABLES, {"names": [str(t.name) for t in selection.tables]})
+    in_target = {name: (oid, kind) for name, oid, kind in tcur.fetchall()}
+    plans = []
+    for table in selection.tables:
+        leaves = selection.data_sources(table)
+        rows = sum(leaf.estimated_rows for leaf in leaves)
+        chunks = sum(max(1, math.ceil(leaf.estimated_rows / request.chunk_size)) for leaf in leaves)
+        state, differences = _state_in_target(scur, tcur, table, in_target.get(str(table.name)), request, created)
+        if state == "exists":
+            problems.append(f"target table {table.name} exists and this migration did not create it: use "
+                            "mode='replace' to drop and recreate it, or leave it out with exclude_tables")
+        plans.append(TablePlan(str(table.name), len(leaves) if table.kind == "p" else 0, rows, table.bytes, chunks,
+                               indexes.get(table.oid, []), state, differences))
+    if request.mode == "replace":
+        _check_dependents(tcur, [oid for oid, _ in in_target.values()], problems)
+    return plans
+
+
+def _state_in_target(scur, tcur, table: Relation, found: tuple[int, str] | None, request: MigrationRequest,
+                     created: set[str]) -> tuple[str, list[str]]:
+    if found is None:
+        return "no", []
+    if request.mode == "replace":
+        return "will be replaced", []
+    if str(table.name) not in created:
+        return "exists", []
+    return "created by this migration", _differences(scur, tcur, table)
+
+
+def _differences(scur, tcur, table: Relation) -> list[str]:
+    """How the target's table differs from the source's, if it does."""
+    source = copy_catalog.load_table(scur, table.name, "source")
+    target = copy_catalog.load_table(tcur, table.name, "target")
+    try:
+        copy_catalog.check_compatible(source, target, source.copyable_columns())
+    except CatalogError as exc:
+        return [line.strip(" -") for line in str(exc).splitlines()[1:-1]]
+    return []
+
+
+def _check_dependents(tcur, oids: list[int], problems: list[str]) -> None:
+    if not oids:
+        return
+    tcur.execute(_OUTSIDE_DEPENDENTS, {"oids": oids})
+    dependents = [row[0] for row in tcur.fetchall()]
+    if dependents:
+        problems.append(f"mode='replace' would have to drop objects outside the selection that depend on its "
+                        f"tables: {dependents}. Drop or change them first, or add their tables to the selection")
+
+
+def _budget(scur, tcur, parallelism: int, copy_tasks: int) -> Budget:
+    """Copy tasks at once x (2 x parallelism + 1) connections, plus the snapshot holder, against the
+    spare slots of both servers (of the one server when they are the same)."""
+    source, target = read_slots(scur, "source"), read_slots(tcur, "target")
+    scur.execute("SELECT " + WHERE_AM_I)
+    tcur.execute("SELECT " + WHERE_AM_I)
+    same_server = scur.fetchone()[1:] == tcur.fetchone()[1:]
+    per_task = 2 * parallelism + 1
+    needed = copy_tasks * per_task + 1
+    if same_server:
+        available = source.available
+        fits = needed <= available
+    else:
+        available = min(source.available, target.available)
+        fits = copy_tasks * (parallelism + 1) + 1 <= source.available and copy_tasks * parallelism <= target.available
+    return Budget(copy_tasks, per_task, needed, available, fits)
+

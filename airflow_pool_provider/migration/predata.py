@@ -1,0 +1,106 @@
+"""The pre-data stage: schemas, types, domains, functions, sequences, tables and views, restored
+in one target transaction together with the stage's ledger rows.
+
+Schema-level objects that already exist in the target (a type or function of an earlier run, or
+made by hand) are reused, not created again, and the log names them. ``mode='replace'`` first
+drops the selected tables and views in the target, without CASCADE: the plan has refused
+already if anything outside the selection depends on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from psycopg2 import sql
+
+from airflow_pool_provider.copy.names import quote_ident
+from airflow_pool_provider.migration import catalog, schema, toc
+from airflow_pool_provider.migration.ledger import STAGE, MigrationLedger
+from airflow_pool_provider.migration.request import MigrationRequest
+from airflow_pool_provider.migration.selection import Selection
+from airflow_pool_provider.migration.tools import PgTools
+
+STAGE_NAME = "pre_data"
+
+#: How to ask the target whether a schema-level object exists already, by TOC kind.
+_LOOKUPS = {"TYPE": "to_regtype", "DOMAIN": "to_regtype", "FUNCTION": "to_regprocedure",
+            "PROCEDURE": "to_regprocedure", "SEQUENCE": "to_regclass"}
+
+
+@dataclass(frozen=True)
+class PreDataResult:
+    restored: int  # TOC entries restored
+    reused: list[str]  # schema-level objects that existed already
+    dropped: list[str]  # mode='replace'
+    tables: list[str]
+    skipped: bool  # done by an earlier run
+
+
+def run(tconn, selection: Selection, request: MigrationRequest, ledger: MigrationLedger, tools: PgTools,
+        source_connect: Mapping[str, Any], snapshot: str | None,
+        log: logging.Logger | logging.LoggerAdapter) -> PreDataResult:
+    tables = [str(t.name) for t in selection.tables]
+    with tconn.cursor() as tcur:
+        ledger.ensure(tcur)
+        if ledger.done(tcur, STAGE_NAME):
+            tconn.rollback()
+            log.info("pre-data: done by an earlier run of migration %s; nothing to do", ledger.migration_id)
+            return PreDataResult(0, [], [], tables, skipped=True)
+        dropped = _drop_selected(tcur, selection) if request.mode == "replace" else []
+        with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
+            archive = schema.dump(tools, source_connect, request.schemas, snapshot, Path(folder))
+            existing = catalog.existing_schemas(tcur, request.schemas)
+            entries = toc.pre_data(list(archive.entries), selection, existing)
+            reused = _existing_objects(tcur, entries, selection)
+            entries = [e for e in entries if e.dump_id not in reused]
+            schema.apply(tcur, schema.script(tools, archive, entries))
+        for table in tables:
+            ledger.record(tcur, STAGE_NAME, table)
+        ledger.record(tcur, STAGE_NAME, STAGE, detail={"entries": len(entries), "reused": sorted(reused.values()),
+                                                       "dropped": dropped})
+    tconn.commit()
+    log.info("pre-data: %d object(s) restored in one transaction (%d table(s)); reused as they were: %s%s",
+             len(entries), len(tables), sorted(reused.values()) or "none",
+             f"; dropped first (mode=replace): {dropped}" if dropped else "")
+    return PreDataResult(len(entries), sorted(reused.values()), dropped, tables, skipped=False)
+
+
+def _drop_selected(tcur, selection: Selection) -> list[str]:
+    """Drop the selection's views, then tables, that exist in the target: each kind in one
+    statement (foreign keys among them go with them), no CASCADE."""
+    dropped = []
+    for kind, relations in (("VIEW", selection.views), ("TABLE", selection.tables)):
+        present = []
+        for relation in relations:
+            tcur.execute("SELECT to_regclass(%s) IS NOT NULL", (str(relation.name),))
+            if tcur.fetchone()[0]:
+                present.append(relation.name)
+        if present:
+            tcur.execute(sql.SQL("DROP {} {}").format(sql.SQL(kind), sql.SQL(", ").join(
+                n.identifier() for n in present)))
+            dropped += [str(n) for n in present]
+    return dropped
+
+
+def _existing_objects(tcur, entries: list[toc.TocEntry], selection: Selection) -> dict[int, str]:
+    """Dump ids of schema-level objects that already exist in the target, with their names."""
+    found = {}
+    for entry in entries:
+        lookup = _LOOKUPS.get(entry.desc)
+        named = entry.tag_in(selection.catalog.schemas) if lookup else None
+        if named is None:
+            continue
+        if entry.desc == "SEQUENCE" and selection.owns(1259, entry.oid):
+            continue  # a table's own sequence goes with its table
+        schema_name, tag = named
+        name, paren, args = tag.partition("(")
+        text = f"{quote_ident(schema_name)}.{quote_ident(name)}{paren}{args}"
+        tcur.execute(sql.SQL("SELECT {}(%s) IS NOT NULL").format(sql.SQL(lookup)), (text,))
+        if tcur.fetchone()[0]:
+            found[entry.dump_id] = f"{entry.desc.lower()} {schema_name}.{tag}"
+    return found

@@ -1,0 +1,76 @@
+"""MigrationRequest: what a migration moves and how, checked when it is made."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE, MAX_PARALLELISM
+from airflow_pool_provider.errors import CopyMistake
+
+MODES = ("resume", "replace")
+DEFAULT_LEDGER_SCHEMA = "public"
+_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    """``mode``: ``resume`` starts a new migration or continues the one of the same id, and
+    refuses target tables it did not create; ``replace`` drops the selected tables in the target
+    first (never anything outside the selection). ``migration_id`` None: derived from the
+    connections and the selection, so the same migration run again resumes or confirms it."""
+
+    schemas: tuple[str, ...] = ("public",)
+    tables: tuple[str, ...] = ()
+    exclude_tables: tuple[str, ...] = ()
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    parallelism: int = DEFAULT_PARALLELISM
+    mode: str = "resume"
+    migration_id: str | None = None
+    dry_run: bool = False
+    ledger_schema: str = DEFAULT_LEDGER_SCHEMA
+    pg_bin_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        for name in ("schemas", "tables", "exclude_tables"):
+            set_(self, name, _names(name, getattr(self, name)))
+        if not self.schemas:
+            raise CopyMistake("schemas must name at least one schema")
+        for name in ("tables", "exclude_tables"):
+            for text in getattr(self, name):
+                TableName.parse(text)  # a clear message for a name that cannot be read
+        for name, highest in (("chunk_size", MAX_CHUNK_SIZE), ("parallelism", MAX_PARALLELISM)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
+                raise CopyMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
+        if self.mode not in MODES:
+            raise CopyMistake(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.migration_id is not None and (not self.migration_id or not set(self.migration_id) <= _ID_CHARS
+                                              or len(self.migration_id) > 100):
+            raise CopyMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
+        if not isinstance(self.ledger_schema, str) or not self.ledger_schema:
+            raise CopyMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
+
+    def resolved_id(self, source: str, target: str) -> str:
+        """The given id, or one derived from where from, where to and what."""
+        if self.migration_id:
+            return self.migration_id
+        what = json.dumps([source, target, list(self.schemas), sorted(self.tables), sorted(self.exclude_tables)])
+        return "migration-" + hashlib.sha256(what.encode()).hexdigest()[:12]
+
+
+def _names(field: str, value: Sequence[str] | str | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value] if value.strip() else []
+    if not all(isinstance(v, str) for v in value):
+        raise CopyMistake(f"{field} must be a list of names, got {list(value)!r}")
+    names = tuple(v.strip() for v in value if v.strip())  # a form's empty lines are no names
+    if len(set(names)) != len(names):
+        raise CopyMistake(f"{field} lists a name twice: {list(names)}")
+    return names

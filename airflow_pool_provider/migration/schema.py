@@ -1,0 +1,86 @@
+"""The schema of the selected tables: dumped once, restored in parts as the migration's own SQL.
+
+``pg_dump -Fc --section=pre-data --section=post-data -n <schema>...`` of whole schemas (never
+``pg_dump -t``, which leaves out the types, sequences and functions tables need), through the
+migration's snapshot; then ``pg_restore --list``, a list of the chosen entries, and ``pg_restore
+--use-list -O -x -f`` writes their SQL, which runs in the caller's transaction. ``-O -x``: no
+owners or grants, which fail for roles the target lacks.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from airflow_pool_provider.copy.names import quote_ident
+from airflow_pool_provider.migration import toc
+from airflow_pool_provider.migration.tools import PgTools, libpq_env, run
+
+_SET = re.compile(r"^SET (\w+) = ")
+_META = re.compile(r"^\\(restrict|unrestrict)\b")
+
+
+@dataclass(frozen=True)
+class SchemaArchive:
+    """A dumped schema and its table of contents."""
+
+    path: Path
+    entries: tuple[toc.TocEntry, ...]
+
+
+def dump(tools: PgTools, connect_kwargs: Mapping[str, Any], schemas: Iterable[str], snapshot: str | None,
+         folder: Path) -> SchemaArchive:
+    """Dump the schemas' pre- and post-data (through ``snapshot`` when given) into ``folder``."""
+    path = folder / "schema.dump"
+    args = ["-Fc", "--section=pre-data", "--section=post-data", "-f", str(path)]
+    args += [f"--schema={_exact(s)}" for s in schemas]
+    if snapshot:
+        args.append(f"--snapshot={snapshot}")
+    with libpq_env(connect_kwargs) as env:
+        run(tools.pg_dump, args, env, "pg_dump of the source schema")
+    listing = run(tools.pg_restore, ["--list", str(path)], {}, "pg_restore --list")
+    return SchemaArchive(path, tuple(toc.parse(listing)))
+
+
+def script(tools: PgTools, archive: SchemaArchive, entries: list[toc.TocEntry]) -> str:
+    """The SQL of ``entries``, as pg_restore writes it (no owners, no grants)."""
+    if not entries:
+        return ""
+    with tempfile.TemporaryDirectory(prefix="pool-provider-restore-") as folder:
+        listing, out = Path(folder) / "use.list", Path(folder) / "restore.sql"
+        listing.write_text("".join(e.line + "\n" for e in entries))
+        run(tools.pg_restore, ["-O", "-x", f"--use-list={listing}", "-f", str(out), str(archive.path)], {},
+            "pg_restore --use-list")
+        return out.read_text()
+
+
+def apply(cur, sql_text: str) -> None:
+    """Run pg_restore's SQL in ``cur``'s transaction: its settings made local to it (a pooled
+    session must not keep an empty search_path), psql meta-commands and settings this server does
+    not know (a newer pg_restore's) dropped."""
+    cur.execute("SELECT name FROM pg_settings")
+    known = {row[0] for row in cur.fetchall()}
+    lines = []
+    for line in sql_text.splitlines():
+        if _META.match(line):
+            continue
+        setting = _SET.match(line)
+        if setting:
+            if setting.group(1) not in known:
+                continue
+            line = "SET LOCAL " + line[len("SET "):]
+        elif line.startswith("SELECT pg_catalog.set_config("):
+            line = line.replace(", false);", ", true);")
+        lines.append(line)
+    statements = "\n".join(lines).strip()
+    if statements:
+        cur.execute(statements)
+
+
+def _exact(name: str) -> str:
+    """A pg_dump pattern that matches exactly ``name`` (no case folding, no wildcards)."""
+    return quote_ident(name)

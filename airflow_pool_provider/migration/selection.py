@@ -1,0 +1,111 @@
+"""Which tables a migration moves: whole schemas, or named tables of them, minus exclusions.
+
+Tables are named as users write them (``orders``, ``public.orders``, ``"Odd"."T"``); a bare name
+is looked for in the selected schemas. A partitioned table brings its partitions (its rows are
+copied through the leaves); a partition cannot be chosen alone. Views come along when every
+relation they read comes along; sequences when they stand alone or their table is selected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.errors import CopyMistake
+from airflow_pool_provider.migration.catalog import Relation, SourceCatalog
+
+PG_CLASS = 1259  # pg_class's OID: the catalog of tables, views, sequences and indexes
+
+
+@dataclass(frozen=True)
+class Selection:
+    catalog: SourceCatalog
+    tables: tuple[Relation, ...]  # top level: plain and partitioned tables, not partitions
+    views: tuple[Relation, ...]
+    sequences: tuple[Relation, ...]
+    restored: frozenset[int]  # every relation whose definition is restored (partitions included)
+
+    def data_sources(self, table: Relation) -> list[Relation]:
+        """The relations a table's rows are copied through: itself, or its leaf partitions."""
+        return self.catalog.leaves(table.oid)
+
+    def owns(self, catalog_oid: int, object_oid: int) -> bool | None:
+        """Whether an object that belongs to a table (a default, constraint, trigger, rule, owned
+        sequence) belongs to a selected one; None if it belongs to no table."""
+        table = self.catalog.owner.get((catalog_oid, object_oid))
+        return None if table is None else table in self.restored
+
+
+def select(catalog: SourceCatalog, tables: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Selection:
+    """The selection of ``catalog``'s schemas; CopyMistake naming what does not exist."""
+    chosen = _resolve(catalog, tables, "tables") if tables else [
+        r for r in catalog.relations.values() if r.is_table and r.parent is None]
+    excluded = {r.oid for r in _resolve(catalog, exclude, "exclude_tables")}
+    picked = sorted((r for r in chosen if r.oid not in excluded), key=lambda r: str(r.name))
+    if not picked:
+        raise CopyMistake(f"no table selected in schemas {list(catalog.schemas)}: check schemas, tables and "
+                          "exclude_tables")
+    restored = {r.oid for t in picked for r in _with_partitions(catalog, t)}
+    sequences = [r for r in catalog.relations.values() if r.kind == "S" and _sequence_comes_along(catalog, r, restored)]
+    restored |= {s.oid for s in sequences}
+    views = _views_reading_only(catalog, restored)
+    restored |= {v.oid for v in views}
+    return Selection(catalog, tuple(picked), tuple(views), tuple(sorted(sequences, key=lambda r: str(r.name))),
+                     frozenset(restored))
+
+
+def _sequence_comes_along(catalog: SourceCatalog, sequence: Relation, restored: set[int]) -> bool:
+    """A standalone sequence always; one owned by a column only with its table."""
+    owner = catalog.owner.get((PG_CLASS, sequence.oid))
+    return owner is None or owner in restored
+
+
+def _with_partitions(catalog: SourceCatalog, table: Relation) -> list[Relation]:
+    children = catalog.partitions_of(table.oid)
+    return [table] + [d for c in children for d in _with_partitions(catalog, c)]
+
+
+def _views_reading_only(catalog: SourceCatalog, relations: set[int]) -> list[Relation]:
+    """Views whose every read relation is restored, views over such views included."""
+    readable, views = set(relations), []
+    pending = sorted((r for r in catalog.relations.values() if r.kind in ("v", "m")), key=lambda r: str(r.name))
+    progress = True
+    while progress:
+        progress = False
+        for view in list(pending):
+            if catalog.view_reads.get(view.oid, frozenset()) <= readable:
+                readable.add(view.oid)
+                views.append(view)
+                pending.remove(view)
+                progress = True
+    return views
+
+
+def _resolve(catalog: SourceCatalog, names: tuple[str, ...], field: str) -> list[Relation]:
+    by_name = catalog.by_name()
+    found, missing, partitions = [], [], []
+    for text in names:
+        relation = _lookup(by_name, TableName.parse(text), catalog.schemas)
+        if relation is None or not relation.is_table:
+            missing.append(text)
+        elif relation.parent is not None:
+            partitions.append(text)
+        else:
+            found.append(relation)
+    if missing:
+        raise CopyMistake(f"{field}: {missing} not found as tables in schemas {list(catalog.schemas)}; "
+                          "name them as table or schema.table, within the migration's schemas")
+    if partitions:
+        raise CopyMistake(f"{field}: {partitions} are partitions; name their partitioned table instead")
+    return found
+
+
+def _lookup(by_name: dict[TableName, Relation], name: TableName, schemas: tuple[str, ...]) -> Relation | None:
+    """As written first, then folded to lower case where the parts were not quoted."""
+    schema_spellings, name_spellings = name.candidates()
+    for schema in schema_spellings or schemas:
+        for spelling in name_spellings:
+            relation = by_name.get(TableName(schema, spelling))
+            if relation is not None:
+                return relation
+    return None

@@ -1,0 +1,232 @@
+"""Thin operators for the stages of a table migration; the work is in ``airflow_pool_provider.migration``.
+
+Every stage takes the same description of the migration (connections, schemas, tables, sizes,
+mode, id), so each can run on its own, be retried on its own, and find the others' results in
+the stage ledger in the target database rather than in XCom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowNotFoundException, AirflowSkipException
+from airflow.sdk import BaseOperator, Context
+
+from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM
+from airflow_pool_provider.errors import is_mistake
+from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
+from airflow_pool_provider.migration import catalog, predata, selection, snapshot_holder
+from airflow_pool_provider.migration.ledger import STAGE, MigrationLedger
+from airflow_pool_provider.migration.plan import make_plan, tools_for
+from airflow_pool_provider.migration.request import DEFAULT_LEDGER_SCHEMA, MigrationRequest
+
+SNAPSHOT_STAGE = "snapshot"
+#: How long a migration's source snapshot may be held at most, if nothing releases it.
+DEFAULT_SNAPSHOT_MAX_SECONDS = 12 * 3600.0
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
+
+
+def _as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
+
+
+class MigrationStageOperator(BaseOperator):
+    """Base of the stages: the migration's description, its request and its ledger.
+
+    :param source_conn_id: postgres connection to migrate from.
+    :param target_conn_id: postgres connection to migrate to.
+    :param schemas: schemas to migrate (whole, or the ``tables`` of them).
+    :param tables: tables to migrate; empty: every table of ``schemas``.
+    :param exclude_tables: tables to leave out.
+    :param chunk_size: rows per chunk of the data stage.
+    :param parallelism: chunks copied at once by one copy task.
+    :param mode: ``resume`` or ``replace`` (see :class:`MigrationRequest`).
+    :param migration_id: names the migration in the ledgers; empty: derived from the connections
+        and the selection.
+    :param dry_run: plan only; later stages are skipped and nothing is written.
+    :param ledger_schema: target schema of the ledgers.
+    :param pg_bin_dir: where pg_dump and pg_restore are; default: found (PATH, Debian, the wheel).
+    """
+
+    template_fields: Sequence[str] = (
+        "source_conn_id", "target_conn_id", "schemas", "tables", "exclude_tables", "chunk_size", "parallelism",
+        "mode", "migration_id", "dry_run", "ledger_schema", "pg_bin_dir",
+    )
+    ui_color = "#d8f0d8"
+
+    def __init__(self, *, source_conn_id: str, target_conn_id: str, schemas: Any = ("public",), tables: Any = (),
+                 exclude_tables: Any = (), chunk_size: Any = DEFAULT_CHUNK_SIZE,
+                 parallelism: Any = DEFAULT_PARALLELISM, mode: str = "resume", migration_id: str | None = None,
+                 dry_run: Any = False, ledger_schema: str = DEFAULT_LEDGER_SCHEMA, pg_bin_dir: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source_conn_id = source_conn_id
+        self.target_conn_id = target_conn_id
+        self.schemas = schemas
+        self.tables = tables
+        self.exclude_tables = exclude_tables
+        self.chunk_size = chunk_size
+        self.parallelism = parallelism
+        self.mode = mode
+        self.migration_id = migration_id
+        self.dry_run = dry_run
+        self.ledger_schema = ledger_schema
+        self.pg_bin_dir = pg_bin_dir
+
+    def request(self) -> MigrationRequest:
+        return MigrationRequest(
+            schemas=tuple(self.schemas) if not isinstance(self.schemas, str) else self.schemas,
+            tables=tuple(self.tables or ()) if not isinstance(self.tables, str) else self.tables,
+            exclude_tables=tuple(self.exclude_tables or ()) if not isinstance(self.exclude_tables, str)
+            else self.exclude_tables,
+            chunk_size=_as_int(self.chunk_size), parallelism=_as_int(self.parallelism), mode=self.mode,
+            migration_id=self.migration_id or None, dry_run=_as_bool(self.dry_run),
+            ledger_schema=self.ledger_schema or DEFAULT_LEDGER_SCHEMA, pg_bin_dir=self.pg_bin_dir or None,
+        )
+
+    def execute(self, context: Context) -> Any:
+        try:
+            request = self.request()
+            source, target = PooledPostgresHook(self.source_conn_id), PooledPostgresHook(self.target_conn_id)
+            migration_id = request.resolved_id(self.source_conn_id, self.target_conn_id)
+            return self.run_stage(context, request, migration_id, source, target)
+        except AirflowNotFoundException as exc:
+            raise AirflowFailException(str(exc)) from exc
+        except Exception as exc:
+            if is_mistake(exc):
+                raise AirflowFailException(f"{exc} (not retried: trying again cannot help)") from exc
+            raise
+
+    def run_stage(self, context: Context, request: MigrationRequest, migration_id: str,
+                  source: PooledPostgresHook, target: PooledPostgresHook) -> Any:
+        raise NotImplementedError
+
+    def skip_if_dry_run(self, request: MigrationRequest) -> None:
+        if request.dry_run:
+            raise AirflowSkipException("dry run: the plan is in the plan task's log and XCom; nothing was written")
+
+
+class MigrationPlanOperator(MigrationStageOperator):
+    """Stage 1: the plan (the dry run): what moves, what exists in the target, what it costs.
+
+    :param copy_tasks: copy tasks that may run at once, for the connection budget.
+    """
+
+    def __init__(self, *, copy_tasks: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.copy_tasks = copy_tasks
+
+    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
+        with _reading(source) as scur, _reading(target) as tcur:
+            plan = make_plan(scur, tcur, request, migration_id, self.copy_tasks)
+        self.log.info("%s", plan.table())
+        if request.dry_run:
+            self.log.info("dry run: stopping after the plan; nothing was written")
+        return plan.to_xcom()
+
+
+class MigrationSnapshotOperator(MigrationStageOperator):
+    """Stage 2: one snapshot of the source for the whole migration, held by a process of its own
+    (see :mod:`airflow_pool_provider.migration.snapshot_holder`); recorded in the stage ledger."""
+
+    def __init__(self, *, snapshot_max_seconds: float = DEFAULT_SNAPSHOT_MAX_SECONDS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.snapshot_max_seconds = snapshot_max_seconds
+
+    def run_stage(self, context, request, migration_id, source, target) -> str:
+        self.skip_if_dry_run(request)
+        ledger = MigrationLedger(request.ledger_schema, migration_id)
+        current = recorded_snapshot(target, ledger)
+        with source.get_pool().connection() as sconn, sconn.cursor() as scur:
+            sconn.autocommit = True
+            if current and snapshot_holder.held(scur, migration_id):
+                self.log.info("migration %s: its source snapshot %s is still held; reusing it", migration_id,
+                              current["snapshot"])
+                return current["snapshot"]
+            held = snapshot_holder.start(source.connect_kwargs(), migration_id, self.snapshot_max_seconds)
+        epoch = current.get("epoch", 1) + 1 if current else 1
+        if epoch > 1:
+            self.log.warning("migration %s: its earlier source snapshot is gone; the tables copied from now on are "
+                             "read as of a NEW instant (snapshot %d), which the report will say", migration_id, epoch)
+        with target.get_pool().connection() as tconn, tconn.cursor() as tcur:
+            ledger.ensure(tcur)
+            ledger.record(tcur, SNAPSHOT_STAGE, STAGE, detail={**held.to_detail(), "epoch": epoch})
+            tconn.commit()
+        self.log.info(
+            "migration %s: source snapshot %s held by process %d (backend %d) until the migration ends; while "
+            "it is held, vacuum on the source keeps rows deleted since", migration_id, held.snapshot, held.pid,
+            held.backend_pid,
+        )
+        return held.snapshot
+
+
+class MigrationPreDataOperator(MigrationStageOperator):
+    """Stage 3: schemas, types, functions, sequences, tables and views, in one transaction."""
+
+    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
+        self.skip_if_dry_run(request)
+        ledger = MigrationLedger(request.ledger_schema, migration_id)
+        snapshot = (recorded_snapshot(target, ledger) or {}).get("snapshot")
+        with _reading(source, snapshot) as scur, target.get_pool().connection() as tconn:
+            chosen = selection.select(catalog.load(scur, request.schemas), request.tables, request.exclude_tables)
+            with tconn.cursor() as tcur:
+                tools = tools_for(scur, tcur, request)
+            tconn.rollback()
+            result = predata.run(tconn, chosen, request, ledger, tools, source.connect_kwargs(), snapshot, self.log)
+        return {"restored": result.restored, "reused": result.reused, "dropped": result.dropped,
+                "tables": result.tables, "skipped": result.skipped}
+
+
+class MigrationReleaseOperator(MigrationStageOperator):
+    """The last task, whatever happened before (a teardown of the snapshot task): ends the source
+    snapshot's holder."""
+
+    def run_stage(self, context, request, migration_id, source, target) -> int:
+        with source.get_pool().connection() as sconn, sconn.cursor() as scur:
+            sconn.autocommit = True
+            released = snapshot_holder.release(scur, migration_id)
+        self.log.info("migration %s: released %d source snapshot holder(s)", migration_id, released)
+        return released
+
+
+def recorded_snapshot(target: PooledPostgresHook, ledger: MigrationLedger) -> dict[str, Any] | None:
+    """What the migration's snapshot stage recorded (snapshot id, holder, epoch), if anything."""
+    with target.get_pool().connection() as tconn, tconn.cursor() as tcur:
+        records = ledger.records(tcur, SNAPSHOT_STAGE) if ledger.exists(tcur) else []
+        tconn.rollback()
+    return records[0].detail if records else None
+
+
+@contextmanager
+def _reading(hook: PooledPostgresHook, snapshot: str | None = None) -> Iterator[Any]:
+    """A cursor in a read-only REPEATABLE READ transaction (on ``snapshot`` when given)."""
+    with hook.get_pool().connection() as conn, conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if snapshot:
+            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        try:
+            yield cur
+        finally:
+            conn.rollback()
+
+
+def migration_stages(*, copy_tasks: int = 2, **description: Any) -> list[MigrationStageOperator]:
+    """The migration's stages, chained in order, each given the same ``description`` (the
+    arguments of :class:`MigrationStageOperator`). Call it inside a DAG or a TaskGroup."""
+    plan = MigrationPlanOperator(task_id="plan", copy_tasks=copy_tasks, **description)
+    snapshot = MigrationSnapshotOperator(task_id="snapshot", **description)
+    work = [MigrationPreDataOperator(task_id="pre_data", **description)]
+    # A teardown: it runs once the snapshot was taken, whatever the stages after it did, and its
+    # success does not make a failed migration's run look successful.
+    release = MigrationReleaseOperator(task_id="release_snapshot", **description).as_teardown(setups=snapshot)
+    stages = [plan, snapshot, *work, release]
+    for upstream, downstream in zip(stages, stages[1:], strict=False):
+        upstream >> downstream
+    return stages

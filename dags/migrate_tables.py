@@ -1,0 +1,79 @@
+"""Migrate whole schemas (or chosen tables) between two PostgreSQL databases, stage by stage.
+
+Trigger it from the UI (the form below) or with
+``airflow dags test migrate_tables -c '{"tables": ["orders"], "dry_run": true}'``. Every stage is
+a task of its own that can be retried; the stage ledger in the target makes a re-run finish what
+is missing and a finished migration a no-op.
+
+Anyone who may trigger this DAG picks the connections and may choose ``replace``: the form only
+accepts the connection ids listed in SOURCES and TARGETS below; edit them to what your
+migrations may read from and write to.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, Param
+
+from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE
+from airflow_pool_provider.operators.migration import migration_stages
+
+SOURCES = ["migration_source"]
+TARGETS = ["migration_target"]
+MAX_PARALLELISM = 4
+COPY_TASKS = 2  # copy tasks that may run at once (an Airflow pool sized in connections bounds them too)
+
+with DAG(
+    dag_id="migrate_tables",
+    description="Migrate PostgreSQL schemas or tables: plan, snapshot, schema, data, keys, verification",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    render_template_as_native_obj=True,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
+    tags=["pool-provider", "example", "migration"],
+    params={
+        "source_conn_id": Param(SOURCES[0], type="string", enum=SOURCES, title="Source connection",
+                                description="The Airflow postgres connection to migrate from."),
+        "target_conn_id": Param(TARGETS[0], type="string", enum=TARGETS, title="Target connection",
+                                description="The Airflow postgres connection to migrate to."),
+        "schemas": Param(["public"], type="array", items={"type": "string"}, minItems=1, title="Schemas",
+                         description="Schemas to migrate, one per line."),
+        "tables": Param([], type="array", items={"type": "string"}, title="Tables",
+                        description="Tables to migrate (table or schema.table), one per line; empty: every "
+                                    "table of the schemas."),
+        "exclude_tables": Param([], type="array", items={"type": "string"}, title="Leave out",
+                                description="Tables not to migrate, one per line."),
+        "chunk_size": Param(DEFAULT_CHUNK_SIZE, type="integer", minimum=1, maximum=MAX_CHUNK_SIZE,
+                            title="Rows per chunk", description="Rows copied and verified in one transaction."),
+        "parallelism": Param(DEFAULT_PARALLELISM, type="integer", minimum=1, maximum=MAX_PARALLELISM,
+                             title="Parallel chunks per task",
+                             description=f"Chunks one copy task copies at once (at most {MAX_PARALLELISM}); "
+                                         f"{COPY_TASKS} copy tasks may run at once."),
+        "dry_run": Param(False, type="boolean", title="Dry run",
+                         description="Plan only: the plan task's log shows what would move; nothing is written."),
+        "mode": Param("resume", type="string", enum=["resume", "replace"], title="Mode",
+                      description="resume: a new migration, or finish the one with this id; refuses target tables "
+                                  "it did not create. replace: drop the selected tables in the target first (never "
+                                  "anything else; refuses if other objects depend on them)."),
+        "migration_id": Param("", type="string", maxLength=100, pattern=r"^[A-Za-z0-9_.:-]*$", title="Migration id",
+                              description="Empty: derived from the connections and the selection, so the same "
+                                          "migration run again resumes or confirms it."),
+    },
+):
+    migration_stages(
+        copy_tasks=COPY_TASKS,
+        source_conn_id="{{ params.source_conn_id }}",
+        target_conn_id="{{ params.target_conn_id }}",
+        schemas="{{ params.schemas }}",
+        tables="{{ params.tables }}",
+        exclude_tables="{{ params.exclude_tables }}",
+        chunk_size="{{ params.chunk_size }}",
+        parallelism="{{ params.parallelism }}",
+        mode="{{ params.mode }}",
+        migration_id="{{ params.migration_id }}",
+        dry_run="{{ params.dry_run }}",
+    )

@@ -1,0 +1,1 @@
+../../dags/migrate_tables.py
