@@ -50,7 +50,14 @@ class PoolError(PoolProviderError, psycopg2.InterfaceError):
 
 
 class PoolClosed(PoolError):
-    """The pool was closed; a new pool must be made."""
+    """The pool was closed (its connection's parameters changed, or the process ends); a retry
+    gets a new pool."""
+
+    kind = Kind.FAULT
+
+
+class CheckoutCancelled(PoolProviderError):
+    """A wait for a connection was cancelled by its caller (a copy that was told to stop)."""
 
 
 class PoolTimeout(PoolProviderError, psycopg2.OperationalError):
@@ -179,7 +186,6 @@ _CONNECT_MISTAKE = (
     "does not exist",  # database or role
     "no pg_hba.conf entry",
     "is not permitted to log in",
-    "invalid dsn",
     "invalid connection option",
     "invalid integer value",
 )
@@ -223,11 +229,13 @@ def classify_sqlstate(code: str) -> Kind:
 
 
 def classify_connect_message(message: str) -> Kind:
+    """libpq's message of a failed connect. With several hosts it holds one line per host, so a
+    mistake anywhere (no such database, a wrong password) wins over another host being down."""
     text = message.lower()
-    if any(m in text for m in _CONNECT_TRANSIENT):
-        return Kind.TRANSIENT
     if any(m in text for m in _CONNECT_MISTAKE):
         return Kind.MISTAKE
+    if any(m in text for m in _CONNECT_TRANSIENT):
+        return Kind.TRANSIENT
     return Kind.FAULT
 
 

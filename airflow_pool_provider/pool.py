@@ -31,7 +31,20 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions as ext
 
-from airflow_pool_provider.errors import ConnectFailed, Kind, PoolClosed, PoolError, PoolTimeout, classify
+from airflow_pool_provider.errors import (
+    CheckoutCancelled,
+    ConnectFailed,
+    Kind,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    classify,
+    first_line,
+    is_transient,
+)
+
+#: How often a cancellable wait for a connection looks at its cancel.
+_CANCEL_POLL = 0.05
 
 __all__ = ["ConnectionPool", "PoolClosed", "PoolError", "PoolStats", "PoolTimeout", "PooledConnection"]
 
@@ -213,8 +226,9 @@ class ConnectionPool:
 
     # -- checkout ---------------------------------------------------------------------------
 
-    def getconn(self, timeout: float | None = None) -> PooledConnection:
-        """Check out a healthy connection, waiting up to ``timeout`` (default: the pool's)."""
+    def getconn(self, timeout: float | None = None, cancel: threading.Event | None = None) -> PooledConnection:
+        """Check out a healthy connection, waiting up to ``timeout`` (default: the pool's); a set
+        ``cancel`` ends the wait at once with :class:`CheckoutCancelled`."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None
         taker = sys._getframe(1) if self.leak_threshold is not None else None
@@ -239,7 +253,7 @@ class ConnectionPool:
                     if not waited:
                         self._stats.waits += 1
                         waited = True
-                    self._wait_for_return(deadline, now, timeout)
+                    self._wait_for_return(deadline, now, timeout, cancel)
                     continue
             if stale:
                 for old in stale:
@@ -247,7 +261,7 @@ class ConnectionPool:
             if slot is None:
                 if deadline is None:
                     deadline = time.monotonic() + timeout
-                slot = self._open(deadline, timeout)
+                slot = self._open(deadline, timeout, cancel)
                 return PooledConnection(self, slot, taker)
             if self._healthy(slot, now):
                 return PooledConnection(self, slot, taker)
@@ -283,8 +297,11 @@ class ConnectionPool:
         if len(self._in_use) > stats.peak_in_use:
             stats.peak_in_use = len(self._in_use)
 
-    def _wait_for_return(self, deadline: float, now: float, timeout: float) -> None:
+    def _wait_for_return(self, deadline: float, now: float, timeout: float,
+                         cancel: threading.Event | None) -> None:
         """Block until a connection is given back or the deadline passes (lock held)."""
+        if cancel is not None and cancel.is_set():
+            raise CheckoutCancelled(f"pool {self.name!r}: the wait for a connection was cancelled")
         remaining = deadline - now
         if remaining <= 0:
             self._stats.timeouts += 1
@@ -296,7 +313,8 @@ class ConnectionPool:
             )
         self._waiting += 1
         try:
-            self._available.wait(remaining)
+            # In slices when it can be cancelled: nothing notifies the condition of a cancel.
+            self._available.wait(remaining if cancel is None else min(remaining, _CANCEL_POLL))
         finally:
             self._waiting -= 1
             self._stats.wait_time += time.monotonic() - now
@@ -340,7 +358,7 @@ class ConnectionPool:
         except psycopg2.Error:
             return False
 
-    def _open(self, deadline: float, timeout: float) -> _Slot:
+    def _open(self, deadline: float, timeout: float, cancel: threading.Event | None = None) -> _Slot:
         """Make a new connection, retrying with backoff while the server is unreachable."""
         delay = 0.01
         try:
@@ -351,30 +369,23 @@ class ConnectionPool:
                 except psycopg2.OperationalError as exc:
                     with self._lock:
                         self._stats.connection_errors += 1
-                    message = str(exc).strip()
-                    kind = classify(exc, connecting=True)
                     left = deadline - time.monotonic()
-                    if kind is Kind.MISTAKE:
-                        raise ConnectFailed(
-                            f"pool {self.name!r}: the server refused the connection: {message}. "
-                            "Check the connection's host, database, login and password."
-                        ) from exc
-                    if kind is not Kind.TRANSIENT:
+                    if not is_transient(exc, connecting=True):
+                        if classify(exc, connecting=True) is Kind.MISTAKE:
+                            raise ConnectFailed(
+                                f"pool {self.name!r}: could not connect: {str(exc).strip()}. Check the "
+                                "connection's host, port, database, login and password."
+                            ) from exc
                         raise
                     if left <= 0:
                         with self._lock:
                             self._stats.timeouts += 1
                         raise PoolTimeout(
                             f"pool {self.name!r}: could not connect within {timeout:g} s: "
-                            f"{message}. Check that the server is up and reachable."
+                            f"{str(exc).strip()}. Check that the server is up and reachable."
                         ) from exc
-                    log.warning(
-                        "pool %r: cannot connect (%s); retrying in %.2f s",
-                        self.name,
-                        message.splitlines()[0] if message else type(exc).__name__,
-                        delay,
-                    )
-                    time.sleep(min(delay, left))
+                    log.warning("pool %r: cannot connect (%s); retrying in %.2f s", self.name, first_line(exc), delay)
+                    self._back_off(min(delay, left), cancel)
                     delay = min(delay * 2, 2.0) * random.uniform(0.8, 1.2)
         except BaseException:
             with self._lock:
@@ -394,10 +405,17 @@ class ConnectionPool:
             self._check_out(slot, now)
         return slot
 
+    def _back_off(self, seconds: float, cancel: threading.Event | None) -> None:
+        if cancel is None:
+            time.sleep(seconds)
+        elif cancel.wait(seconds):
+            raise CheckoutCancelled(f"pool {self.name!r}: the wait for the server was cancelled")
+
     @contextmanager
-    def connection(self, timeout: float | None = None) -> Iterator[PooledConnection]:
+    def connection(self, timeout: float | None = None,
+                   cancel: threading.Event | None = None) -> Iterator[PooledConnection]:
         """Check out a connection for the ``with`` block and give it back after."""
-        conn = self.getconn(timeout)
+        conn = self.getconn(timeout, cancel)
         try:
             yield conn
         finally:

@@ -11,8 +11,8 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param
 
+from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
-from airflow_pool_provider.operators.chunked_copy import connections_for
 
 MAX_WORKERS = 4
 
@@ -33,7 +33,7 @@ with DAG(
         "table": Param("events", type="string", title="Table",
                        description="table, schema.table or a quoted SQL name; the target must exist."),
         "where": Param("", type="string", title="Row filter", maxLength=500,
-                       pattern=r"^(?!.*--)(?!.*/\*)[^;\\]*$",
+                       pattern=r"^(?![\s\S]*--)(?![\s\S]*/\*)[^;\\]*$",
                        description="Optional: one SQL condition on the source rows, e.g. created_at >= "
                                    "'2024-06-01'. It runs with the source connection's rights (read-only), "
                                    "so anyone who may trigger this DAG can read what that role can read. "

@@ -166,3 +166,23 @@ def test_a_pool_too_small_for_one_worker_is_a_mistake(env):
 def test_pool_slots_count_the_connections_a_copy_holds(kwargs, slots):
     op = ChunkedTableCopyOperator(task_id="t", source_conn_id="a", target_conn_id="b", source_table="t", **kwargs)
     assert op.pool_slots == slots
+
+
+def test_a_role_without_stats_rights_still_counts_other_roles_sessions(env):
+    from airflow_pool_provider.copy.budget import read_slots
+
+    role = "budget_reader_" + env.db["src"][-8:]
+    env.server.execute(f'CREATE ROLE "{role}" LOGIN')
+    others = _hold(env.server, env.db["src"], 5)  # the superuser's sessions
+    try:
+        conn = psycopg2.connect(env.server.dsn(env.db["src"], user=role))
+        try:
+            with conn.cursor() as cur:
+                seen_as_role = read_slots(cur, "source").in_use
+        finally:
+            conn.close()
+        assert seen_as_role >= 5 + 1  # the others, and its own
+    finally:
+        for other in others:
+            other.close()
+        env.server.execute(f'DROP ROLE "{role}"')

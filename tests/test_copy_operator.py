@@ -170,7 +170,7 @@ def test_a_mistake_fails_the_task_once_without_retries(airflow_db, copy_dag, sou
         ({"mode": "merge"}, "mode must be one of append, replace, upsert"),
         ({"where": "true; DROP TABLE events"}, "';' outside a string"),
         ({"where": "1=1) OR (1=1"}, "closes more parentheses than were opened"),
-        ({"parallelism": 1000}, "at most 64"),
+        ({"parallelism": 1000}, "at most 32"),
         ({"chunk_size": 10**30}, "at most 10,000,000"),
         ({"pool_slots": 2}, "pool_slots=2 leaves no room for a worker"),
         ({"source_conn_id": ""}, "source_conn_id must name an Airflow connection"),

@@ -13,7 +13,7 @@ from copy_helpers import CopyEnv
 from observe import wait_until
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
-from airflow_pool_provider.errors import ChunkFailed, CopyError, Kind, classify
+from airflow_pool_provider.errors import ChunkFailed, CopyError, CopyMistake, Kind, classify
 from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.data import create_events, table_digest
 
@@ -180,3 +180,65 @@ def test_a_keyless_table_fails_with_the_reason_when_its_snapshot_is_lost(own_ser
     assert isinstance(outcome, CopyError), outcome
     assert "page (ctid) ranges that only hold within one snapshot" in str(outcome)
     assert "mode='replace'" in str(outcome)
+
+
+def test_an_idle_in_transaction_timeout_does_not_end_the_copys_snapshot(pg_server, make_database, caplog):
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    pg_server.execute(f"ALTER DATABASE {src_db} SET idle_in_transaction_session_timeout = '1s'")
+    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
+    create_events(src, 6000)
+    create_events(dst, 0)
+    with dst.cursor() as cur:
+        cur.execute(SLOW_TARGET.replace("0.2", "0.4"))  # 12 chunks of 0.4 s: the snapshot idles 2 s
+    dst.commit()
+    source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db)), name="source")
+    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), name="target")
+    try:
+        with caplog.at_level("WARNING"):
+            summary = TableCopy(source, target, CopySpec("events", chunk_size=500, parallelism=1),
+                                copy_id="idle").run()
+    finally:
+        source.close()
+        target.close()
+    assert summary.snapshots == 1 and "was lost" not in caplog.text  # one instant, as promised
+    assert table_digest(dst) == table_digest(src)
+    src.close()
+    dst.close()
+
+
+def test_a_shared_snapshot_that_cannot_be_replaced_fails_with_its_own_error(pg_server, make_database):
+    # A migration's copy joins a snapshot held elsewhere. When that is lost and no new one can be
+    # had, the copy fails with that error (a mistake here), not as "stopped".
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
+    create_events(src, 6000)
+    create_events(dst, 0)
+    with dst.cursor() as cur:
+        cur.execute(SLOW_TARGET)
+    dst.commit()
+    holder = psycopg2.connect(pg_server.dsn(src_db))
+    with holder.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SELECT pg_export_snapshot()")
+        snapshot = cur.fetchone()[0]
+
+    def no_new_snapshot(lost: str) -> str:
+        raise CopyMistake(f"no new snapshot for {lost}: the migration was released")
+
+    source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db)), name="source")
+    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), name="target")
+    copy = TableCopy(source, target, CopySpec("events", chunk_size=500, parallelism=1), copy_id="shared",
+                     snapshot=snapshot, replace_snapshot=no_new_snapshot)
+    ender = threading.Thread(target=lambda: (wait_until(lambda: _done(dst) >= 2, timeout=30, what="2 chunks"),
+                                             holder.close()))
+    ender.start()
+    try:
+        with pytest.raises(CopyMistake, match="no new snapshot") as caught:
+            copy.run()
+    finally:
+        ender.join(30)
+        source.close()
+        target.close()
+    assert classify(caught.value) is Kind.MISTAKE
+    src.close()
+    dst.close()

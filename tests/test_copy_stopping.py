@@ -116,7 +116,7 @@ def test_execution_timeout_stops_the_copy_within_two_seconds(airflow_db, pg_serv
         ended = run.seen(r"Task instance state updated.*new_state=failed")
         assert code != 0 and timed_out is not None and ended is not None, run.output[-4000:]
         assert ended - timed_out < STOP_WITHIN, f"the task ended {ended - timed_out:.1f} s after the timeout"
-        assert "stopped (AirflowTaskTimeout" in run.output and "Resume with copy_id 'timed-out'" in run.output
+        assert "stopped (AirflowTaskTimeout" in run.output and "resume with copy_id 'timed-out'" in run.output
     finally:
         run.stop()
     done = _assert_stopped_for_good(pg_server, dst, "timed-out", apps)
@@ -269,3 +269,67 @@ def test_a_stop_while_planning_cancels_the_planning_query(pg_server, tables):
         source.close()
         target.close()
     assert _done_chunks(dst, "planning") == 0 and _target_rows(dst) == 0
+
+
+def test_a_stop_between_many_short_planning_queries_commits_no_truncate(pg_server, make_database):
+    # Planning 200,000 rows in chunks of 10 is 20,000 short probes: a single cancel lands between
+    # two of them and is ignored, so the stop must be repeated and checked between probes.
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
+    create_events(src, 200_000)
+    create_events(dst, 0)
+    with dst.cursor() as cur:
+        cur.execute("INSERT INTO events SELECT * FROM events LIMIT 0")
+        cur.execute("INSERT INTO events VALUES (-1, 1, 'keep', '{}', 1, now(), 'keep me')")
+    dst.commit()
+    source, target = _pools(pg_server, src_db, dst_db)
+    copy = TableCopy(source, target, CopySpec("events", chunk_size=10, mode="replace"), copy_id="short-probes")
+    thread, outcome = _copy_in_thread(copy)
+    try:
+        time.sleep(1.0)
+        assert thread.is_alive(), "planning ended before the stop: the test proves nothing"
+        stopped_at = time.monotonic()
+        copy.stop("the task was told to stop")
+        thread.join(30)
+        assert isinstance(outcome.get("error"), CopyStopped), outcome
+        assert outcome["ended"] - stopped_at < STOP_WITHIN
+    finally:
+        source.close()
+        target.close()
+    with dst.cursor() as cur:
+        cur.execute("SELECT note FROM events")
+        assert cur.fetchall() == [("keep me",)]  # replace's TRUNCATE was not committed
+        cur.execute("SELECT to_regclass(%s)", (LEDGER_TABLE,))
+        assert cur.fetchone()[0] is None or _done_chunks(dst, "short-probes") == 0
+    src.close()
+    dst.close()
+
+
+def test_a_stop_ends_a_workers_wait_for_a_server_that_is_down(own_server, pg_server, make_database):
+    src_db = own_server.server.create_database("src")
+    dst_db = make_database(prefix="dst")
+    src = psycopg2.connect(own_server.server.dsn(src_db))
+    create_events(src, 20_000)
+    src.close()
+    dst = psycopg2.connect(pg_server.dsn(dst_db))
+    dst.autocommit = True
+    create_events(dst, 0)
+    with dst.cursor() as cur:
+        cur.execute(SLOW_TARGET, (0.3,))
+    source = ConnectionPool(lambda: psycopg2.connect(own_server.server.dsn(src_db)), name="source", timeout=30)
+    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), name="target")
+    copy = TableCopy(source, target, CopySpec("events", chunk_size=CHUNK), copy_id="server-down")
+    thread, outcome = _copy_in_thread(copy)
+    try:
+        wait_until(lambda: _done_chunks(dst, "server-down") >= 1, timeout=30, what="a chunk done")
+        own_server.stop("immediate")  # the workers now wait, with backoff, for the source to return
+        time.sleep(1.0)
+        stopped_at = time.monotonic()
+        copy.stop("the task was told to stop")
+        thread.join(30)
+        assert isinstance(outcome.get("error"), CopyStopped), outcome
+        assert outcome["ended"] - stopped_at < STOP_WITHIN, "the stop waited for the pool's 30 s timeout"
+    finally:
+        source.close()
+        target.close()
+        dst.close()

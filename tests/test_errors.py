@@ -149,7 +149,7 @@ def test_pool_errors_are_not_transient(pg_server, database):
     with pytest.raises(PoolClosed) as closed:
         pool.getconn()
     assert classify(timed_out.value) is Kind.FAULT
-    assert classify(closed.value) is Kind.MISTAKE
+    assert classify(closed.value) is Kind.FAULT  # a retry gets a new pool
 
 
 def test_the_packages_own_errors_carry_their_kind():
@@ -157,3 +157,13 @@ def test_the_packages_own_errors_carry_their_kind():
     assert classify(ChunkMismatch("checksums differ")) is Kind.MISTAKE
     assert classify(CopyStopped("stopped")) is Kind.FAULT
     assert isinstance(ChunkMismatch("x"), ValueError)  # mistakes are ValueErrors, for parse-time checks
+
+
+def test_a_mistake_on_one_of_several_hosts_is_not_waited_for(pg_server):
+    # libpq tries each host and joins their errors: one refused, one answering "no such database".
+    dsn = f"host=127.0.0.1,{pg_server.host} port=1,{pg_server.port} user={pg_server.user} dbname=no_such_db_at_all"
+    pool = ConnectionPool(lambda: psycopg2.connect(dsn), timeout=10)
+    started = time.monotonic()
+    with pytest.raises(ConnectFailed, match='database "no_such_db_at_all" does not exist'):
+        pool.getconn()
+    assert time.monotonic() - started < 1.0

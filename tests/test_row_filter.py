@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import psycopg2
 import pytest
 from copy_helpers import CopyEnv
+from psycopg2 import sql
 
 from airflow_pool_provider.copy import CopySpec
 from airflow_pool_provider.copy.row_filter import RowFilter
@@ -36,7 +38,13 @@ def env(pg_server, make_database):
         ("note = 'unterminated", "cannot read it"),
         # sqlparse reads \' as an escaped quote; PostgreSQL (standard strings) ends the string there.
         (r"note = '\' ) OR ( '\' = note", "backslash in a string"),
-        ('"we\\" ) OR (1=1 OR "x" = 1', "backslash in a quoted name"),
+        ('"we\\" ) OR (1=1 OR "x" = 1', "backslash or back-quote in a quoted name"),
+        # Where sqlparse and PostgreSQL read a character differently (found in review):
+        ("(SELECT true AS \u00b4)) OR ((SELECT true AS \u00b4)", "beyond ASCII"),  # an identifier letter to PG
+        ("(SELECT 1 AS \u00a0$a$) = 1) OR (true) OR ((SELECT 1 AS \u00a0$a$) = 1", "beyond ASCII"),  # NBSP
+        ("id > 0 +/* ( */ 0) OR (true OR id > 0 +/* ) */ 0", "comments are not allowed"),  # '+/' then '*'
+        ("id > 0 +-- (\n 0) OR (true OR id > 0 +-- )\n 0", "comments are not allowed"),
+        ("`id` = 1", "back-quotes"),
         ("x" * 4001, "at most 4000"),
     ],
 )
@@ -64,6 +72,27 @@ def test_semicolons_and_parentheses_inside_literals_are_accepted(where):
     assert RowFilter.parse(where).text == where
 
 
+@pytest.mark.parametrize("escape", ["1=1) OR (1=1", "id > 5) OR (id > 0", "id = 1) OR NOT (id = 1"])
+def test_the_source_refuses_a_filter_that_reaches_outside_its_parentheses(env, escape):
+    # Whatever a tokenizer makes of the text, the plan of "false AND (filter)" is a constant
+    # false only if the filter stays inside its parentheses.
+    env.both("CREATE TABLE t (id int PRIMARY KEY)")
+    with env.conn("src").cursor() as cur:
+        cur.execute("BEGIN")
+        with pytest.raises(FilterError, match="reaches outside its parentheses"):
+            RowFilter(escape).check(cur, sql.Identifier("t"))  # past the tokenizer, to the server
+        RowFilter("id > 5 OR id < 2").check(cur, sql.Identifier("t"))  # an OR inside is fine
+        cur.execute("ROLLBACK")
+
+
+def test_a_filter_check_that_times_out_is_not_called_a_mistake(env):
+    env.both("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    env.sql("src", f"ALTER DATABASE {env.db['src']} SET statement_timeout = '100ms'")
+    env.close()  # new sessions get the setting
+    with pytest.raises(psycopg2.errors.QueryCanceled):  # a fault (retried), not a FilterError (not retried)
+        env.copy(CopySpec("t", where="v <> md5(repeat('x', 200000000))"))
+
+
 def test_a_breakout_on_a_keyless_table_is_refused_and_nothing_is_copied(env):
     # Before: every ctid chunk selected the whole table, and the copy reported success with the
     # rows 25 times over.
@@ -86,7 +115,7 @@ def test_a_filter_with_a_semicolon_in_a_literal_copies_exactly_the_matching_rows
 @pytest.mark.parametrize(
     ("where", "message"),
     [
-        ("id + 1", "argument of WHERE must be type boolean"),
+        ("id + 1", "argument of AND must be type boolean"),
         ("no_such_column = 1", 'column "no_such_column" does not exist'),
         ("id = 'abc'", "invalid input syntax for type integer"),
         ("id > 0 OR DROP TABLE t", "syntax error"),

@@ -24,8 +24,15 @@ _SLOTS = """
 SELECT current_setting('max_connections')::int,
        current_setting('superuser_reserved_connections')::int
        + coalesce(current_setting('reserved_connections', true)::int, 0),
-       (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')::int
+       -- A role without pg_read_all_stats sees other roles' sessions with no backend_type.
+       (SELECT count(*) FROM pg_stat_activity
+         WHERE backend_type = 'client backend' OR backend_type IS NULL)::int
 """
+
+
+def connections_for(workers: int) -> int:
+    """Connections a copy with ``workers`` workers holds in all: two per worker, one snapshot."""
+    return 2 * workers + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +92,7 @@ def plan_workers(requested: int, source_pool: ConnectionPool, target_pool: Conne
     if shared_pool:
         cut((source_pool.max_size - 1) // 2,
             f"source and target share pool {source_pool.name!r} (max_size={source_pool.max_size}), and "
-            f"{requested} worker(s) need {2 * requested + 1}; raise [pooled_postgres] max_size for more")
+            f"{requested} worker(s) need {connections_for(requested)}; raise [pooled_postgres] max_size for more")
     else:
         cut(source_pool.max_size - 1,
             f"source pool {source_pool.name!r} has max_size={source_pool.max_size} and {requested} worker(s) "

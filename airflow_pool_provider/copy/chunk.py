@@ -37,8 +37,6 @@ from airflow_pool_provider.errors import (
 )
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
 
-_REASONS = {SnapshotLost: "the source snapshot was lost"}
-
 
 class ChunkCopier:
     """Copies chunks of one prepared copy; safe to call from several worker threads."""
@@ -79,16 +77,17 @@ class ChunkCopier:
                         raise
                     raise self._failure(chunk, exc, kind) from exc
                 if isinstance(exc, SnapshotLost):
-                    self._renew_snapshot(chunk, exc)
+                    self._renew_snapshot(chunk, exc)  # itself a failure when no snapshot can be had
                 if attempt == attempts:
                     raise ChunkFailed(f"chunk {chunk.no + 1} failed {attempts} time(s); last error: "
                                       f"{first_line(exc)}", Kind.FAULT) from exc
                 self._back_off(chunk, exc, attempt, attempts)
-        return None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _back_off(self, chunk: Chunk, exc: BaseException, attempt: int, attempts: int) -> None:
         delay = min(0.2 * 2 ** (attempt - 1), 5.0) * random.uniform(0.8, 1.2)
-        reason = _REASONS.get(type(exc), "the connection was lost or the server asked to retry")
+        reason = ("the source snapshot was lost" if isinstance(exc, SnapshotLost)
+                  else "the connection was lost or the server asked to retry")
         self.log.warning("chunk %d: %s (%s); nothing of it was committed; retry %d/%d in %.1f s",
                          chunk.no + 1, reason, first_line(exc), attempt, attempts - 1, delay)
         self.progress.chunk_retried()
@@ -102,7 +101,12 @@ class ChunkCopier:
                 "page (ctid) ranges that only hold within one snapshot; a new snapshot cannot keep the copy "
                 "exactly once. Run it again with mode='replace', or give the table a unique key"
             ) from exc
-        self.snapshot.renew(exc.snapshot)
+        try:
+            self.snapshot.renew(exc.snapshot)
+        except CopyError:
+            raise
+        except Exception as failure:  # noqa: BLE001 - classified, with its cause
+            raise self._failure(chunk, failure, classify(failure)) from failure
 
     def _failure(self, chunk: Chunk, exc: BaseException, kind: Kind) -> CopyError:
         """The error that ends the copy, with what to do about it."""

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection
+from typing import Any
 
 from airflow_pool_provider.copy import sequences
 from airflow_pool_provider.copy.budget import ServerSlots, WorkerBudget, plan_workers
@@ -29,8 +30,8 @@ from airflow_pool_provider.copy.snapshot import ExportedSnapshot, SharedSnapshot
 from airflow_pool_provider.copy.spec import CopySpec
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.summary import CopySummary
-from airflow_pool_provider.copy.workers import WorkOutcome, join_all, run_workers
-from airflow_pool_provider.errors import CopyError, CopyStopped, SnapshotLost, first_line
+from airflow_pool_provider.copy.workers import RECANCEL_EVERY, WorkOutcome, join_all, run_workers
+from airflow_pool_provider.errors import CopyError, CopyStopped, SnapshotLost, first_line, is_mistake
 from airflow_pool_provider.metrics import Metrics, NoMetrics
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -61,6 +62,9 @@ class TableCopy:
         self.log = log or logging.getLogger(__name__)
         self.metrics = metrics or NoMetrics()
         self.connection_limit = connection_limit
+        if ledger_retention_days is not None and not ledger_retention_days > 0:
+            raise ValueError(f"ledger_retention_days must be more than 0 (or None to keep all), got "
+                             f"{ledger_retention_days!r}")
         self.ledger_retention_days = ledger_retention_days
         self.shared_snapshot = snapshot
         self.replace_snapshot = replace_snapshot
@@ -79,12 +83,29 @@ class TableCopy:
         self.stopping.stop(reason)
 
     def run(self) -> CopySummary:
-        outcome: list[CopySummary | BaseException] = []
-        coordinator = threading.Thread(target=self._coordinate, args=(outcome,), name="copy-coordinator",
+        """Copy the pending chunks (all, or ``only_chunks``); the summary."""
+        return self._on_coordinator(self._run)
+
+    def plan(self) -> PreparedCopy:
+        """Prepare only: check both tables and store the chunk plan in the ledger (or load the one
+        stored); nothing is copied. A migration plans every table first, then copies in batches."""
+        return self._on_coordinator(self._plan)
+
+    def _on_coordinator(self, work: Callable[[], Any]) -> Any:
+        """Run ``work`` on a coordinator thread and wait: an exception delivered to this thread
+        (a timeout, Ctrl-C) stops the copy, and a stop from a signal handler ends the wait."""
+        outcome: list[Any] = []
+        coordinator = threading.Thread(target=self._coordinate, args=(work, outcome), name="copy-coordinator",
                                        daemon=True)
         coordinator.start()
         try:
-            coordinator.join()
+            # Not one join(): a stop from a signal handler (on_kill) returns here, and its cancels
+            # are repeated until the coordinator ends, for a cancel that reaches a backend between
+            # two statements is ignored.
+            while coordinator.is_alive():
+                coordinator.join(RECANCEL_EVERY)
+                if self.stopping.stopped and coordinator.is_alive():
+                    self.stopping.cancel_watched()
         except BaseException as exc:  # a timeout or Ctrl-C, delivered to the waiting thread
             self.stop(f"{type(exc).__name__}: {first_line(exc)}" if str(exc) else type(exc).__name__)
             if not join_all([coordinator], self.stopping, timeout=STOP_GRACE):
@@ -95,11 +116,11 @@ class TableCopy:
             raise result
         return result
 
-    def _coordinate(self, outcome: list[CopySummary | BaseException]) -> None:
+    def _coordinate(self, work: Callable[[], Any], outcome: list[Any]) -> None:
         try:
-            outcome.append(self._run())
+            outcome.append(work())
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-            if self.stopping.stopped and not isinstance(exc, CopyError):
+            if self.stopping.stopped and not self.stopping.by_failure and not isinstance(exc, CopyError):
                 # Stopped while planning or finishing: the statement running then was cancelled.
                 self.log.warning("copy %s stopped (%s) while planning or finishing; resume with copy_id %r",
                                  self.copy_id, self.stopping.reason, self.copy_id)
@@ -108,13 +129,23 @@ class TableCopy:
                 exc = stopped
             outcome.append(exc)
 
+    def _plan(self) -> PreparedCopy:
+        snapshot = self._snapshot()
+        try:
+            return self._prepare(snapshot)
+        finally:
+            snapshot.close()
+
+    def _prepare(self, snapshot: SourceSnapshot) -> PreparedCopy:
+        snapshot.open()
+        with self.stopping.checkout(self.target_pool) as tconn, snapshot.conn.cursor() as scur:
+            return prepare(scur, tconn, self.spec, self.copy_id, snapshot, self._budget, self.log)
+
     def _run(self) -> CopySummary:
         started = time.monotonic()
         snapshot = self._snapshot()
         try:
-            snapshot.open()
-            with self.stopping.checkout(self.target_pool) as tconn, snapshot.conn.cursor() as scur:
-                prepared = prepare(scur, tconn, self.spec, self.copy_id, snapshot, self._budget, self.log)
+            prepared = self._prepare(snapshot)
             budget = prepared.budget
             pools = [self.source_pool] if self.source_pool is self.target_pool else [self.source_pool,
                                                                                     self.target_pool]
@@ -188,11 +219,13 @@ class TableCopy:
 
     def _log_stop(self, prepared: PreparedCopy, work: WorkOutcome) -> None:
         done_before = len(prepared.done)
+        then = ("fix its cause, then resume with" if work.failure is not None and is_mistake(work.failure)
+                else "resume with")
         self.log.warning(
-            "copy %s stopped (%s): %d of %d chunk(s) done (%d in this run), %d cancelled, %d not started; "
-            "nothing of an unfinished chunk was committed. Resume with copy_id %r",
+            "copy %s stopped (%s): %d of %d chunk(s) done (%d in this run), %d failed, %d cancelled, %d not "
+            "started; nothing of an unfinished chunk was committed. To finish it, %s copy_id %r",
             self.copy_id, self.stopping.reason, done_before + work.done, len(prepared.chunks), work.done,
-            work.cancelled, work.not_started, self.copy_id,
+            0 if work.failure is None else 1, work.cancelled, work.not_started, then, self.copy_id,
         )
 
 

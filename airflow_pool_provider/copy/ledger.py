@@ -21,7 +21,7 @@ from psycopg2.extras import execute_values
 
 from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.copy.plan import Chunk, Keyset
-from airflow_pool_provider.errors import CopyMistake
+from airflow_pool_provider.errors import CopyMistake, first_line
 
 LEDGER_TABLE = "airflow_pool_provider_copy_chunks"
 LEGACY_SCHEMA = "public"
@@ -147,7 +147,7 @@ class Ledger:
         row = cur.fetchone()
         if row is None:
             raise CopyMistake(
-                f"chunk {chunk_no + 1} of copy {copy_id!r} is missing from the ledger {self}: it was pruned or "
+                f"chunk {chunk_no + 1} of copy {copy_id!r} is missing from the ledger {self}: its rows were "
                 "deleted while the copy ran; run the copy again under another copy_id"
             )
         return bool(row[0])
@@ -201,7 +201,7 @@ def ensure_table(cur, schema: str, table: str, ddl: str, what: str) -> None:
         except (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.InvalidSchemaName) as exc:
             cur.execute("ROLLBACK TO SAVEPOINT ledger_create")
             role = quote_ident(_role(cur))
-            reason = str(exc).strip().splitlines()[0]
+            reason = first_line(exc)
             raise CopyMistake(
                 f"cannot create {what} table {shown} ({reason}). Either grant the target role the right to "
                 f"create it: GRANT CREATE ON SCHEMA {quote_ident(schema)} TO {role}; or name a schema it may "

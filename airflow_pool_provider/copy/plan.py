@@ -8,6 +8,7 @@ planning never sorts or numbers the whole table.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from psycopg2 import sql
@@ -85,14 +86,17 @@ def _compare(keyset: Keyset, op: str, values: tuple[str, ...]) -> sql.Composable
     return sql.SQL("ROW({}) " + op + " ROW({})").format(cols, vals)
 
 
-def plan(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int) -> list[Chunk]:
-    """Split the rows of ``table`` matching ``row_filter`` into chunks of about ``chunk_size`` rows."""
+def plan(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int,
+         go_on: Callable[[], None] = lambda: None) -> list[Chunk]:
+    """Split the rows of ``table`` matching ``row_filter`` into chunks of about ``chunk_size`` rows.
+    ``go_on`` is called before each probe and raises to stop (a big table takes many)."""
     if keyset.kind == "ctid":
         return _plan_pages(cur, table, row_filter, chunk_size)
-    return _plan_keys(cur, table, keyset, row_filter, chunk_size)
+    return _plan_keys(cur, table, keyset, row_filter, chunk_size, go_on)
 
 
-def _plan_keys(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int) -> list[Chunk]:
+def _plan_keys(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int,
+               go_on: Callable[[], None]) -> list[Chunk]:
     # Aliased, so ORDER BY names the key column, not its text form (which would sort 10 < 9).
     bounds = sql.SQL(", ").join(
         sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"bound_{i}"))
@@ -101,6 +105,7 @@ def _plan_keys(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_s
     chunks: list[Chunk] = []
     lower: tuple[str, ...] | None = None
     while True:
+        go_on()
         after = _compare(keyset, ">", lower) if lower is not None else sql.SQL("true")
         # No query parameters: a '%' in the user's filter must stay a '%'.
         cur.execute(

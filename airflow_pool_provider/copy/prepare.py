@@ -37,7 +37,6 @@ class PreparedCopy:
     keyset: Keyset
     chunks: tuple[Chunk, ...]
     done: frozenset[int]
-    resumed: bool
     ledger: Ledger
     binary: bool
     checksum: str  # "record" or "text"
@@ -84,10 +83,9 @@ def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: SourceSnapshot,
         ledger.ensure(tcur)
         tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (copy_id,))
         stored = _resumable_plan(tcur, ledger, spec, copy_id, source, target, log)
-        resumed = stored is not None
         if stored is None:
             keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
-            chunks = plan.plan(scur, source, keyset, spec.row_filter, spec.chunk_size)
+            chunks = plan.plan(scur, source, keyset, spec.row_filter, spec.chunk_size, snapshot.stop.raise_if_stopped)
             if spec.mode == "replace":
                 tcur.execute(sql.SQL("TRUNCATE {}").format(target.ident))
             ledger.save_plan(tcur, copy_id, str(source.name), str(target.name), keyset, chunks)
@@ -107,19 +105,19 @@ def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: SourceSnapshot,
         else:
             log.info("copy %s: %d of %d chunk(s) already done (ledger %s); the rest are read through the "
                      "shared snapshot %s", copy_id, len(stored.done), len(stored.chunks), ledger, snapshot.id)
+    snapshot.stop.raise_if_stopped()  # a stopped copy commits no plan (nor a replace's TRUNCATE)
     tconn.commit()
     binary = all(source.by_name[c].portable_binary and target.by_name[c].portable_binary for c in columns)
     if not binary:
         log.info("copy %s: text COPY format (a column has a user-defined or OID type)", copy_id)
     in_range = _key_maps_onto_target(stored.keyset, source, target, columns)
-    if spec.verify_checksums and not in_range:
-        log.warning(
-            "copy %s: the chunk key does not map onto the target's (not copied, or another type or "
-            "collation), so each chunk's check scans the target table's new rows", copy_id,
-        )
+    if spec.verify_checksums and spec.target_checksum == "per_chunk" and not in_range:
+        why = ("the table has no unique key" if stored.keyset.kind == "ctid"
+               else "the chunk key does not map onto the target's (not copied, or another type or collation)")
+        log.warning("copy %s: %s, so each chunk's check scans the target table's new rows", copy_id, why)
     return PreparedCopy(
         copy_id=copy_id, source=source, target=target, columns=columns, conflict=conflict,
-        keyset=stored.keyset, chunks=tuple(stored.chunks), done=stored.done, resumed=resumed, ledger=ledger,
+        keyset=stored.keyset, chunks=tuple(stored.chunks), done=stored.done, ledger=ledger,
         binary=binary,
         checksum=checksum.method(source, target, columns), verify_in_range=in_range,
         sequences=tuple(pairs), budget=budget,

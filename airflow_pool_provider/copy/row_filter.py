@@ -7,18 +7,20 @@ refused when it holds a comment, a ``;`` outside a literal, or a parenthesis tha
 than it opens. Where sqlparse and PostgreSQL could read a token differently (a backslash in a
 standard string or a quoted name, a dollar quote glued to a name), the filter is refused too.
 Then PostgreSQL itself checks it against the source table (``EXPLAIN``) before anything is
-written. It runs with the source connection's rights, in read-only transactions.
+written, and checks that it stays inside its parentheses, however it was tokenized. It runs with
+the source connection's rights, in read-only transactions.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import psycopg2
 from psycopg2 import sql
 from sqlparse import tokens as T
 from sqlparse.lexer import Lexer
 
-from airflow_pool_provider.errors import FilterError, first_line
+from airflow_pool_provider.errors import FilterError, Kind, classify, first_line
 
 #: Longest filter accepted; a filter is a condition, not a program.
 MAX_LENGTH = 4000
@@ -48,32 +50,48 @@ class RowFilter:
         return sql.SQL("({})").format(sql.SQL(self.text)) if self.text else sql.SQL("true")
 
     def check(self, cur, table: sql.Composable) -> None:
-        """Let PostgreSQL plan the filter on the source table; raise FilterError if it cannot.
+        """Let PostgreSQL plan the filter on the source table; FilterError if it cannot, or if the
+        filter does not stay inside its parentheses.
 
-        Runs in a savepoint, so the caller's transaction (and its snapshot) survives a bad filter.
+        The plan of ``WHERE false AND (filter)`` folds to a constant false whatever the filter
+        is, unless the text closes the parentheses early and adds an ``OR``: then a scan remains.
+        This holds whatever a tokenizer made of the text. Runs in a savepoint, so the caller's
+        transaction (and its snapshot) survives a bad filter.
         """
         if not self.text:
             return
         cur.execute("SAVEPOINT row_filter_check")
         try:
-            cur.execute(sql.SQL("EXPLAIN SELECT 1 FROM {} WHERE {}").format(table, self.clause()))
-            cur.fetchall()
-        except Exception as exc:  # noqa: BLE001 - any server error means the filter is unusable
+            cur.execute(sql.SQL("EXPLAIN (FORMAT JSON, COSTS OFF) SELECT 1 FROM {} WHERE false AND {}").format(
+                table, self.clause()))
+            plan = cur.fetchone()[0][0]["Plan"]
+        except psycopg2.Error as exc:
             cur.execute("ROLLBACK TO SAVEPOINT row_filter_check")
+            if classify(exc) is not Kind.MISTAKE:
+                raise  # a timeout, a cancel, a lost connection: not the filter's fault
             raise FilterError(
                 f"where {self.text!r} does not work on the source table: {first_line(exc)}. "
                 "It must be a boolean condition on the source table's columns."
             ) from exc
         cur.execute("RELEASE SAVEPOINT row_filter_check")
+        if plan.get("Node Type") != "Result" or plan.get("One-Time Filter") != "false" or plan.get("Plans"):
+            raise FilterError(f"where {self.text!r} is not one SQL condition: it reaches outside its parentheses")
 
 
 def _first_problem(text: str) -> str | None:
     """What makes ``text`` more or other than one expression, or None."""
+    tokens = list(Lexer.get_default_instance().get_tokens(text))
+    # The text outside literals, each literal standing as one space: a comment may start across
+    # two tokens ("+/" then "*"), and PostgreSQL ends an operator where a comment starts.
+    code = "".join(" " if _is_literal(t) else v for t, v in tokens)
+    if any(t in T.Comment for t, _ in tokens) or "--" in code or "/*" in code:
+        return "comments are not allowed"
+    if not code.isascii() or "`" in code:
+        # Letters, spaces or quotes beyond ASCII are read differently by different parsers.
+        return "characters beyond ASCII (and back-quotes) are only allowed inside quotes"
     depth = 0
     previous: tuple[object, str] = (T.Whitespace, "")
-    for ttype, value in Lexer.get_default_instance().get_tokens(text):
-        if ttype in T.Comment:
-            return "comments are not allowed"
+    for ttype, value in tokens:
         if ttype in T.Error:
             return f"cannot read it at {value!r} (an unterminated quote?)"
         if ttype in T.Punctuation and value == ";":
@@ -86,15 +104,23 @@ def _first_problem(text: str) -> str | None:
                 return "a ')' closes more parentheses than were opened"
         elif ttype in T.String.Single and "\\" in value and not _is_escape_prefix(previous):
             return r"a backslash in a string is read differently by different parsers; write E'...\...'"
-        elif ttype in T.String.Symbol and "\\" in value:
-            return "a backslash in a quoted name is not allowed"
-        elif ttype is T.Literal and value.startswith("$") and previous[0] not in T.Whitespace \
-                and previous[1] not in ("(", ",") and previous[0] not in T.Operator:
-            return "a dollar-quoted string must be separated from the word before it"
+        elif ttype in T.String.Symbol and ("\\" in value or not value.startswith('"')):
+            return "a backslash or back-quote in a quoted name is not allowed"
+        elif ttype is T.Literal and (not _dollar_tag(value).isascii() or (
+                previous[0] not in T.Whitespace and previous[1] not in ("(", ",") and previous[0] not in T.Operator)):
+            return "a dollar-quoted string must be separated from the word before it, with an ASCII tag"
         previous = (ttype, value)
     if depth:
         return "a '(' is never closed"
     return None
+
+
+def _is_literal(ttype: object) -> bool:
+    return ttype in T.String.Single or ttype in T.String.Symbol or ttype is T.Literal
+
+
+def _dollar_tag(value: str) -> str:
+    return value[1:value.index("$", 1)] if value.startswith("$") and "$" in value[1:] else ""
 
 
 def _is_escape_prefix(token: tuple[object, str]) -> bool:

@@ -58,6 +58,8 @@ class SourceSnapshot:
             self.stop.watch(conn)
             with conn.cursor() as cur:
                 self.id = self._begin(cur)
+                # This transaction stays idle for the whole copy: the server must not end it.
+                cur.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
         except BaseException:
             self.stop.unwatch(conn)
             conn.close()
@@ -81,7 +83,8 @@ class SourceSnapshot:
             self.close()
             self.open()  # counts the renewal
             self.log.warning(
-                "the source snapshot %s was lost (the source restarted or its connection dropped); "
+                "the source snapshot %s was lost (its connection ended: a restart, a network cut, an "
+                "administrator); "
                 "reading on from a NEW snapshot %s: rows changed since are copied as they are now",
                 lost, self.id,
             )

@@ -17,7 +17,7 @@ TARGET_CHECKSUMS = ("per_chunk", "per_table")
 
 #: Upper bounds: a chunk is one target transaction, and every worker holds two connections.
 MAX_CHUNK_SIZE = 10_000_000
-MAX_PARALLELISM = 64
+MAX_PARALLELISM = 32  # 2 x 32 + 1 connections fit in Airflow's default_pool (128 slots)
 MAX_CHUNK_RETRIES = 20
 
 DEFAULT_CHUNK_SIZE = 50_000

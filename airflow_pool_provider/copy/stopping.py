@@ -22,18 +22,20 @@ class StopSignal:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stop() may run in a signal handler while this thread holds it
         self._watched: dict[int, Any] = {}
         self.reason: str | None = None
+        self.by_failure = False  # stopped because a part of the copy failed, not from outside
 
     @property
     def stopped(self) -> bool:
         return self._event.is_set()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, failure: bool = False) -> None:
         with self._lock:
             if self.reason is None:
                 self.reason = reason
+                self.by_failure = failure
             self._event.set()
         self.cancel_watched()
 
@@ -77,5 +79,5 @@ class StopSignal:
     @contextmanager
     def checkout(self, pool: ConnectionPool) -> Iterator[PooledConnection]:
         """A connection of ``pool``, watched for the block, then given back."""
-        with pool.connection() as conn, self.watching(conn):
+        with pool.connection(cancel=self._event) as conn, self.watching(conn):
             yield conn

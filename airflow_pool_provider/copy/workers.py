@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import first_line
@@ -23,7 +23,7 @@ RECANCEL_EVERY = 0.2
 
 
 @dataclass(frozen=True, slots=True)
-class WorkOutcome(Generic[Item]):
+class WorkOutcome:
     """What became of the items: done, cut short by the stop, never started; the first failure."""
 
     done: int
@@ -33,7 +33,7 @@ class WorkOutcome(Generic[Item]):
 
 
 def run_workers(items: Sequence[Item], workers: int, work: Callable[[Item], None], stop: StopSignal,
-                describe: Callable[[Item], str] = str, name: str = "copy-worker") -> WorkOutcome[Item]:
+                describe: Callable[[Item], str] = str, name: str = "copy-worker") -> WorkOutcome:
     """Run ``work(item)`` for each item on ``workers`` threads; return when all have ended."""
     queue: Iterator[Item] = iter(items)
     lock = threading.Lock()
@@ -65,7 +65,7 @@ def run_workers(items: Sequence[Item], workers: int, work: Callable[[Item], None
                     else:
                         failures.append(exc)
                 if not stop.stopped:
-                    stop.stop(f"{describe(item)} failed: {first_line(exc)}")
+                    stop.stop(f"{describe(item)} failed: {first_line(exc)}", failure=True)
                 return
             with lock:
                 counts["done"] += 1

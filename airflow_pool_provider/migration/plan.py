@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_pool_provider.copy import catalog as copy_catalog
-from airflow_pool_provider.copy.budget import read_slots
+from airflow_pool_provider.copy.budget import connections_for, read_slots
 from airflow_pool_provider.copy.snapshot import WHERE_AM_I
 from airflow_pool_provider.errors import CatalogError, CopyMistake
 from airflow_pool_provider.migration import catalog
@@ -218,7 +218,7 @@ def _budget(scur, tcur, parallelism: int, copy_tasks: int) -> Budget:
     scur.execute("SELECT " + WHERE_AM_I)
     tcur.execute("SELECT " + WHERE_AM_I)
     same_server = scur.fetchone()[1:] == tcur.fetchone()[1:]
-    per_task = 2 * parallelism + 1
+    per_task = connections_for(parallelism)
     needed = copy_tasks * per_task + 1
     if same_server:
         available = source.available

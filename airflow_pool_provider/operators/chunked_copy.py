@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator, Context
 
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy import CopySpec, TableCopy
+from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_PARALLELISM
 from airflow_pool_provider.errors import is_mistake
@@ -38,11 +39,6 @@ def _as_int(name: str, value: Any) -> Any:
         except ValueError:
             raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
     return value
-
-
-def connections_for(parallelism: int) -> int:
-    """Connections a copy with ``parallelism`` workers holds in all: two per worker, one snapshot."""
-    return 2 * parallelism + 1
 
 
 def _default_pool_slots(parallelism: Any) -> int:
