@@ -35,8 +35,9 @@ with DAG(
         "where": Param("", type="string", title="Row filter", maxLength=500,
                        pattern=r"^(?![\s\S]*--)(?![\s\S]*/\*)[^;\\]*$",
                        description="Optional: one SQL condition on the source rows, e.g. created_at >= "
-                                   "'2024-06-01'. It runs with the source connection's rights (read-only), "
-                                   "so anyone who may trigger this DAG can read what that role can read. "
+                                   "'2024-06-01'. It runs with the source connection's rights, in read-only "
+                                   "transactions: anyone who may trigger this DAG can read what that role can "
+                                   "read and call the functions it may call. "
                                    "No ';', comments or backslashes; at most 500 characters."),
         "mode": Param("append", enum=["append", "replace", "upsert"], title="Mode",
                       description="append: add the rows (fails on duplicate keys); replace: empty the target "
