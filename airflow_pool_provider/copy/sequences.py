@@ -93,22 +93,39 @@ def sync(scur, tcur, pairs: list[SequencePair]) -> list[SequenceMove]:
     for p in pairs:
         if not (p.source.can_select and p.target.can_select and p.target.can_update):
             continue
-        source_last, source_called = _position(scur, p.source)
-        target_last, target_called = _position(tcur, p.target)
-        source_next = _next_value(source_last, source_called, p.source.increment)
-        target_next = _next_value(target_last, target_called, p.target.increment)
-        ahead = source_next > target_next if p.target.increment > 0 else source_next < target_next
-        if ahead:
-            tcur.execute("SELECT setval(%s::regclass, %s, %s)", (str(p.target), source_last, source_called))
-        moves.append(SequenceMove(p.column, str(p.target), source_next if ahead else target_next, ahead))
+        next_value, moved = move(scur, tcur, p.source.ident, p.target.ident, p.target.increment)
+        moves.append(SequenceMove(p.column, str(p.target), next_value, moved))
     return moves
 
 
-def _position(cur, seq: Sequence) -> tuple[int, bool]:
-    cur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(seq.ident))
+def move(scur, tcur, source: sql.Identifier, target: sql.Identifier, increment: int) -> tuple[int, bool]:
+    """Set ``target`` from ``source``'s position unless it is as far already (in the direction of
+    ``increment``); its next value, and whether it moved."""
+    source_last, source_called = _position(scur, source)
+    target_last, target_called = _position(tcur, target)
+    source_next = _next_value(source_last, source_called, increment)
+    target_next = _next_value(target_last, target_called, increment)
+    ahead = source_next > target_next if increment > 0 else source_next < target_next
+    if ahead:
+        tcur.execute(sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(_text(target))),
+                     (source_last, source_called))
+    return (source_next if ahead else target_next), ahead
+
+
+def increment(cur, sequence: sql.Identifier) -> int:
+    cur.execute("SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s::regclass", (_text(sequence),))
+    return cur.fetchone()[0]
+
+
+def _text(sequence: sql.Identifier) -> str:
+    return ".".join(quote_ident(s) for s in sequence.strings)
+
+
+def _position(cur, sequence: sql.Identifier) -> tuple[int, bool]:
+    cur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sequence))
     last_value, is_called = cur.fetchone()
     return last_value, is_called
 
 
-def _next_value(last_value: int, is_called: bool, increment: int) -> int:
-    return last_value + increment if is_called else last_value
+def _next_value(last_value: int, is_called: bool, step: int) -> int:
+    return last_value + step if is_called else last_value

@@ -172,7 +172,8 @@ def _table_plans(scur, tcur, selection: Selection, request: MigrationRequest, cr
         if state == "exists":
             problems.append(f"target table {table.name} exists and this migration did not create it: use "
                             "mode='replace' to drop and recreate it, or leave it out with exclude_tables")
-        plans.append(TablePlan(str(table.name), len(leaves) if table.kind == "p" else 0, rows, table.bytes, chunks,
+        size = sum(leaf.bytes for leaf in leaves)
+        plans.append(TablePlan(str(table.name), len(leaves) if table.kind == "p" else 0, rows, size, chunks,
                                indexes.get(table.oid, []), state, differences))
     if request.mode == "replace":
         _check_dependents(tcur, [oid for oid, _ in in_target.values()], problems)

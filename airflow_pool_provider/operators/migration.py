@@ -14,15 +14,17 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowNotFoundException, AirflowSkipException
 from airflow.sdk import BaseOperator, Context
 
+from airflow_pool_provider.airflow_metrics import AirflowMetrics
+from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM
 from airflow_pool_provider.errors import is_mistake
 from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
-from airflow_pool_provider.migration import catalog, predata, selection, snapshot_holder
-from airflow_pool_provider.migration.ledger import STAGE, MigrationLedger
-from airflow_pool_provider.migration.plan import make_plan, tools_for
+from airflow_pool_provider.migration import data, stages
+from airflow_pool_provider.migration.plan import make_plan
 from airflow_pool_provider.migration.request import DEFAULT_LEDGER_SCHEMA, MigrationRequest
 
-SNAPSHOT_STAGE = "snapshot"
+#: The largest parallelism the example form allows: a templated parallelism reserves its slots.
+MAX_FORM_PARALLELISM = 4
 #: How long a migration's source snapshot may be held at most, if nothing releases it.
 DEFAULT_SNAPSHOT_MAX_SECONDS = 12 * 3600.0
 
@@ -53,6 +55,7 @@ class MigrationStageOperator(BaseOperator):
     :param dry_run: plan only; later stages are skipped and nothing is written.
     :param ledger_schema: target schema of the ledgers.
     :param pg_bin_dir: where pg_dump and pg_restore are; default: found (PATH, Debian, the wheel).
+    :param snapshot_max_seconds: how long the source snapshot may be held at most.
     """
 
     template_fields: Sequence[str] = (
@@ -65,8 +68,9 @@ class MigrationStageOperator(BaseOperator):
                  exclude_tables: Any = (), chunk_size: Any = DEFAULT_CHUNK_SIZE,
                  parallelism: Any = DEFAULT_PARALLELISM, mode: str = "resume", migration_id: str | None = None,
                  dry_run: Any = False, ledger_schema: str = DEFAULT_LEDGER_SCHEMA, pg_bin_dir: str | None = None,
-                 **kwargs: Any) -> None:
+                 snapshot_max_seconds: float = DEFAULT_SNAPSHOT_MAX_SECONDS, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.snapshot_max_seconds = snapshot_max_seconds
         self.source_conn_id = source_conn_id
         self.target_conn_id = target_conn_id
         self.schemas = schemas
@@ -108,6 +112,14 @@ class MigrationStageOperator(BaseOperator):
                   source: PooledPostgresHook, target: PooledPostgresHook) -> Any:
         raise NotImplementedError
 
+    def migration(self, request: MigrationRequest, migration_id: str, source: PooledPostgresHook,
+                  target: PooledPostgresHook) -> stages.Migration:
+        return stages.Migration(
+            request, migration_id, source.get_pool(), target.get_pool(), source.connect_kwargs(), self.log,
+            snapshot_max_seconds=self.snapshot_max_seconds, metrics=AirflowMetrics(),
+            connection_limit=self.pool_slots if self.pool_slots > 1 else None,
+        )
+
     def skip_if_dry_run(self, request: MigrationRequest) -> None:
         if request.dry_run:
             raise AirflowSkipException("dry run: the plan is in the plan task's log and XCom; nothing was written")
@@ -136,35 +148,9 @@ class MigrationSnapshotOperator(MigrationStageOperator):
     """Stage 2: one snapshot of the source for the whole migration, held by a process of its own
     (see :mod:`airflow_pool_provider.migration.snapshot_holder`); recorded in the stage ledger."""
 
-    def __init__(self, *, snapshot_max_seconds: float = DEFAULT_SNAPSHOT_MAX_SECONDS, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.snapshot_max_seconds = snapshot_max_seconds
-
     def run_stage(self, context, request, migration_id, source, target) -> str:
         self.skip_if_dry_run(request)
-        ledger = MigrationLedger(request.ledger_schema, migration_id)
-        current = recorded_snapshot(target, ledger)
-        with source.get_pool().connection() as sconn, sconn.cursor() as scur:
-            sconn.autocommit = True
-            if current and snapshot_holder.held(scur, migration_id):
-                self.log.info("migration %s: its source snapshot %s is still held; reusing it", migration_id,
-                              current["snapshot"])
-                return current["snapshot"]
-            held = snapshot_holder.start(source.connect_kwargs(), migration_id, self.snapshot_max_seconds)
-        epoch = current.get("epoch", 1) + 1 if current else 1
-        if epoch > 1:
-            self.log.warning("migration %s: its earlier source snapshot is gone; the tables copied from now on are "
-                             "read as of a NEW instant (snapshot %d), which the report will say", migration_id, epoch)
-        with target.get_pool().connection() as tconn, tconn.cursor() as tcur:
-            ledger.ensure(tcur)
-            ledger.record(tcur, SNAPSHOT_STAGE, STAGE, detail={**held.to_detail(), "epoch": epoch})
-            tconn.commit()
-        self.log.info(
-            "migration %s: source snapshot %s held by process %d (backend %d) until the migration ends; while "
-            "it is held, vacuum on the source keeps rows deleted since", migration_id, held.snapshot, held.pid,
-            held.backend_pid,
-        )
-        return held.snapshot
+        return self.migration(request, migration_id, source, target).snapshots.ensure()
 
 
 class MigrationPreDataOperator(MigrationStageOperator):
@@ -172,16 +158,73 @@ class MigrationPreDataOperator(MigrationStageOperator):
 
     def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
         self.skip_if_dry_run(request)
-        ledger = MigrationLedger(request.ledger_schema, migration_id)
-        snapshot = (recorded_snapshot(target, ledger) or {}).get("snapshot")
-        with _reading(source, snapshot) as scur, target.get_pool().connection() as tconn:
-            chosen = selection.select(catalog.load(scur, request.schemas), request.tables, request.exclude_tables)
-            with tconn.cursor() as tcur:
-                tools = tools_for(scur, tcur, request)
-            tconn.rollback()
-            result = predata.run(tconn, chosen, request, ledger, tools, source.connect_kwargs(), snapshot, self.log)
+        result = stages.pre_data(self.migration(request, migration_id, source, target))
         return {"restored": result.restored, "reused": result.reused, "dropped": result.dropped,
                 "tables": result.tables, "skipped": result.skipped}
+
+
+class MigrationDataPlanOperator(MigrationStageOperator):
+    """Stage 4a: every table's chunk plan, stored; the pending chunks packed into batches (XCom),
+    which the copy task is mapped over.
+
+    :param batch_rows: rows a batch aims at.
+    """
+
+    def __init__(self, *, batch_rows: int = data.DEFAULT_BATCH_ROWS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch_rows = batch_rows
+
+    def run_stage(self, context, request, migration_id, source, target) -> list[dict[str, Any]]:
+        self.skip_if_dry_run(request)
+        migration = self.migration(request, migration_id, source, target)
+        return [b.to_xcom() for b in stages.plan_data(migration, self.batch_rows)]
+
+
+class MigrationCopyBatchOperator(MigrationStageOperator):
+    """Stage 4b, mapped over the batches: copies a batch's chunks; a table whose last chunk it
+    copied gets its indexes and keys at once.
+
+    :param batch: one batch of :class:`MigrationDataPlanOperator`'s list.
+    """
+
+    template_fields: Sequence[str] = (*MigrationStageOperator.template_fields, "batch")
+
+    def __init__(self, *, batch: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("map_index_template", "{{ task.batch['label'] }}")
+        super().__init__(**kwargs)
+        self.batch = batch
+
+    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
+        batch = data.Batch.from_xcom(self.batch)
+        self.log.info("%s: %d row(s) planned in %d table(s)", batch.label, batch.rows, len(batch.parts))
+        result = stages.copy_data(self.migration(request, migration_id, source, target), batch)
+        return {"rows": result.rows, "chunks": result.chunks, "bytes": result.bytes, "seconds": result.seconds,
+                "tables": result.tables}
+
+
+class MigrationPostDataOperator(MigrationStageOperator):
+    """Stage 5: the indexes and keys not built yet, foreign keys, triggers and the rest, sequences,
+    ANALYZE."""
+
+    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
+        self.skip_if_dry_run(request)
+        result = stages.post_data(self.migration(request, migration_id, source, target))
+        return {"indexes_built": result.indexes_built, "foreign_keys": result.foreign_keys,
+                "foreign_keys_left_out": result.foreign_keys_left_out, "restored": result.restored,
+                "sequences": result.sequences}
+
+
+class MigrationVerifyOperator(MigrationStageOperator):
+    """Stage 6: every table's rows and checksums, and its objects, source against target; the
+    report. A failed check fails the task (without retries: checking again cannot help)."""
+
+    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
+        self.skip_if_dry_run(request)
+        report = stages.verify_and_report(self.migration(request, migration_id, source, target))
+        self.log.info("%s", report.table())
+        if not report.verified:
+            raise AirflowFailException(f"migration {migration_id} is not verified:\n{report.table()}")
+        return report.to_xcom()
 
 
 class MigrationReleaseOperator(MigrationStageOperator):
@@ -189,19 +232,9 @@ class MigrationReleaseOperator(MigrationStageOperator):
     snapshot's holder."""
 
     def run_stage(self, context, request, migration_id, source, target) -> int:
-        with source.get_pool().connection() as sconn, sconn.cursor() as scur:
-            sconn.autocommit = True
-            released = snapshot_holder.release(scur, migration_id)
+        released = self.migration(request, migration_id, source, target).snapshots.release()
         self.log.info("migration %s: released %d source snapshot holder(s)", migration_id, released)
         return released
-
-
-def recorded_snapshot(target: PooledPostgresHook, ledger: MigrationLedger) -> dict[str, Any] | None:
-    """What the migration's snapshot stage recorded (snapshot id, holder, epoch), if anything."""
-    with target.get_pool().connection() as tconn, tconn.cursor() as tcur:
-        records = ledger.records(tcur, SNAPSHOT_STAGE) if ledger.exists(tcur) else []
-        tconn.rollback()
-    return records[0].detail if records else None
 
 
 @contextmanager
@@ -217,16 +250,27 @@ def _reading(hook: PooledPostgresHook, snapshot: str | None = None) -> Iterator[
             conn.rollback()
 
 
-def migration_stages(*, copy_tasks: int = 2, **description: Any) -> list[MigrationStageOperator]:
-    """The migration's stages, chained in order, each given the same ``description`` (the
-    arguments of :class:`MigrationStageOperator`). Call it inside a DAG or a TaskGroup."""
+def migration_stages(*, copy_tasks: int = 2, **description: Any) -> dict[str, Any]:
+    """The migration's tasks, chained in order, each given the same ``description`` (the
+    arguments of :class:`MigrationStageOperator`). Call it inside a DAG or a TaskGroup.
+
+    ``copy_tasks``: copy batches that may run at once (``max_active_tis_per_dagrun``); each holds
+    ``2 x parallelism + 1`` connections (its ``pool_slots``).
+    """
+    parallelism = description.get("parallelism", 2)
+    slots = connections_for(parallelism if isinstance(parallelism, int) else MAX_FORM_PARALLELISM)
     plan = MigrationPlanOperator(task_id="plan", copy_tasks=copy_tasks, **description)
     snapshot = MigrationSnapshotOperator(task_id="snapshot", **description)
-    work = [MigrationPreDataOperator(task_id="pre_data", **description)]
+    pre = MigrationPreDataOperator(task_id="pre_data", **description)
+    batches = MigrationDataPlanOperator(task_id="plan_data", **description)
+    copy = MigrationCopyBatchOperator.partial(
+        task_id="copy_data", max_active_tis_per_dagrun=copy_tasks, pool_slots=slots, **description,
+    ).expand(batch=batches.output)
+    post = MigrationPostDataOperator(task_id="post_data", trigger_rule="none_failed", **description)
+    check = MigrationVerifyOperator(task_id="verify", **description)
     # A teardown: it runs once the snapshot was taken, whatever the stages after it did, and its
     # success does not make a failed migration's run look successful.
     release = MigrationReleaseOperator(task_id="release_snapshot", **description).as_teardown(setups=snapshot)
-    stages = [plan, snapshot, *work, release]
-    for upstream, downstream in zip(stages, stages[1:], strict=False):
-        upstream >> downstream
-    return stages
+    plan >> snapshot >> pre >> batches >> copy >> post >> check >> release
+    return {"plan": plan, "snapshot": snapshot, "pre_data": pre, "plan_data": batches, "copy_data": copy,
+            "post_data": post, "verify": check, "release_snapshot": release}

@@ -1,0 +1,169 @@
+"""The data stage: every table's rows, with the chunked copy, through the migration's snapshot.
+
+First every table is planned (its chunk plan stored in the copy ledger), then the pending chunks
+are packed into batches: small tables share one, a big table is split over several. Each batch
+is one mapped task instance, copying many chunks on its own pool. A partitioned table is copied
+through its leaf partitions, each one copy. Tables are loaded before their indexes and keys exist
+(the post-data stage builds those), so a chunk's target side is not checked per chunk (that
+would scan the index-less table each time): the ledger keeps each chunk's source checksum, and
+one pass over the loaded table checks them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from airflow_pool_provider.copy import CopySpec, TableCopy
+from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.metrics import Metrics
+from airflow_pool_provider.migration.request import MigrationRequest
+from airflow_pool_provider.migration.selection import Selection
+from airflow_pool_provider.pool import ConnectionPool
+
+STAGE_NAME = "data"
+#: Rows a batch aims at: enough to amortize a task's start, few enough to spread over workers.
+DEFAULT_BATCH_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    table: str  # the leaf copied (a table, or a partition of one), as a quoted SQL name
+    copy_id: str
+    chunks: list[int]
+    rows: int  # planned
+
+
+@dataclass(frozen=True)
+class Batch:
+    number: int
+    of: int
+    parts: list[BatchPart] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return sum(p.rows for p in self.parts)
+
+    @property
+    def label(self) -> str:
+        """What the UI shows for the mapped task instance."""
+        first = self.parts[0]
+        name = TableName.parse(first.table).name
+        span = f" chunks {first.chunks[0] + 1}-{first.chunks[-1] + 1}" if len(first.chunks) > 1 else ""
+        more = f" +{len(self.parts) - 1} more" if len(self.parts) > 1 else ""
+        return f"batch {self.number}/{self.of}: {name}{span}{more}"
+
+    def to_xcom(self) -> dict[str, Any]:
+        return {"number": self.number, "of": self.of, "label": self.label, "rows": self.rows,
+                "parts": [asdict(p) for p in self.parts]}
+
+    @classmethod
+    def from_xcom(cls, value: dict[str, Any]) -> Batch:
+        return cls(value["number"], value["of"], [BatchPart(**p) for p in value["parts"]])
+
+
+def copy_id(migration_id: str, leaf: str) -> str:
+    return f"{migration_id}:{leaf}"
+
+
+def leaf_spec(leaf: str, request: MigrationRequest) -> CopySpec:
+    """How one leaf is copied: into the fresh table pre-data made, checked per table."""
+    return CopySpec(source_table=leaf, chunk_size=request.chunk_size, parallelism=request.parallelism,
+                    mode="append", verify_checksums=True, target_checksum="per_table",
+                    ledger_schema=request.ledger_schema, sync_sequences=False)
+
+
+@dataclass(frozen=True)
+class CopyContext:
+    """What every copy of the stage needs: pools, the shared snapshot, budget, log, metrics."""
+
+    source_pool: ConnectionPool
+    target_pool: ConnectionPool
+    snapshot: str
+    replace_snapshot: Callable[[str], str]
+    connection_limit: int | None
+    log: logging.Logger | logging.LoggerAdapter
+    metrics: Metrics | None = None
+
+    def table_copy(self, leaf: str, request: MigrationRequest, migration_id: str,
+                   only_chunks: list[int] | None = None) -> TableCopy:
+        return TableCopy(self.source_pool, self.target_pool, leaf_spec(leaf, request), copy_id(migration_id, leaf),
+                         self.log, metrics=self.metrics, connection_limit=self.connection_limit,
+                         ledger_retention_days=None, snapshot=self.snapshot, replace_snapshot=self.replace_snapshot,
+                         only_chunks=only_chunks)
+
+
+def leaves(selection: Selection) -> list[str]:
+    """Every relation whose rows are copied: the plain tables, and the partitioned ones' leaves."""
+    return [str(leaf.name) for table in selection.tables for leaf in selection.data_sources(table)]
+
+
+@dataclass(frozen=True)
+class PendingChunks:
+    """A leaf's chunks still to copy, with their planned rows."""
+
+    table: str
+    copy_id: str
+    chunks: list[int]
+    rows: list[int]
+
+
+def plan_batches(selection: Selection, request: MigrationRequest, migration_id: str, context: CopyContext,
+                 batch_rows: int = DEFAULT_BATCH_ROWS) -> list[Batch]:
+    """Plan every leaf's chunks (stored in the ledger) and pack the pending ones into batches."""
+    pending = []
+    for leaf in leaves(selection):
+        prepared = context.table_copy(leaf, request, migration_id).plan()
+        todo = [c for c in prepared.chunks if c.no not in prepared.done]
+        if todo:
+            pending.append(PendingChunks(leaf, copy_id(migration_id, leaf), [c.no for c in todo],
+                                         [c.expected_rows or request.chunk_size for c in todo]))
+    return pack(pending, max(batch_rows, request.chunk_size))
+
+
+def pack(pending: list[PendingChunks], batch_rows: int) -> list[Batch]:
+    """Batches of about ``batch_rows`` rows: big tables split by chunk, small ones put together.
+    A chunk bigger than a batch gets a batch of its own."""
+    groups: list[list[BatchPart]] = [[]]
+    room = batch_rows
+    for leaf in sorted(pending, key=lambda p: -sum(p.rows)):
+        start = 0
+        while start < len(leaf.chunks):
+            end, taken = start, 0
+            while end < len(leaf.chunks) and (taken + leaf.rows[end] <= room or (end == start and not groups[-1])):
+                taken += leaf.rows[end]
+                end += 1
+            if end == start:  # no room left in this batch
+                groups.append([])
+                room = batch_rows
+                continue
+            groups[-1].append(BatchPart(leaf.table, leaf.copy_id, leaf.chunks[start:end], taken))
+            room -= taken
+            start = end
+    groups = [g for g in groups if g]
+    return [Batch(i + 1, len(groups), g) for i, g in enumerate(groups)]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    rows: int
+    chunks: int
+    bytes: int
+    seconds: float
+    tables: list[str]  # leaves this batch worked on
+    snapshots: int  # snapshot renewals + 1 seen by this batch's copies
+
+
+def copy_batch(batch: Batch, request: MigrationRequest, migration_id: str, context: CopyContext) -> BatchResult:
+    """Copy the batch's chunks, part by part."""
+    rows = chunks = nbytes = 0
+    seconds = 0.0
+    snapshots = 1
+    for part in batch.parts:
+        summary = context.table_copy(part.table, request, migration_id, only_chunks=part.chunks).run()
+        rows, chunks, nbytes = rows + summary.rows, chunks + summary.chunks, nbytes + summary.bytes
+        seconds += summary.seconds
+        snapshots = max(snapshots, summary.snapshots)
+    return BatchResult(rows, chunks, nbytes, round(seconds, 3), [p.table for p in batch.parts], snapshots)

@@ -1,0 +1,189 @@
+"""The post-data stage: what makes loaded tables whole again, built from the source's catalog.
+
+Per table, as soon as its rows are in: its indexes (several at once), and its primary key and
+unique constraints attached ``USING INDEX`` to the unique index just built (instant), as
+pgcopydb does. A partitioned table in PostgreSQL 15 refuses ``USING INDEX``: its leaves get them,
+then ``ALTER TABLE parent ADD PRIMARY KEY`` and ``CREATE INDEX`` on the parent reuse the leaves'
+indexes. Then, across tables: foreign keys (``NOT VALID``, then ``VALIDATE``, which reads without
+blocking writes; a partitioned table validates as it adds), triggers, rules and policies from the
+schema dump, sequences from the source's ``last_value``/``is_called``, and ``ANALYZE``.
+
+Each object is recorded done in the stage ledger in the transaction that built it, so a re-run
+builds exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from psycopg2 import sql
+
+from airflow_pool_provider.copy import sequences
+from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.stopping import StopSignal
+from airflow_pool_provider.copy.workers import run_workers
+from airflow_pool_provider.errors import CopyError, first_line
+from airflow_pool_provider.migration.ledger import MigrationLedger
+from airflow_pool_provider.pool import ConnectionPool
+
+STAGE_NAME = "post_data"
+
+# Read with an empty search_path, so every name in a definition comes schema-qualified.
+_INDEXES = """
+SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, c.contype::text, c.condeferrable, c.condeferred,
+       pg_get_constraintdef(c.oid), ic.relkind::text
+  FROM pg_index i
+  JOIN pg_class ic ON ic.oid = i.indexrelid
+  LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
+ WHERE i.indrelid = %s
+ ORDER BY c.contype IS NULL, ic.relname
+"""
+_FOREIGN_KEYS = """
+SELECT c.conname, c.conrelid, c.confrelid, pg_get_constraintdef(c.oid), c.convalidated, r.relkind::text
+  FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+ WHERE c.contype = 'f' AND c.conrelid = ANY(%s) AND c.conparentid = 0
+ ORDER BY c.conname
+"""
+
+
+@dataclass(frozen=True)
+class IndexDef:
+    """An index of a source relation, and the constraint it backs, if any."""
+
+    table: TableName
+    name: str
+    definition: str  # CREATE [UNIQUE] INDEX ... ON schema.table ...
+    constraint: str | None
+    kind: str | None  # p, u, x
+    deferrable: bool
+    deferred: bool
+    constraint_definition: str | None
+    partitioned: bool  # an index of a partitioned table (built through its leaves)
+
+    @property
+    def object(self) -> str:
+        return f"index {self.table.schema}.{self.name}"
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    table: TableName
+    references: TableName | None  # None: a table outside the selection
+    definition: str
+    validated: bool
+    partitioned: bool
+
+    @property
+    def object(self) -> str:
+        return f"foreign key {self.table}.{self.name}"
+
+
+def read_indexes(scur, oid: int, table: TableName) -> list[IndexDef]:
+    scur.execute("SET LOCAL search_path = ''")
+    scur.execute(_INDEXES, (oid,))
+    return [IndexDef(table, name, definition, conname, kind, bool(deferrable), bool(deferred), condef,
+                     relkind == "I")
+            for name, definition, conname, kind, deferrable, deferred, condef, relkind in scur.fetchall()]
+
+
+def read_foreign_keys(scur, oids: dict[int, TableName]) -> list[ForeignKey]:
+    scur.execute("SET LOCAL search_path = ''")
+    scur.execute(_FOREIGN_KEYS, (list(oids),))
+    return [ForeignKey(name, oids[table], oids.get(ref), definition, validated, kind == "p")
+            for name, table, ref, definition, validated, kind in scur.fetchall()]
+
+
+def build_indexes(target_pool: ConnectionPool, indexes: list[IndexDef], ledger: MigrationLedger, workers: int,
+                  stop: StopSignal, log: logging.Logger | logging.LoggerAdapter) -> int:
+    """Build ``indexes`` (of one table): the indexes on up to ``workers`` connections at once
+    (``CREATE INDEX`` locks allow each other), then, one after another, the constraints on them
+    (``ADD CONSTRAINT`` takes an exclusive lock, which two at once would deadlock on). Returns
+    how many objects were built (the others were done already)."""
+    built: list[str] = []
+
+    def once(what: str, statements: list[sql.Composable]) -> None:
+        with stop.checkout(target_pool) as tconn, tconn.cursor() as tcur:
+            if ledger.done(tcur, STAGE_NAME, what):
+                tconn.rollback()
+                return
+            for statement in statements:
+                tcur.execute(statement)
+            ledger.record(tcur, STAGE_NAME, what)
+            tconn.commit()
+            built.append(what.split(" ", 1)[1])
+
+    plain = [i for i in indexes if _index_statement(i) is not None]
+    outcome = run_workers(plain, workers, lambda i: once(i.object, [_index_statement(i)]), stop,
+                          describe=lambda i: i.object, name="index-builder")
+    if outcome.failure is not None:
+        raise CopyError(f"building the indexes of {indexes[0].table} failed: {first_line(outcome.failure)}") \
+            from outcome.failure
+    for index in indexes:
+        statement = _constraint_statement(index)
+        if statement is not None:
+            once(f"constraint {index.table.schema}.{index.table.name}.{index.constraint}", [statement])
+    if built:
+        log.info("post-data %s: built %s", indexes[0].table, ", ".join(sorted(built)))
+    return len(built)
+
+
+def _index_statement(index: IndexDef) -> sql.Composable | None:
+    """The index on its own, or None where the constraint builds it (exclusion constraints, and
+    the keys of a partitioned table, which reuse the leaves' indexes)."""
+    if index.kind == "x" or (index.partitioned and index.kind in ("p", "u")):
+        return None
+    # Not ON ONLY: on a partitioned table, the index reuses the leaves' matching indexes.
+    return sql.SQL(index.definition.replace(" ON ONLY ", " ON ", 1) if index.partitioned else index.definition)
+
+
+def _constraint_statement(index: IndexDef) -> sql.Composable | None:
+    if index.kind is None:
+        return None
+    table, constraint = index.table.identifier(), sql.Identifier(index.constraint)
+    if index.kind == "x" or index.partitioned:
+        return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(table, constraint,
+                                                                     sql.SQL(index.constraint_definition))
+    key = "PRIMARY KEY" if index.kind == "p" else "UNIQUE"
+    timing = " DEFERRABLE" + (" INITIALLY DEFERRED" if index.deferred else "") if index.deferrable else ""
+    return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} " + key + " USING INDEX {}" + timing).format(
+        table, constraint, sql.Identifier(index.name))
+
+
+def add_foreign_keys(target_pool: ConnectionPool, keys: list[ForeignKey], ledger: MigrationLedger,
+                     log: logging.Logger | logging.LoggerAdapter) -> list[str]:
+    """Add and validate the foreign keys between selected tables; returns those left out (their
+    referenced table is not migrated)."""
+    left_out = [f"{k.table}.{k.name}" for k in keys if k.references is None]
+    for key in (k for k in keys if k.references is not None):
+        with target_pool.connection() as tconn, tconn.cursor() as tcur:
+            if ledger.done(tcur, STAGE_NAME, key.object):
+                tconn.rollback()
+                continue
+            table, name = key.table.identifier(), sql.Identifier(key.name)
+            # PostgreSQL 15 has no NOT VALID foreign keys on a partitioned table: validated as added.
+            deferred_check = key.validated and not key.partitioned and not key.definition.endswith("NOT VALID")
+            tcur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}" + (" NOT VALID" if deferred_check else ""))
+                         .format(table, name, sql.SQL(key.definition)))
+            if deferred_check:
+                tconn.commit()  # the key holds for new rows from now on; the check reads without blocking
+                tcur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, name))
+            ledger.record(tcur, STAGE_NAME, key.object)
+            tconn.commit()
+    if left_out:
+        log.warning("post-data: foreign keys to tables outside the migration were left out: %s", left_out)
+    return left_out
+
+
+def move_sequence(scur, tcur, schema: str, name: str) -> int:
+    """Set a target sequence from the source's position, never backwards; its next value."""
+    ident = sql.Identifier(schema, name)
+    next_value, _ = sequences.move(scur, tcur, ident, ident, sequences.increment(tcur, ident))
+    return next_value
+
+
+def analyze(tcur, tables: list[TableName]) -> None:
+    for table in tables:
+        tcur.execute(sql.SQL("ANALYZE {}").format(table.identifier()))
+

@@ -1,0 +1,132 @@
+"""The verification stage and the end-of-run report.
+
+Per table (through its leaves): rows and checksums of the target against what the data stage
+read (the ledger's per-chunk source sums), and the indexes, constraints and triggers present in
+the source present in the target too. One table in the log, the same as XCom; a failed check
+fails the task. When the source's snapshot had to be taken anew during the migration, the
+tables read at different instants are named: foreign keys between them may then not hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from psycopg2 import sql
+
+from airflow_pool_provider.copy import catalog as copy_catalog
+from airflow_pool_provider.copy import checksum
+from airflow_pool_provider.copy.ledger import Ledger
+from airflow_pool_provider.copy.verify import check_table
+from airflow_pool_provider.migration.data import copy_id
+from airflow_pool_provider.migration.report import render
+from airflow_pool_provider.migration.selection import Selection
+
+_OBJECTS = """
+SELECT 'index ' || c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = to_regclass(%(t)s)
+UNION ALL
+SELECT 'constraint ' || conname FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype <> 't'
+UNION ALL
+SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal
+"""
+_TIMING = """
+SELECT coalesce(sum(bytes_copied), 0),
+       coalesce(extract(epoch FROM max(finished_at) - min(finished_at - seconds * interval '1 second')), 0)
+  FROM {} WHERE copy_id = ANY(%s)
+"""
+
+
+@dataclass(frozen=True)
+class TableReport:
+    table: str
+    rows: int
+    megabytes: float
+    seconds: float  # from its first chunk's start to its last chunk's end
+    checksums_match: bool
+    missing: list[str] = field(default_factory=list)  # objects of the source the target lacks
+    snapshot_epochs: list[int] = field(default_factory=list)
+
+    @property
+    def rows_per_second(self) -> int:
+        return round(self.rows / self.seconds) if self.seconds > 0 else 0
+
+    @property
+    def verified(self) -> bool:
+        return self.checksums_match and not self.missing
+
+
+@dataclass(frozen=True)
+class MigrationReport:
+    migration_id: str
+    tables: list[TableReport]
+    one_instant: bool  # every table read through the same snapshot
+    foreign_keys_left_out: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return all(t.verified for t in self.tables)
+
+    def to_xcom(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["verified"] = self.verified
+        for row, table in zip(out["tables"], self.tables, strict=True):
+            row["verified"], row["rows_per_second"] = table.verified, table.rows_per_second
+        return out
+
+    def table(self) -> str:
+        rows = [(t.table, t.rows, round(t.megabytes, 1), round(t.seconds, 2), t.rows_per_second,
+                 "yes" if t.verified else "NO: " + ("checksums differ; " if not t.checksums_match else "")
+                 + ", ".join(t.missing)) for t in self.tables]
+        total = sum(t.rows for t in self.tables)
+        lines = [f"migration {self.migration_id}: {len(self.tables)} table(s), {total:,} rows, "
+                 + ("verified" if self.verified else "NOT verified"),
+                 render(("table", "rows", "MB", "seconds", "rows/s", "verified"), rows)]
+        if not self.one_instant:
+            epochs = {t.table: t.snapshot_epochs for t in self.tables}
+            lines.append("NOT one instant: the source's snapshot was lost and taken anew, so these tables were read "
+                         f"at different instants (snapshot epochs per table: {epochs}); foreign keys between them "
+                         "may not hold if the source was written to meanwhile")
+        if self.foreign_keys_left_out:
+            lines.append(f"foreign keys to tables outside the migration, left out: {self.foreign_keys_left_out}")
+        return "\n".join(lines)
+
+
+def verify(scur, tcur, selection: Selection, migration_id: str, ledger_schema: str,
+           epochs: dict[str, list[int]], left_out: list[str]) -> MigrationReport:
+    """``scur``: a source transaction (the catalog); ``epochs``: per leaf, the snapshot epochs its
+    chunks were read through."""
+    ledger = Ledger(ledger_schema)
+    reports = []
+    for table in selection.tables:
+        leaves = selection.data_sources(table)
+        rows, match, leaf_epochs = 0, True, set()
+        for leaf in leaves:
+            source = copy_catalog.load_table(scur, leaf.name, "source")
+            target = copy_catalog.load_table(tcur, leaf.name, "target")
+            columns = source.copyable_columns()
+            result = check_table(tcur, target, columns, checksum.method(source, target, columns), ledger,
+                                 [copy_id(migration_id, str(leaf.name))])
+            rows += result.target_rows
+            match = match and result.matches
+            leaf_epochs |= set(epochs.get(str(leaf.name), []))
+        ids = [copy_id(migration_id, str(leaf.name)) for leaf in leaves]
+        tcur.execute(sql.SQL(_TIMING).format(ledger.table), (ids,))
+        nbytes, seconds = tcur.fetchone()
+        missing = _missing_objects(scur, tcur, [table, *selection.catalog.partitions_of(table.oid)], left_out)
+        reports.append(TableReport(str(table.name), rows, int(nbytes) / 1e6, float(seconds), match, missing,
+                                   sorted(leaf_epochs)))
+    all_epochs = {e for r in reports for e in r.snapshot_epochs}
+    return MigrationReport(migration_id, reports, len(all_epochs) <= 1, left_out)
+
+
+def _missing_objects(scur, tcur, relations, left_out: list[str]) -> list[str]:
+    missing = []
+    for relation in relations:
+        names = {}
+        for side, cur in (("source", scur), ("target", tcur)):
+            cur.execute(_OBJECTS, {"t": str(relation.name)})
+            names[side] = {row[0] for row in cur.fetchall()}
+        expected = {n for n in names["source"] if f"{relation.name}.{n.split(' ', 1)[1]}" not in left_out}
+        missing += [f"{n} on {relation.name.name}" for n in sorted(expected - names["target"])]
+    return missing
