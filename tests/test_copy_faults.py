@@ -150,7 +150,7 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
         "source_conn_id": make_conn_id(src_db), "target_conn_id": make_conn_id(dst_db),
         "chunk_size": 500, "parallelism": 2, "copy_id": "killed-task",
     }
-    first = DagTestProcess("copy_table", conf)
+    first = DagTestProcess("copy_table_test", conf)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and first.process.poll() is None:
@@ -169,7 +169,7 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
         assert cur.fetchone()[0] == done_before * 500  # exactly the ledger's chunks are in the target
     dst.commit()
 
-    second = DagTestProcess("copy_table", conf)
+    second = DagTestProcess("copy_table_test", conf)
     try:
         assert second.wait(300) == 0, second.output[-6000:]
     finally:

@@ -17,7 +17,7 @@ DAGS = Path(__file__).parent / "dags"
 
 @pytest.fixture
 def copy_dag():
-    return load_dag("copy_table")
+    return load_dag("copy_table_test")
 
 
 @pytest.fixture
@@ -201,7 +201,7 @@ def test_dag_file_parses_without_import_errors():
 
     bag = DagBag(dag_folder=str(DAGS))
     assert bag.import_errors == {}
-    assert "copy_table" in bag.dag_ids
+    assert "copy_table_test" in bag.dag_ids
 
 
 def test_the_example_dag_follows_airflow_conventions():
@@ -209,7 +209,7 @@ def test_the_example_dag_follows_airflow_conventions():
 
     bag = DagBag(dag_folder=str(Path(__file__).parent.parent / "dags"))
     assert bag.import_errors == {}
-    dag = bag.dags["example_chunked_copy"]
+    dag = bag.dags["copy_table"]
     assert dag.max_active_runs == 1
     missing = [name for name, param in dag.params.items() if not dag.params.get_param(name).description]
     assert missing == []

@@ -23,7 +23,7 @@ OPENLINEAGE_PLUGIN_MODULE = "airflow.providers.openlineage.plugins.openlineage"
 
 @pytest.fixture
 def copy_dag():
-    return load_dag("copy_table")
+    return load_dag("copy_table_test")
 
 
 @dataclass
@@ -119,7 +119,7 @@ def _task_events(path: Path, run_id: str) -> dict[str, dict[str, Any]]:
     lines = path.read_text().splitlines() if path.exists() else []
     for event in map(json.loads, lines):
         facets = event["run"]["facets"]
-        if event["job"]["name"] == "copy_table.copy" and facets["airflow"]["dagRun"]["run_id"] == run_id:
+        if event["job"]["name"] == "copy_table_test.copy" and facets["airflow"]["dagRun"]["run_id"] == run_id:
             assert event["eventType"] not in found, f"two {event['eventType']} events for one task run"
             found[event["eventType"]] = event
     return found

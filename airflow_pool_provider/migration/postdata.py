@@ -151,11 +151,17 @@ def _constraint_statement(index: IndexDef) -> sql.Composable | None:
         table, constraint, sql.Identifier(index.name))
 
 
+@dataclass(frozen=True)
+class ForeignKeysAdded:
+    added: int
+    left_out: list[str]  # to tables outside the migration
+
+
 def add_foreign_keys(target_pool: ConnectionPool, keys: list[ForeignKey], ledger: MigrationLedger,
-                     log: logging.Logger | logging.LoggerAdapter) -> list[str]:
-    """Add and validate the foreign keys between selected tables; returns those left out (their
-    referenced table is not migrated)."""
+                     log: logging.Logger | logging.LoggerAdapter) -> ForeignKeysAdded:
+    """Add and validate the foreign keys between selected tables (those not added yet)."""
     left_out = [f"{k.table}.{k.name}" for k in keys if k.references is None]
+    added = 0
     for key in (k for k in keys if k.references is not None):
         with target_pool.connection() as tconn, tconn.cursor() as tcur:
             if ledger.done(tcur, STAGE_NAME, key.object):
@@ -171,9 +177,10 @@ def add_foreign_keys(target_pool: ConnectionPool, keys: list[ForeignKey], ledger
                 tcur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, name))
             ledger.record(tcur, STAGE_NAME, key.object)
             tconn.commit()
+            added += 1
     if left_out:
         log.warning("post-data: foreign keys to tables outside the migration were left out: %s", left_out)
-    return left_out
+    return ForeignKeysAdded(added, left_out)
 
 
 def move_sequence(scur, tcur, schema: str, name: str) -> int:

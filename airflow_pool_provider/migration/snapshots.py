@@ -63,16 +63,17 @@ class MigrationSnapshots:
         epoch = current.get("epoch", 1) + 1 if current else 1
         self.ledger.record(tcur, STAGE_NAME, STAGE, detail={**held.to_detail(), "epoch": epoch})
         tconn.commit()
-        if epoch > 1:
+        if lost is not None:
             self.log.warning(
                 "migration %s: its source snapshot %s is gone; tables read from now on are read as of a NEW "
                 "instant (snapshot %s, epoch %d), and the report will say which", self.ledger.migration_id,
-                (current or {}).get("snapshot"), held.snapshot, epoch)
+                lost, held.snapshot, epoch)
         else:
             self.log.info(
-                "migration %s: source snapshot %s held by process %d (backend %d) until the migration ends; "
-                "while it is held, vacuum on the source keeps rows deleted since", self.ledger.migration_id,
-                held.snapshot, held.pid, held.backend_pid)
+                "migration %s: source snapshot %s (epoch %d) held by process %d (backend %d) until the migration "
+                "ends; while it is held, vacuum on the source keeps rows deleted since%s", self.ledger.migration_id,
+                held.snapshot, epoch, held.pid, held.backend_pid,
+                "; the tables copied by an earlier run keep the epoch they were read at" if epoch > 1 else "")
         return held.snapshot
 
     def _held(self) -> bool:

@@ -168,16 +168,17 @@ def post_data(m: Migration) -> PostDataResult:
                            and r.is_table}
         keys = postdata.read_foreign_keys(scur, restored_tables)
     built = sum(build_table(m, r) for r in _tables_leaves_first(chosen))
-    left_out = postdata.add_foreign_keys(m.target_pool, keys, m.ledger, m.log)
+    foreign = postdata.add_foreign_keys(m.target_pool, keys, m.ledger, m.log)
     restored = _restore_post_data(m, chosen)
     moved = _move_sequences(m, chosen)
     with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         postdata.analyze(tcur, [t.name for t in chosen.tables])
-        m.ledger.record(tcur, postdata.STAGE_NAME, STAGE, detail={"left_out": left_out})
+        m.ledger.record(tcur, postdata.STAGE_NAME, STAGE, detail={"left_out": foreign.left_out})
         tconn.commit()
-    m.log.info("post-data: %d index(es) built now, %d foreign key(s), %d trigger(s)/rule(s)/polic(ies), "
-               "%d sequence(s) moved, tables analyzed", built, len(keys) - len(left_out), restored, len(moved))
-    return PostDataResult(built, len(keys) - len(left_out), left_out, restored, moved)
+    m.log.info("post-data: %d index(es) and key(s) built now, %d foreign key(s) added and validated, %d "
+               "trigger(s)/rule(s)/polic(ies) restored, %d sequence(s) set, tables analyzed", built, foreign.added,
+               restored, len(moved))
+    return PostDataResult(built, foreign.added, foreign.left_out, restored, moved)
 
 
 def _tables_leaves_first(chosen: Selection) -> list[Relation]:

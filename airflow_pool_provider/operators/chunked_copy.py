@@ -24,11 +24,12 @@ MAP_INDEX_TEMPLATE = "{{ task.source_table }} -> {{ task.target_table or task.so
 
 
 def _templated(value: Any) -> bool:
+    """Known only at run time: a Jinja template, or another task's output (an XComArg)."""
     if isinstance(value, str):
         return "{{" in value or "{%" in value
     if isinstance(value, (list, tuple)):
         return any(_templated(v) for v in value)
-    return False
+    return hasattr(value, "resolve")
 
 
 def _as_int(name: str, value: Any) -> Any:

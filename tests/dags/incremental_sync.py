@@ -1,0 +1,1 @@
+../../dags/incremental_sync.py

@@ -1,0 +1,109 @@
+"""The example DAGs of dags/ through Airflow itself (dag.test): copy_table and incremental_sync
+(migrate_tables has tests/test_migration.py); none touches a database when parsed."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg2
+import pytest
+from dag_runs import load_dag, run_dag
+
+from airflow_pool_provider.testing.data import create_events, table_digest
+
+ORDERS = """
+CREATE TYPE order_status AS ENUM ('new', 'paid', 'shipped', 'cancelled');
+CREATE TABLE orders (id bigint PRIMARY KEY, status order_status NOT NULL, total numeric(12,2) NOT NULL,
+                     updated_at timestamptz NOT NULL);
+"""
+
+
+@pytest.fixture
+def databases(pg_server, make_database, make_conn_id):
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
+    src.autocommit = dst.autocommit = True
+    make_conn_id(src_db, conn_id="migration_source")
+    make_conn_id(dst_db, conn_id="migration_target")
+    yield src, dst
+    src.close()
+    dst.close()
+
+
+def test_dag_files_parse_without_touching_a_database(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    # No connection is defined and no server is named: parsing must not need either.
+    monkeypatch.delenv("AIRFLOW_CONN_MIGRATION_SOURCE", raising=False)
+    monkeypatch.delenv("AIRFLOW_CONN_MIGRATION_TARGET", raising=False)
+    bag = DagBag(dag_folder=str(Path(__file__).parent.parent / "dags"))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == {"copy_table", "migrate_tables", "incremental_sync"}
+
+
+def test_copy_table_copies_one_table(airflow_db, databases):
+    src, dst = databases
+    create_events(src, 3000)
+    create_events(dst, 0)
+    src.autocommit = dst.autocommit = False
+    run, summary = run_dag(load_dag("copy_table", "copy_table.py"), {"chunk_size": 1000, "mode": "replace"})
+    assert run.state == "success" and summary["verified"] and summary["rows"] == 3000
+    assert table_digest(dst) == table_digest(src)
+
+
+def _at(hour: int, minute: int = 0) -> datetime:
+    return datetime(2025, 1, 1, hour, minute, tzinfo=timezone.utc)
+
+
+def _sync(interval_end: datetime) -> tuple:
+    dag = load_dag("incremental_sync", "incremental_sync.py")
+    run = dag.test(logical_date=interval_end)
+    from airflow.models.xcom import XComModel
+    from airflow.settings import Session
+
+    query = XComModel.get_many(run_id=run.run_id, dag_ids=dag.dag_id, task_ids="upsert", key="return_value")
+    with Session() as session:
+        row = session.scalars(query).first()
+    return run, XComModel.deserialize_value(row) if row is not None else None
+
+
+def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(airflow_db, databases):
+    src, dst = databases
+    for conn in (src, dst):
+        with conn.cursor() as cur:
+            cur.execute(ORDERS)
+    with src.cursor() as cur:
+        cur.execute("INSERT INTO orders SELECT g, 'new', g, timestamptz '2024-12-01' + g * interval '1 minute' "
+                    "FROM generate_series(1, 500) g")
+    first, full = _sync(_at(10))
+    assert first.state == "success" and full["rows"] == 500  # an empty target: the whole table
+    interval = (first.data_interval_start, first.data_interval_end)
+
+    # After the first run: new rows and changes stamped inside the next interval, one stamped just
+    # before it (a late commit, within the lookback), one stamped long before (outside it).
+    start = interval[1]
+    with src.cursor() as cur:
+        cur.execute("INSERT INTO orders SELECT g, 'new', g, %s FROM generate_series(501, 520) g",
+                    (start + _minutes(30),))
+        cur.execute("UPDATE orders SET status = 'paid', updated_at = %s WHERE id <= 10", (start,))
+        cur.execute("UPDATE orders SET status = 'shipped', updated_at = %s WHERE id = 100", (start - _minutes(5),))
+        cur.execute("UPDATE orders SET status = 'cancelled', updated_at = %s WHERE id = 200",
+                    (start - _minutes(120),))
+    second, delta = _sync(start + (interval[1] - interval[0]))
+    assert second.state == "success"
+    assert second.data_interval_start == start
+    assert delta["rows"] == 20 + 10 + 1  # inserted, updated, committed late; not the one outside the lookback
+    with dst.cursor() as cur:
+        cur.execute("SELECT status, count(*) FROM orders GROUP BY 1 ORDER BY 1")
+        assert cur.fetchall() == [("new", 509), ("paid", 10), ("shipped", 1)]  # id 200's change not seen
+
+    again, repeat = _sync(start + (interval[1] - interval[0]))  # the same interval again: safe
+    assert again.state == "success" and repeat["rows"] == 31
+    with dst.cursor() as cur:
+        cur.execute("SELECT count(*) FROM orders")
+        assert cur.fetchone()[0] == 520
+
+
+def _minutes(n: int) -> timedelta:
+    return timedelta(minutes=n)
