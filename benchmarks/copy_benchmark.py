@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import psycopg2
+from external import pgcopydb_clone
 
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE  # no Airflow import: AIRFLOW_HOME is set later
 
@@ -111,7 +112,7 @@ def _benchmark(server, temp, args) -> None:
         if shutil.which("pgcopydb"):
             clone_db = server.create_database("bench_clone")
             made.append(clone_db)
-            seconds = _pgcopydb(server, src_db, clone_db)
+            seconds = pgcopydb_clone(server, src_db, clone_db)
             results.append({"method": "pgcopydb clone, split, 2 jobs", "seconds": seconds,
                             "note": check("pgcopydb", clone_db)})
         else:
@@ -177,22 +178,6 @@ def _psql_pipe(psql: str, server, src_db: str, dst_db: str, fmt: str) -> float:
     if out.wait() or into.returncode:
         raise SystemExit("the psql pipe failed")
     return time.perf_counter() - started
-
-
-def _pgcopydb(server, src_db: str, clone_db: str) -> float:
-    work = tempfile.mkdtemp(prefix="pgcopydb-")
-    command = [
-        "pgcopydb", "clone", "--source", server.uri(src_db), "--target", server.uri(clone_db),
-        "--dir", work, "--table-jobs", "2", "--index-jobs", "2", "--split-tables-larger-than", "50MB",
-        "--no-owner", "--no-acl", "--skip-extensions", "--notice",
-    ]
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    shutil.rmtree(work, ignore_errors=True)
-    if result.returncode:
-        raise SystemExit(f"pgcopydb failed:\n{result.stderr[-2000:]}")
-    return seconds
 
 
 def _generic_transfer(env: dict[str, str], rows: int) -> float:
