@@ -183,3 +183,17 @@ def test_a_missing_or_too_old_pg_dump_gives_a_clear_error(tmp_path):
     with pytest.raises(ToolMissing, match="no pg_dump of major 99 or later .* Install postgresql-client-99"):
         find_tools(99, 15)
     assert find_tools(15, 15).major >= 15
+
+
+def test_replace_in_a_new_run_drops_and_migrates_the_selection_again(airflow_db, legacy, migrate):
+    src, dst = legacy
+    first, _ = run_dag(migrate, {"tables": ["customers", "orders"]}, task_id="verify")
+    assert first.state == "success"
+    with dst.cursor() as cur:  # the target drifted since
+        cur.execute("DELETE FROM orders WHERE id <= 10")
+        cur.execute("CREATE TABLE keep_me (id int)")
+    again, report = run_dag(migrate, {"tables": ["customers", "orders"], "mode": "replace"}, task_id="verify")
+    assert again.state == "success", _states(again)
+    assert report["verified"]
+    assert _digest(dst, "orders") == _digest(src, "orders")
+    assert _one(dst, "SELECT to_regclass('keep_me') IS NOT NULL")  # nothing outside the selection is touched

@@ -133,6 +133,11 @@ class Ledger:
         """Drop a copy's plan and progress (a copy that must start over)."""
         cur.execute(sql.SQL("DELETE FROM {} WHERE copy_id = %s").format(self.table), (copy_id,))
 
+    def forget_prefix(self, cur, prefix: str) -> None:
+        """Drop the plans and progress of every copy whose id starts with ``prefix`` (a migration's)."""
+        if _exists(cur, self.schema):
+            cur.execute(sql.SQL("DELETE FROM {} WHERE starts_with(copy_id, %s)").format(self.table), (prefix,))
+
     def claim(self, cur, copy_id: str, chunk_no: int) -> bool:
         """Lock the chunk's ledger row for this transaction; False if it is already done.
 

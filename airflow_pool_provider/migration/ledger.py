@@ -72,5 +72,10 @@ class MigrationLedger:
         cur.execute(sql.SQL("{} ORDER BY stage, object").format(query), params)
         return [StageRecord(*row) for row in cur.fetchall()]
 
+    def forget(self, cur, keep: tuple[str, ...] = ()) -> None:
+        """Delete the migration's records, but those of the stages in ``keep``."""
+        cur.execute(sql.SQL("DELETE FROM {} WHERE migration_id = %s AND stage <> ALL(%s)").format(self.table),
+                    (self.migration_id, list(keep)))
+
     def done(self, cur, stage: str, obj: str = STAGE) -> bool:
         return any(r.object == obj and r.status == "done" for r in self.records(cur, stage))

@@ -176,7 +176,9 @@ def _table_plans(scur, tcur, selection: Selection, request: MigrationRequest, cr
         plans.append(TablePlan(str(table.name), len(leaves) if table.kind == "p" else 0, rows, size, chunks,
                                indexes.get(table.oid, []), state, differences))
     if request.mode == "replace":
-        _check_dependents(tcur, [oid for oid, _ in in_target.values()], problems)
+        tcur.execute(_TARGET_TABLES, {"names": [str(v.name) for v in selection.views]})
+        views = [oid for _, oid, _ in tcur.fetchall()]  # they come along: dropped and made again too
+        _check_dependents(tcur, [oid for oid, _ in in_target.values()] + views, problems)
     return plans
 
 

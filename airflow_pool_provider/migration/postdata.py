@@ -15,6 +15,7 @@ builds exactly what is missing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from psycopg2 import sql
@@ -30,9 +31,13 @@ from airflow_pool_provider.pool import ConnectionPool
 STAGE_NAME = "post_data"
 
 # Read with an empty search_path, so every name in a definition comes schema-qualified.
+# The cost of a build, roughly: comparing numerics or collated text is slower than integers.
 _INDEXES = """
 SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, c.contype::text, c.condeferrable, c.condeferred,
-       pg_get_constraintdef(c.oid), ic.relkind::text
+       pg_get_constraintdef(c.oid), ic.relkind::text,
+       (SELECT coalesce(sum(CASE WHEN a.atttypid = 'numeric'::regtype THEN 6
+                                 WHEN a.attcollation <> 0 THEN 4 WHEN a.attlen > 0 THEN 1 ELSE 3 END), 8)
+          FROM unnest(i.indkey) AS k(attnum) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)
   FROM pg_index i
   JOIN pg_class ic ON ic.oid = i.indexrelid
   LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
@@ -60,6 +65,7 @@ class IndexDef:
     deferred: bool
     constraint_definition: str | None
     partitioned: bool  # an index of a partitioned table (built through its leaves)
+    cost: int = 1  # relative: the costliest are built first, so that they do not end last
 
     @property
     def object(self) -> str:
@@ -84,8 +90,8 @@ def read_indexes(scur, oid: int, table: TableName) -> list[IndexDef]:
     scur.execute("SET LOCAL search_path = ''")
     scur.execute(_INDEXES, (oid,))
     return [IndexDef(table, name, definition, conname, kind, bool(deferrable), bool(deferred), condef,
-                     relkind == "I")
-            for name, definition, conname, kind, deferrable, deferred, condef, relkind in scur.fetchall()]
+                     relkind == "I", cost)
+            for name, definition, conname, kind, deferrable, deferred, condef, relkind, cost in scur.fetchall()]
 
 
 def read_foreign_keys(scur, oids: dict[int, TableName]) -> list[ForeignKey]:
@@ -96,11 +102,13 @@ def read_foreign_keys(scur, oids: dict[int, TableName]) -> list[ForeignKey]:
 
 
 def build_indexes(target_pool: ConnectionPool, indexes: list[IndexDef], ledger: MigrationLedger, workers: int,
-                  stop: StopSignal, log: logging.Logger | logging.LoggerAdapter) -> int:
+                  stop: StopSignal, log: logging.Logger | logging.LoggerAdapter,
+                  alongside: Callable[[], None] | None = None) -> int:
     """Build ``indexes`` (of one table): the indexes on up to ``workers`` connections at once
     (``CREATE INDEX`` locks allow each other), then, one after another, the constraints on them
     (``ADD CONSTRAINT`` takes an exclusive lock, which two at once would deadlock on). Returns
-    how many objects were built (the others were done already)."""
+    how many objects were built (the others were done already). ``alongside`` runs on a builder
+    that has no index left to build, while the others still build (a read of the table)."""
     built: list[str] = []
 
     def once(what: str, statements: list[sql.Composable]) -> None:
@@ -114,9 +122,14 @@ def build_indexes(target_pool: ConnectionPool, indexes: list[IndexDef], ledger: 
             tconn.commit()
             built.append(what.split(" ", 1)[1])
 
-    plain = [i for i in indexes if _index_statement(i) is not None]
-    outcome = run_workers(plain, workers, lambda i: once(i.object, [_index_statement(i)]), stop,
-                          describe=lambda i: i.object, name="index-builder")
+    # The costliest first: with fewer builders than indexes, the longest build starts at once.
+    plain = sorted((i for i in indexes if _index_statement(i) is not None), key=lambda i: -i.cost)
+    jobs: list[tuple[str, Callable[[], None]]] = [
+        (i.object, lambda i=i: once(i.object, [_index_statement(i)])) for i in plain]
+    if alongside is not None:
+        jobs.append(("the table's check", alongside))
+    outcome = run_workers(jobs, max(workers, 2 if alongside else 1), lambda job: job[1](), stop,
+                          describe=lambda job: job[0], name="index-builder")
     if outcome.failure is not None:
         raise CopyError(f"building the indexes of {indexes[0].table} failed: {first_line(outcome.failure)}") \
             from outcome.failure

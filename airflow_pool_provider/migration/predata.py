@@ -18,6 +18,7 @@ from typing import Any
 
 from psycopg2 import sql
 
+from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.migration import catalog, schema, toc
 from airflow_pool_provider.migration.ledger import STAGE, MigrationLedger
@@ -47,10 +48,16 @@ def run(tconn, selection: Selection, request: MigrationRequest, ledger: Migratio
     tables = [str(t.name) for t in selection.tables]
     with tconn.cursor() as tcur:
         ledger.ensure(tcur)
-        if ledger.done(tcur, STAGE_NAME):
+        done = next((r for r in ledger.records(tcur, STAGE_NAME) if r.object == STAGE), None)
+        if done is not None and (request.mode != "replace" or done.detail.get("run") == request.run_id):
             tconn.rollback()
             log.info("pre-data: done by an earlier run of migration %s; nothing to do", ledger.migration_id)
             return PreDataResult(0, [], [], tables, skipped=True)
+        if done is not None:  # replace, in a new run: everything recorded of the earlier one goes
+            ledger.forget(tcur, keep=("snapshot",))
+            Ledger(request.ledger_schema).forget_prefix(tcur, f"{ledger.migration_id}:")
+            log.info("pre-data: mode=replace: the earlier run's records of migration %s are cleared; it starts over",
+                     ledger.migration_id)
         dropped = _drop_selected(tcur, selection) if request.mode == "replace" else []
         with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
             archive = schema.dump(tools, source_connect, request.schemas, snapshot, Path(folder))
@@ -62,6 +69,7 @@ def run(tconn, selection: Selection, request: MigrationRequest, ledger: Migratio
         for table in tables:
             ledger.record(tcur, STAGE_NAME, table)
         ledger.record(tcur, STAGE_NAME, STAGE, detail={"entries": len(entries), "reused": sorted(reused.values()),
+                                                       "run": request.run_id,
                                                        "dropped": dropped})
     tconn.commit()
     log.info("pre-data: %d object(s) restored in one transaction (%d table(s)); reused as they were: %s%s",

@@ -33,6 +33,7 @@ class MigrationRequest:
     dry_run: bool = False
     ledger_schema: str = DEFAULT_LEDGER_SCHEMA
     pg_bin_dir: str | None = None
+    run_id: str | None = None  # the DAG run: replace starts over in a new run, a retry in the same one resumes
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -133,7 +133,7 @@ def _finish_loaded(m: Migration, chosen: Selection, leaf: str) -> None:
     """A leaf's rows are all in: its indexes now; its partitioned table's once all its leaves are."""
     by_name = {str(r.name): r for r in chosen.catalog.relations.values()}
     relation = by_name[leaf]
-    build_table(m, relation)
+    build_table(m, relation, alongside=lambda: check_loaded(m, relation))
     parent = chosen.catalog.relations.get(relation.parent) if relation.parent else None
     while parent is not None:
         if not all(_loaded(m, str(x.name)) for x in chosen.catalog.leaves(parent.oid)):
@@ -142,14 +142,25 @@ def _finish_loaded(m: Migration, chosen: Selection, leaf: str) -> None:
         parent = chosen.catalog.relations.get(parent.parent) if parent.parent else None
 
 
-def build_table(m: Migration, relation: Relation) -> int:
-    """Build a table's indexes and keys (the missing ones)."""
+def build_table(m: Migration, relation: Relation, alongside: Callable[[], None] | None = None) -> int:
+    """Build a table's indexes and keys (the missing ones); ``alongside`` while they build."""
     with m.source_reading() as scur:
         indexes = postdata.read_indexes(scur, relation.oid, relation.name)
     if not indexes:
+        if alongside is not None:
+            alongside()
         return 0
     workers = max(1, min(len(indexes), m.request.parallelism))
-    return postdata.build_indexes(m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log)
+    return postdata.build_indexes(m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside)
+
+
+def check_loaded(m: Migration, leaf: Relation) -> None:
+    """Check a loaded table against what was read (one pass), and record the result for the
+    verify stage: done here, it reads the table while its slowest index still builds."""
+    with m.source_reading() as scur, m.target_pool.connection() as tconn, tconn.cursor() as tcur:
+        result = verify.check_leaf(scur, tcur, leaf, m.migration_id, m.request.ledger_schema)
+        m.ledger.record(tcur, verify.STAGE_NAME, str(leaf.name), detail=asdict(result))
+        tconn.commit()
 
 
 @dataclass(frozen=True)
@@ -227,9 +238,11 @@ def verify_and_report(m: Migration) -> verify.MigrationReport:
         chosen = m.selection(scur)
         records = m.ledger.records(tcur, data.STAGE_NAME)
         epochs = {r.object: r.detail.get("epochs", []) for r in records}
+        checked = {r.object: verify.TableCheck(**r.detail) for r in m.ledger.records(tcur, verify.STAGE_NAME)
+                   if r.object != STAGE}
         left_out = next((r.detail.get("left_out", []) for r in m.ledger.records(tcur, postdata.STAGE_NAME)
                          if r.object == STAGE), [])
-        report = verify.verify(scur, tcur, chosen, m.migration_id, m.request.ledger_schema, epochs, left_out)
+        report = verify.verify(scur, tcur, chosen, m.migration_id, m.request.ledger_schema, epochs, left_out, checked)
         tconn.rollback()
     return report
 

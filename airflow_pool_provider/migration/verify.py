@@ -17,10 +17,13 @@ from psycopg2 import sql
 from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy import checksum
 from airflow_pool_provider.copy.ledger import Ledger
-from airflow_pool_provider.copy.verify import check_table
+from airflow_pool_provider.copy.verify import TableCheck, check_table
+from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.data import copy_id
 from airflow_pool_provider.migration.report import render
 from airflow_pool_provider.migration.selection import Selection
+
+STAGE_NAME = "verify"
 
 _OBJECTS = """
 SELECT 'index ' || c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
@@ -92,21 +95,28 @@ class MigrationReport:
         return "\n".join(lines)
 
 
+def check_leaf(scur, tcur, leaf: Relation, migration_id: str, ledger_schema: str) -> TableCheck:
+    """One pass over a loaded leaf in the target, against the ledger's sums of what was read."""
+    source = copy_catalog.load_table(scur, leaf.name, "source")
+    target = copy_catalog.load_table(tcur, leaf.name, "target")
+    columns = source.copyable_columns()
+    return check_table(tcur, target, columns, checksum.method(source, target, columns), Ledger(ledger_schema),
+                       [copy_id(migration_id, str(leaf.name))])
+
+
 def verify(scur, tcur, selection: Selection, migration_id: str, ledger_schema: str,
-           epochs: dict[str, list[int]], left_out: list[str]) -> MigrationReport:
+           epochs: dict[str, list[int]], left_out: list[str],
+           checked: dict[str, TableCheck] | None = None) -> MigrationReport:
     """``scur``: a source transaction (the catalog); ``epochs``: per leaf, the snapshot epochs its
-    chunks were read through."""
+    chunks were read through; ``checked``: leaves checked already, right after their load."""
     ledger = Ledger(ledger_schema)
     reports = []
     for table in selection.tables:
         leaves = selection.data_sources(table)
         rows, match, leaf_epochs = 0, True, set()
         for leaf in leaves:
-            source = copy_catalog.load_table(scur, leaf.name, "source")
-            target = copy_catalog.load_table(tcur, leaf.name, "target")
-            columns = source.copyable_columns()
-            result = check_table(tcur, target, columns, checksum.method(source, target, columns), ledger,
-                                 [copy_id(migration_id, str(leaf.name))])
+            result = (checked or {}).get(str(leaf.name)) or check_leaf(scur, tcur, leaf, migration_id,
+                                                                       ledger_schema)
             rows += result.target_rows
             match = match and result.matches
             leaf_epochs |= set(epochs.get(str(leaf.name), []))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowNotFoundException, AirflowSkipException
@@ -97,7 +98,7 @@ class MigrationStageOperator(BaseOperator):
 
     def execute(self, context: Context) -> Any:
         try:
-            request = self.request()
+            request = replace(self.request(), run_id=context["run_id"])
             source, target = PooledPostgresHook(self.source_conn_id), PooledPostgresHook(self.target_conn_id)
             migration_id = request.resolved_id(self.source_conn_id, self.target_conn_id)
             return self.run_stage(context, request, migration_id, source, target)
