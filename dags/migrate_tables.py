@@ -59,6 +59,10 @@ with DAG(
                       description="resume: a new migration, or finish the one with this id; refuses target tables "
                                   "it did not create. replace: drop the selected tables in the target first (never "
                                   "anything else; refuses if other objects depend on them)."),
+        "keep_owners": Param(False, type="boolean", title="Keep owners",
+                             description="Give the migrated objects their source owners (those roles must exist "
+                                         "in the target); off: the target connection's user owns them. Grants are "
+                                         "never copied."),
         "migration_id": Param("", type="string", maxLength=100, pattern=r"^[A-Za-z0-9_.:-]*$", title="Migration id",
                               description="Empty: derived from the connections and the selection, so the same "
                                           "migration run again resumes or confirms it."),
@@ -76,4 +80,5 @@ with DAG(
         mode="{{ params.mode }}",
         migration_id="{{ params.migration_id }}",
         dry_run="{{ params.dry_run }}",
+        keep_owners="{{ params.keep_owners }}",
     )

@@ -3,11 +3,15 @@ the plan (and dry run), the source snapshot's holder, the pre-data stage and the
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import psycopg2
 import pytest
 from dag_runs import load_dag, run_dag
+from psycopg2 import sql
 
-from airflow_pool_provider.errors import CopyMistake, ToolMissing
+from airflow_pool_provider.errors import CopyError, CopyMistake, ToolMissing
 from airflow_pool_provider.migration import catalog, selection
 from airflow_pool_provider.migration.tools import find_tools
 from airflow_pool_provider.testing.legacy_db import seed
@@ -197,3 +201,95 @@ def test_replace_in_a_new_run_drops_and_migrates_the_selection_again(airflow_db,
     assert report["verified"]
     assert _digest(dst, "orders") == _digest(src, "orders")
     assert _one(dst, "SELECT to_regclass('keep_me') IS NOT NULL")  # nothing outside the selection is touched
+
+
+def test_the_configured_bin_directory_is_where_pg_dump_is_looked_for(airflow_db, legacy, migrate, monkeypatch,
+                                                                     tmp_path, capsys):
+    monkeypatch.setenv("AIRFLOW__POOLED_POSTGRES__PG_BIN_DIR", str(tmp_path))
+    run, _ = run_dag(migrate, {"dry_run": True}, task_id="plan")
+    assert run.state == "failed" and _states(run)["plan"] == "failed"
+    output = capsys.readouterr()
+    assert f"no pg_dump and pg_restore in {tmp_path}" in output.out + output.err
+
+
+def _owner(conn, table: str) -> str:
+    return _one(conn, "SELECT tableowner FROM pg_tables WHERE schemaname = 'public' AND tablename = %s", (table,))
+
+
+@pytest.fixture
+def owner_role(pg_server, legacy):
+    """A role owning the source's customers table; its objects are handed back before it is dropped."""
+    src, dst = legacy
+    role = f"owner_{uuid.uuid4().hex[:8]}"
+    pg_server.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+    with src.cursor() as cur:
+        cur.execute(sql.SQL("ALTER TABLE customers OWNER TO {}").format(sql.Identifier(role)))
+    src.commit()
+    yield role
+    for conn in (src, dst):
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(role)))
+        conn.commit()
+    pg_server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_owners_are_left_out_unless_asked_to_keep_them(airflow_db, legacy, migrate, owner_role, make_database,
+                                                        make_conn_id, pg_server):
+    src, dst = legacy
+    connecting_user = _one(dst, "SELECT current_user")
+    run, _ = run_dag(migrate, {"tables": ["customers"]}, task_id="pre_data")
+    assert run.state == "success"
+    assert _owner(dst, "customers") == connecting_user
+    kept_db = make_database(prefix="kept")
+    make_conn_id(kept_db, conn_id="migration_target")
+    run, _ = run_dag(migrate, {"tables": ["customers"], "keep_owners": True}, task_id="pre_data")
+    assert run.state == "success"
+    kept = psycopg2.connect(pg_server.dsn(kept_db))
+    try:
+        assert _owner(kept, "customers") == owner_role
+    finally:
+        with kept.cursor() as cur:
+            cur.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(sql.Identifier(owner_role)))
+        kept.commit()
+        kept.close()
+
+
+def test_an_index_build_memory_the_target_refuses_is_named_before_anything_runs(airflow_db, legacy, migrate,
+                                                                                monkeypatch, capsys):
+    src, dst = legacy
+    monkeypatch.setenv("AIRFLOW__POOLED_POSTGRES__INDEX_BUILD_MEMORY", "64kB")  # below the 1MB minimum
+    run, _ = run_dag(migrate, {"tables": ["customers"]}, task_id="plan")
+    assert run.state == "failed" and _states(run)["plan"] == "failed"
+    output = capsys.readouterr()
+    assert "index_build_memory '64kB' is not a maintenance_work_mem the target accepts" in output.out + output.err
+    assert _one(dst, "SELECT to_regclass('customers')") is None
+
+
+def test_index_builds_run_with_the_given_memory(legacy):
+    from airflow_pool_provider.copy.names import TableName
+    from airflow_pool_provider.copy.stopping import StopSignal
+    from airflow_pool_provider.migration import postdata
+    from airflow_pool_provider.migration.ledger import MigrationLedger
+    from airflow_pool_provider.pool import ConnectionPool
+
+    src, dst = legacy
+    with dst.cursor() as cur:  # the build evaluates the expression, which tells what the build's setting is
+        cur.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        cur.execute("CREATE FUNCTION memory_seen(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN "
+                    "RAISE EXCEPTION 'built with %', current_setting('maintenance_work_mem'); END $$")
+    ledger = MigrationLedger("public", "memory-test")
+    setup = psycopg2.connect(dst.dsn)
+    with setup, setup.cursor() as cur:
+        ledger.ensure(cur)
+    setup.close()
+    index = postdata.IndexDef(TableName("public", "t"), "t_memory",
+                              "CREATE INDEX t_memory ON public.t (public.memory_seen(id))",
+                              None, None, False, False, None, False)
+    pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=2)
+    try:
+        with pytest.raises(CopyError, match="built with 3MB"):
+            postdata.build_indexes(pool, [index], ledger, 1, StopSignal(), logging.getLogger(), memory="3MB")
+    finally:
+        pool.close()
+    with dst.cursor() as cur:
+        assert not ledger.done(cur, postdata.STAGE_NAME, index.object)

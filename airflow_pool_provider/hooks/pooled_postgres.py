@@ -85,6 +85,12 @@ def config_number(key: str, default: float | None, cast: type) -> Any:
     return value
 
 
+def config_text(key: str, default: str | None = None) -> str | None:
+    """A text setting of the provider's config section: ``default`` when unset, None when empty."""
+    value = conf.get(CONFIG_SECTION, key, fallback=None)
+    return default if value is None else str(value).strip() or None
+
+
 class PooledPostgresHook(PostgresHook):
     """A PostgresHook whose connections come from a per-process psycopg2 pool.
 

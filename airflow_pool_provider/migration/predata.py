@@ -65,7 +65,7 @@ def run(tconn, selection: Selection, request: MigrationRequest, ledger: Migratio
             entries = toc.pre_data(list(archive.entries), selection, existing)
             reused = _existing_objects(tcur, entries, selection)
             entries = [e for e in entries if e.dump_id not in reused]
-            schema.apply(tcur, schema.script(tools, archive, entries))
+            schema.apply(tcur, schema.script(tools, archive, entries, request.keep_owners))
         for table in tables:
             ledger.record(tcur, STAGE_NAME, table)
         ledger.record(tcur, STAGE_NAME, STAGE, detail={"entries": len(entries), "reused": sorted(reused.values()),

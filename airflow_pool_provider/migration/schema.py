@@ -46,14 +46,15 @@ def dump(tools: PgTools, connect_kwargs: Mapping[str, Any], schemas: Iterable[st
     return SchemaArchive(path, tuple(toc.parse(listing)))
 
 
-def script(tools: PgTools, archive: SchemaArchive, entries: list[toc.TocEntry]) -> str:
-    """The SQL of ``entries``, as pg_restore writes it (no owners, no grants)."""
+def script(tools: PgTools, archive: SchemaArchive, entries: list[toc.TocEntry], owners: bool = False) -> str:
+    """The SQL of ``entries``, as pg_restore writes it: no grants, and no owners unless ``owners``."""
     if not entries:
         return ""
     with tempfile.TemporaryDirectory(prefix="pool-provider-restore-") as folder:
         listing, out = Path(folder) / "use.list", Path(folder) / "restore.sql"
         listing.write_text("".join(e.line + "\n" for e in entries))
-        run(tools.pg_restore, ["-O", "-x", f"--use-list={listing}", "-f", str(out), str(archive.path)], {},
+        options = ["-x"] if owners else ["-O", "-x"]
+        run(tools.pg_restore, [*options, f"--use-list={listing}", "-f", str(out), str(archive.path)], {},
             "pg_restore --use-list")
         return out.read_text()
 

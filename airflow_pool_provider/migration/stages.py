@@ -151,7 +151,8 @@ def build_table(m: Migration, relation: Relation, alongside: Callable[[], None] 
             alongside()
         return 0
     workers = max(1, min(len(indexes), m.request.parallelism))
-    return postdata.build_indexes(m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside)
+    return postdata.build_indexes(m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside,
+                                  m.request.index_memory)
 
 
 def check_loaded(m: Migration, leaf: Relation) -> None:

