@@ -14,7 +14,6 @@ def pgcopydb_clone(server, src_db: str, dst_db: str, split: bool = True) -> floa
     command = [
         "pgcopydb", "clone", "--source", server.uri(src_db), "--target", server.uri(dst_db),
         "--dir", work, "--table-jobs", "2", "--index-jobs", "2", "--no-owner", "--no-acl", "--skip-extensions",
-        "--notice",
     ]
     if split:
         command += ["--split-tables-larger-than", "50MB"]
@@ -45,7 +44,7 @@ def available(tool: str) -> bool:
 
 def _timed(command: list[str], what: str) -> float:
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, start_new_session=True)  # its own signals
     if result.returncode:
         raise SystemExit(f"{what} failed:\n{result.stderr[-2000:]}")
     return time.perf_counter() - started
