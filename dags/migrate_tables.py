@@ -12,6 +12,7 @@ migrations may read from and write to.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -24,6 +25,10 @@ SOURCES = ["migration_source"]
 TARGETS = ["migration_target"]
 MAX_PARALLELISM = 4
 COPY_TASKS = 2  # copy tasks that may run at once (an Airflow pool sized in connections bounds them too)
+#: The Airflow pool the stages run in; each copy task takes as many slots as it holds connections
+#: (2 x parallelism + 1), so a pool of COPY_TASKS x 9 slots lets COPY_TASKS copies run at the
+#: form's highest parallelism. docker-compose.yaml and `./dev stack` create one and name it here.
+POOL = os.environ.get("MIGRATE_TABLES_POOL", "default_pool")
 
 with DAG(
     dag_id="migrate_tables",
@@ -70,6 +75,7 @@ with DAG(
 ):
     migration_stages(
         copy_tasks=COPY_TASKS,
+        pool=POOL,
         source_conn_id="{{ params.source_conn_id }}",
         target_conn_id="{{ params.target_conn_id }}",
         schemas="{{ params.schemas }}",

@@ -8,6 +8,10 @@ NULLs and unicode. About 1,000,000 rows in all at ``scale=1.0``, built with set-
 well under a minute.
 
     python -m airflow_pool_provider.testing.legacy_db "host=... dbname=..." [--scale 0.1]
+    PGHOST=source-db PGDATABASE=legacy python -m airflow_pool_provider.testing.legacy_db
+
+Without a DSN, libpq's environment (PGHOST, PGUSER, PGPASSWORD, ...) names the database, so a
+password never has to be on the command line.
 """
 
 from __future__ import annotations
@@ -224,7 +228,8 @@ def _counts(conn) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the legacy demo database.")
-    parser.add_argument("dsn", help="libpq DSN or URI of the database to fill")
+    parser.add_argument("dsn", nargs="?", default="",
+                        help="libpq DSN or URI of the database to fill; default: libpq's PG* environment")
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 is about 1,000,000 rows")
     args = parser.parse_args()
     conn = psycopg2.connect(args.dsn)

@@ -1,0 +1,29 @@
+# The Airflow image with this provider baked in. Built by docker-compose.yaml (`docker compose
+# build`), or alone: docker build -t airflow-pool-provider .
+#
+# The Airflow version and Python are pinned to what the project is tested with (./dev).
+ARG AIRFLOW_VERSION=3.3.2
+ARG PYTHON_VERSION=3.11
+
+# A wheel of this repository, built from its own files only.
+FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS wheel
+WORKDIR /tmp/airflow-pool-provider
+COPY --chown=airflow:0 pyproject.toml README.md ./
+COPY --chown=airflow:0 airflow_pool_provider ./airflow_pool_provider
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels .
+
+FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
+ARG AIRFLOW_VERSION
+# pg_dump and pg_restore for the migrations' schema stages: Debian's client (15 on bookworm,
+# newer on later releases) reads every server up to its own major, and the databases of
+# docker-compose.yaml are PostgreSQL 15.
+USER root
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/*
+USER airflow
+COPY --from=wheel /tmp/wheels /tmp/wheels
+# Installing apache-airflow at the image's own version keeps pip from up- or downgrading it.
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels

@@ -1,0 +1,187 @@
+"""docker-compose.yaml and the Dockerfile, checked as far as a machine without a Docker engine
+can: the Compose schema, the references between services, the files they name, and that what
+they run and define is what the project tests (its Airflow version, its seed, its DAGs'
+connection ids)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from dag_runs import load_dag
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
+                    "airflow-worker")
+ONE_SHOT = ("airflow-init", "source-seed")
+EXAMPLE_DAGS = {"migrate_tables": "migrate_tables.py", "copy_table": "copy_table.py",
+                "incremental_sync": "incremental_sync.py"}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text()
+
+
+def _tested_airflow_version() -> str:
+    match = re.search(r'AIRFLOW_VERSION="\$\{AIRFLOW_VERSION:-([0-9.]+)\}"', (ROOT / "dev").read_text())
+    assert match, "./dev no longer names the Airflow version it installs"
+    return match.group(1)
+
+
+def _command(service: dict) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def test_the_file_follows_the_compose_schema(compose):
+    import jsonschema
+
+    if not SCHEMA.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"the Compose schema is missing: {SCHEMA}")
+        pytest.skip(f"the Compose schema is not beside the project ({SCHEMA})")
+    schema = json.loads(SCHEMA.read_text())
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_the_schema_check_catches_a_broken_file(compose):
+    import jsonschema
+
+    if not SCHEMA.exists():
+        pytest.skip(f"the Compose schema is not beside the project ({SCHEMA})")
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["airflow-init"]["depends_on"]["source-seed"]["condition"] = "service_finished"
+    broken["services"]["postgres"]["restart_policy"] = "always"
+    errors = list(jsonschema.Draft7Validator(json.loads(SCHEMA.read_text())).iter_errors(broken))
+    assert {tuple(e.path)[:2] for e in errors} == {("services", "airflow-init"), ("services", "postgres")}
+
+
+def test_the_official_layout_and_the_demo_databases_are_there(compose):
+    services = compose["services"]
+    assert set(services) >= {"postgres", "redis", *AIRFLOW_SERVICES, *ONE_SHOT, "source-db", "target-db"}
+    env = services["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and "@redis:" in env["AIRFLOW__CELERY__BROKER_URL"]
+    assert "@postgres/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    commands = {name: _command(services[name])[:2] for name in AIRFLOW_SERVICES}
+    assert commands == {"airflow-apiserver": ["api-server"], "airflow-scheduler": ["scheduler"],
+                        "airflow-dag-processor": ["dag-processor"], "airflow-triggerer": ["triggerer"],
+                        "airflow-worker": ["celery", "worker"]}
+    init = "\n".join(_command(services["airflow-init"]))
+    assert "airflow db migrate" in init and "airflow pools set" in init and "passwords.json" in init
+
+
+def test_every_long_running_service_has_a_health_check(compose):
+    for name, service in compose["services"].items():
+        if name not in ONE_SHOT:
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+
+
+def test_every_depends_on_names_a_service(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        needs = service.get("depends_on", {})
+        for other, condition in (needs.items() if isinstance(needs, dict) else ((n, {}) for n in needs)):
+            assert other in services, f"{name} depends on {other!r}, which is not a service"
+            assert other != name
+            if condition.get("condition") == "service_completed_successfully":
+                assert other in ONE_SHOT, f"{name} waits for {other} to exit, but {other} runs for good"
+            if condition.get("condition") == "service_healthy":
+                assert "healthcheck" in services[other], f"{name} waits for {other} to be healthy: it has no check"
+
+
+def test_every_file_the_stack_names_is_in_the_repository(compose):
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split())
+    named_volumes = set(compose.get("volumes", {}))
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build is not None:
+            context = ROOT / (build if isinstance(build, str) else build.get("context", "."))
+            dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+            assert (context / dockerfile).is_file(), f"{name}: no {dockerfile} in {context}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume["source"]
+            if source in named_volumes:
+                continue
+            assert source.startswith("./"), f"{name} mounts {source}, which is neither a named volume nor ours"
+            path = ROOT / source
+            assert path.exists() and any(t == source[2:] or t.startswith(source[2:].rstrip("/") + "/")
+                                         for t in tracked), f"{name} mounts {source}, not in the repository"
+
+
+def test_the_connections_are_the_ones_the_example_dags_use(compose, airflow_db):
+    for name in AIRFLOW_SERVICES + ("airflow-init",):
+        env = compose["services"][name]["environment"]
+        defined = {key[len("AIRFLOW_CONN_"):].lower(): json.loads(value) for key, value in env.items()
+                   if key.startswith("AIRFLOW_CONN_")}
+        for dag_id, filename in EXAMPLE_DAGS.items():
+            params = load_dag(dag_id, filename).params
+            for param in ("source_conn_id", "target_conn_id"):
+                allowed = params.get_param(param).schema.get("enum", [params[param]])
+                assert set(allowed) <= set(defined), f"{name} lacks {allowed} that {dag_id} offers"
+        assert {c["conn_type"] for c in defined.values()} == {"postgres"}
+        assert defined["migration_source"]["host"] == "source-db"
+        assert defined["migration_target"]["host"] == "target-db"
+
+
+def test_the_source_is_seeded_by_the_projects_own_seed(compose):
+    seed = compose["services"]["source-seed"]
+    command = _command(seed)
+    assert command[:3] == ["python", "-m", "airflow_pool_provider.testing.legacy_db"]
+    assert (ROOT / "airflow_pool_provider" / "testing" / "legacy_db.py").is_file()
+    # The seed reaches source-db through libpq's environment: no password on a command line.
+    assert seed["environment"]["PGHOST"] == "source-db"
+    assert not any("password" in part.lower() for part in command)
+    assert "source-seed" in compose["services"]["airflow-init"]["depends_on"]
+
+
+def test_the_migrations_pool_fits_the_dag(compose, airflow_db):
+    from airflow_pool_provider.copy.budget import connections_for
+
+    env = compose["services"]["airflow-scheduler"]["environment"]
+    slots = int(re.fullmatch(r"\$\{MIGRATION_POOL_SLOTS:-(\d+)\}", env["MIGRATION_POOL_SLOTS"]).group(1))
+    dag = load_dag("migrate_tables", "migrate_tables.py")
+    copy = dag.get_task("copy_data")
+    assert copy.pool_slots == connections_for(dag.params.get_param("parallelism").schema["maximum"])
+    # At least one copy at the form's highest parallelism, and the DAG's concurrent copies at most.
+    assert copy.pool_slots <= slots <= copy.pool_slots * copy.max_active_tis_per_dagrun
+
+
+def test_the_dockerfile_installs_the_tested_airflow_and_only_repository_files(dockerfile):
+    version = _tested_airflow_version()
+    assert f"ARG AIRFLOW_VERSION={version}" in dockerfile
+    assert re.search(r"^ARG PYTHON_VERSION=3\.\d+$", dockerfile, re.M), "Python is not pinned"
+    froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert froms and all(f == "apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}" for f in froms)
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in dockerfile
+    assert "postgresql-client" in dockerfile
+    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+        parts = [p for p in line.split() if not p.startswith("--")]
+        if "--from=" in line:
+            continue
+        for source in parts[:-1]:
+            assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
+    # The build context holds the package's files only.
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ignored[ignored.index("*") + 1:][:3] == ["!pyproject.toml", "!README.md", "!airflow_pool_provider"]
+
+
+def test_the_databases_are_a_major_the_image_pg_dump_reads(compose):
+    majors = {int(compose["services"][name]["image"].split(":")[1]) for name in ("source-db", "target-db")}
+    # Debian bookworm's postgresql-client is 15; a pg_dump reads servers up to its own major.
+    assert max(majors) <= 15
