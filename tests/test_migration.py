@@ -203,6 +203,20 @@ def test_replace_in_a_new_run_drops_and_migrates_the_selection_again(airflow_db,
     assert _one(dst, "SELECT to_regclass('keep_me') IS NOT NULL")  # nothing outside the selection is touched
 
 
+def test_replace_of_a_whole_schema_with_a_partitioned_table_is_not_refused(airflow_db, legacy, migrate):
+    """The partitions of a selected partitioned table (payments, whose leaves hold the foreign key to
+    orders) are part of the selection: replacing every table of the schema drops and migrates them."""
+    src, dst = legacy
+    first, _ = run_dag(migrate, {}, task_id="verify")
+    assert first.state == "success", _states(first)
+    with dst.cursor() as cur:
+        cur.execute("DELETE FROM payments WHERE order_id <= 100")
+    again, report = run_dag(migrate, {"mode": "replace"}, task_id="verify")
+    assert again.state == "success", _states(again)
+    assert report["verified"]
+    assert _digest(dst, "payments") == _digest(src, "payments")
+
+
 def test_the_configured_bin_directory_is_where_pg_dump_is_looked_for(airflow_db, legacy, migrate, monkeypatch,
                                                                      tmp_path, capsys):
     monkeypatch.setenv("AIRFLOW__POOLED_POSTGRES__PG_BIN_DIR", str(tmp_path))

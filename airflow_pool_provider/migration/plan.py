@@ -38,13 +38,21 @@ SELECT t.name, c.oid, c.relkind::text
   FROM unnest(%(names)s::text[]) AS t(name) JOIN pg_class c ON c.oid = to_regclass(t.name)
 """
 _OUTSIDE_DEPENDENTS = """
+-- The selection with every partition of its partitioned tables: a leaf's foreign key, inherited
+-- from its parent's, is dropped with the parent and made again.
+WITH selected AS (
+    SELECT o AS oid FROM unnest(%(oids)s::oid[]) AS o
+    UNION
+    SELECT p.relid FROM unnest(%(oids)s::oid[]) AS o, pg_partition_tree(o) AS p
+)
 SELECT DISTINCT v.oid::regclass::text || ' (a view)'
   FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_rewrite'::regclass
   JOIN pg_class v ON v.oid = r.ev_class
- WHERE d.refobjid = ANY(%(oids)s) AND v.oid <> ALL(%(oids)s)
+ WHERE d.refobjid IN (SELECT oid FROM selected) AND v.oid NOT IN (SELECT oid FROM selected)
 UNION
 SELECT DISTINCT conrelid::regclass::text || ' (a foreign key ' || quote_ident(conname) || ')'
-  FROM pg_constraint WHERE contype = 'f' AND confrelid = ANY(%(oids)s) AND conrelid <> ALL(%(oids)s)
+  FROM pg_constraint
+ WHERE contype = 'f' AND confrelid IN (SELECT oid FROM selected) AND conrelid NOT IN (SELECT oid FROM selected)
 ORDER BY 1
 """
 
