@@ -69,6 +69,15 @@ def _options() -> dict[str, dict[str, Any]]:
         "example": "256MB",
         "default": "1GB",
     }
+    options["migration_batch_rows"] = {
+        "description": "Rows one copy task of a migration aims at: the pending chunks are packed into "
+        "batches of about this many rows, small tables together, big ones split; each batch is a mapped "
+        "task instance, so smaller batches spread a table over more workers.",
+        "version_added": "0.2.0",
+        "type": "integer",
+        "example": "250000",
+        "default": "1000000",
+    }
     options["ledger_retention_days"] = {
         "description": "Days a finished copy's rows are kept in its ledger table before a later copy "
         "into the same ledger prunes them; 'none' keeps them. A pruned copy_id run again is a new copy.",

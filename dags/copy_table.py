@@ -35,7 +35,7 @@ with DAG(
                                 description="The Airflow postgres connection to write to."),
         "table": Param("public.events", type="string", title="Table",
                        description="table, schema.table or a quoted SQL name; the target must exist."),
-        "where": Param("", type="string", title="Row filter", maxLength=500,
+        "where": Param("", type=["string", "null"], title="Row filter", maxLength=500,
                        pattern=r"^(?![\s\S]*--)(?![\s\S]*/\*)[^;\\]*$",
                        description="Optional: one SQL condition on the source rows, e.g. created_at >= "
                                    "'2024-06-01'. It runs with the source connection's rights, in read-only "
@@ -51,7 +51,7 @@ with DAG(
                              description=f"Chunks copied at once, at most {MAX_WORKERS}: each holds a source and "
                                          "a target connection, and fewer run when the pools or the servers "
                                          "have no room (the log says why)."),
-        "copy_id": Param("", type="string", title="Copy id (to resume)",
+        "copy_id": Param("", type=["string", "null"], title="Copy id (to resume)",
                          description="Empty: a new copy per run (retries of the run resume it). Give the "
                                      "copy_id of an earlier failed run to finish that copy instead."),
     },

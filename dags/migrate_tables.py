@@ -47,10 +47,10 @@ with DAG(
                                 description="The Airflow postgres connection to migrate to."),
         "schemas": Param(["public"], type="array", items={"type": "string"}, minItems=1, title="Schemas",
                          description="Schemas to migrate, one per line."),
-        "tables": Param([], type="array", items={"type": "string"}, title="Tables",
+        "tables": Param([], type=["array", "null"], items={"type": "string"}, title="Tables",
                         description="Tables to migrate (table or schema.table), one per line; empty: every "
                                     "table of the schemas."),
-        "exclude_tables": Param([], type="array", items={"type": "string"}, title="Leave out",
+        "exclude_tables": Param([], type=["array", "null"], items={"type": "string"}, title="Leave out",
                                 description="Tables not to migrate, one per line."),
         "chunk_size": Param(DEFAULT_CHUNK_SIZE, type="integer", minimum=1, maximum=MAX_CHUNK_SIZE,
                             title="Rows per chunk", description="Rows copied and verified in one transaction."),
@@ -68,7 +68,8 @@ with DAG(
                              description="Give the migrated objects their source owners (those roles must exist "
                                          "in the target); off: the target connection's user owns them. Grants are "
                                          "never copied."),
-        "migration_id": Param("", type="string", maxLength=100, pattern=r"^[A-Za-z0-9_.:-]*$", title="Migration id",
+        "migration_id": Param("", type=["string", "null"], maxLength=100, pattern=r"^[A-Za-z0-9_.:-]*$",
+                              title="Migration id",
                               description="Empty: derived from the connections and the selection, so the same "
                                           "migration run again resumes or confirms it."),
     },

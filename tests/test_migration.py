@@ -58,6 +58,14 @@ def _states(run) -> dict[str, str]:
     return {task: str(state) for task, state in rows}
 
 
+def test_the_forms_empty_optional_fields_arrive_as_null_and_mean_their_default(airflow_db, legacy, migrate):
+    """The UI's trigger form sends an emptied list or text field as null: no tables named means all."""
+    run, plan = run_dag(migrate, {"tables": None, "exclude_tables": None, "migration_id": None, "dry_run": True},
+                        task_id="plan")
+    assert run.state == "success"
+    assert len(plan["tables"]) == 6
+
+
 def test_a_dry_run_plans_and_writes_nothing(airflow_db, legacy, migrate):
     src, dst = legacy
     run, plan = run_dag(migrate, {"dry_run": True}, task_id="plan")

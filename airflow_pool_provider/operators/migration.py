@@ -40,6 +40,9 @@ def _as_int(value: Any) -> Any:
     return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
 
 
+#: How a copy task instance is named in the UI: "batch 2/5: orders chunks 21-40".
+BATCH_LABEL = "{{ task.batch['label'] }}"
+
 class MigrationStageOperator(BaseOperator):
     """Base of the stages: the migration's description, its request and its ledger.
 
@@ -181,12 +184,13 @@ class MigrationDataPlanOperator(MigrationStageOperator):
     """Stage 4a: every table's chunk plan, stored; the pending chunks packed into batches (XCom),
     which the copy task is mapped over.
 
-    :param batch_rows: rows a batch aims at.
+    :param batch_rows: rows a batch (one copy task) aims at; default ``[pooled_postgres]
+        migration_batch_rows`` (1,000,000).
     """
 
-    def __init__(self, *, batch_rows: int = data.DEFAULT_BATCH_ROWS, **kwargs: Any) -> None:
+    def __init__(self, *, batch_rows: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.batch_rows = batch_rows
+        self.batch_rows = batch_rows or int(config_text("migration_batch_rows", str(data.DEFAULT_BATCH_ROWS)))
 
     def run_stage(self, context, request, migration_id, source, target) -> list[dict[str, Any]]:
         self.skip_if_dry_run(request)
@@ -204,7 +208,8 @@ class MigrationCopyBatchOperator(MigrationStageOperator):
     template_fields: Sequence[str] = (*MigrationStageOperator.template_fields, "batch")
 
     def __init__(self, *, batch: Any = None, **kwargs: Any) -> None:
-        kwargs.setdefault("map_index_template", "{{ task.batch['label'] }}")
+        if kwargs.get("map_index_template") is None:  # partial() passes None when not given
+            kwargs["map_index_template"] = BATCH_LABEL
         super().__init__(**kwargs)
         self.batch = batch
 
@@ -278,7 +283,8 @@ def migration_stages(*, copy_tasks: int = 2, **description: Any) -> dict[str, An
     pre = MigrationPreDataOperator(task_id="pre_data", **description)
     batches = MigrationDataPlanOperator(task_id="plan_data", **description)
     copy = MigrationCopyBatchOperator.partial(
-        task_id="copy_data", max_active_tis_per_dagrun=copy_tasks, pool_slots=slots, **description,
+        task_id="copy_data", max_active_tis_per_dagrun=copy_tasks, pool_slots=slots, map_index_template=BATCH_LABEL,
+        **description,
     ).expand(batch=batches.output)
     post = MigrationPostDataOperator(task_id="post_data", trigger_rule="none_failed", **description)
     check = MigrationVerifyOperator(task_id="verify", **description)
