@@ -7,10 +7,10 @@ ARG PYTHON_VERSION=3.11
 
 # A wheel of this repository, built from its own files only.
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION} AS wheel
-WORKDIR /tmp/airflow-pool-provider
-COPY --chown=airflow:0 pyproject.toml README.md ./
-COPY --chown=airflow:0 airflow_pool_provider ./airflow_pool_provider
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /tmp/wheels .
+# The image runs pip as the airflow user, who owns /opt/airflow (pip builds in the source tree).
+COPY --chown=airflow:0 pyproject.toml README.md /opt/airflow/provider-src/
+COPY --chown=airflow:0 airflow_pool_provider /opt/airflow/provider-src/airflow_pool_provider
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /opt/airflow/wheels /opt/airflow/provider-src
 
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
 ARG AIRFLOW_VERSION
@@ -23,7 +23,7 @@ RUN apt-get update \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
 USER airflow
-COPY --from=wheel /tmp/wheels /tmp/wheels
+COPY --from=wheel --chown=airflow:0 /opt/airflow/wheels /tmp/wheels
 # Installing apache-airflow at the image's own version keeps pip from up- or downgrading it.
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels

@@ -185,3 +185,28 @@ def test_the_databases_are_a_major_the_image_pg_dump_reads(compose):
     majors = {int(compose["services"][name]["image"].split(":")[1]) for name in ("source-db", "target-db")}
     # Debian bookworm's postgresql-client is 15; a pg_dump reads servers up to its own major.
     assert max(majors) <= 15
+
+
+def test_the_wheel_builds_from_the_files_the_dockerfile_copies(dockerfile, tmp_path):
+    """Only what the Dockerfile copies goes into the image's wheel; it must hold the seed module."""
+    import shutil
+    import sys
+    import zipfile
+
+    build = tmp_path / "provider-src"
+    for line in re.findall(r"^COPY --chown=\S+ (.+)$", dockerfile, re.M):
+        *sources, destination = line.split()
+        inside = build / Path(destination).relative_to("/opt/airflow/provider-src")
+        for source in sources:
+            target = inside / source if destination.endswith("/") else inside
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(ROOT / source, target)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"),
+                    str(build)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheels").glob("airflow_pool_provider-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "airflow_pool_provider/testing/legacy_db.py" in names
+    assert "airflow_pool_provider/provider_info.py" in names
