@@ -117,7 +117,7 @@ def _digest(dsn: str, table: str) -> tuple:
 
 
 def _assert_target_equals_source(state: native.StackState) -> None:
-    server = state.server_()
+    server = state.postgres()
     for table in TABLES:
         source = _digest(server.dsn(state.databases["source"]), table)
         assert source[0] > 0
@@ -157,7 +157,7 @@ class BackendSampler(threading.Thread):
 
     def __init__(self, state: native.StackState) -> None:
         super().__init__(daemon=True)
-        self.dsn = state.server_().dsn()
+        self.dsn = state.postgres().dsn()
         self.databases = [state.databases["source"], state.databases["target"]]
         self.peak = 0
         self.samples = 0
@@ -226,7 +226,7 @@ def _browser():
 
 def _empty_target(state: native.StackState) -> None:
     """A new migration of other tables may not touch tables an earlier one made: start empty."""
-    with psycopg2.connect(state.server_().dsn(state.databases["target"])) as conn, conn.cursor() as cur:
+    with psycopg2.connect(state.postgres().dsn(state.databases["target"])) as conn, conn.cursor() as cur:
         cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
 
 
@@ -265,7 +265,7 @@ def test_migrate_tables_triggered_from_the_ui_form_in_a_browser(stack):
             page.screenshot(path=str(ARTIFACTS / "finished-run.png"), full_page=True)
         finally:
             browser.close()
-    server = state.server_()
+    server = state.postgres()
     for table in ("customers", "orders", "order_items"):
         assert (_digest(server.dsn(state.databases["target"]), table)
                 == _digest(server.dsn(state.databases["source"]), table))

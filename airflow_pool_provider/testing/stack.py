@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -87,7 +88,8 @@ class StackState:
         data["processes"] = [Process(**p) for p in data["processes"]]
         return cls(**data)
 
-    def server_(self) -> Server:
+    def postgres(self) -> Server:
+        """The PostgreSQL the stack's databases are on."""
         return Server(**self.server)
 
 
@@ -215,7 +217,7 @@ def _metadata_url(server: Server, dbname: str) -> str:
 def airflow_env(state: StackState, home: Path, *, fernet_key: str, jwt_secret: str, pool_slots: int,
                 batch_rows: int | None, worker_concurrency: int) -> dict[str, str]:
     """The environment every Airflow process of the stack shares (written to ``airflow.env``)."""
-    server = state.server_()
+    server = state.postgres()
     api = state.api_url
     env = {
         "AIRFLOW_HOME": str(home / "airflow"),
@@ -261,7 +263,7 @@ def _prepare_databases(state: StackState, scale: float) -> None:
 
     from airflow_pool_provider.testing.legacy_db import seed
 
-    server = state.server_()
+    server = state.postgres()
     existing = {row[0] for row in server.execute("SELECT datname FROM pg_database")}
     for dbname in state.databases.values():
         if dbname not in existing:
@@ -329,41 +331,56 @@ def _start(state: StackState, home: Path, logs: Path, *, scale: float, workers: 
         state.processes.append(redis)
     state.save()
     _prepare_databases(state, scale)
-    (home / "passwords.json").write_text(json.dumps({state.user: state.password}))
-    (home / "passwords.json").chmod(0o600)
+    _write_private(home / "passwords.json", json.dumps({state.user: state.password}))
     # Nothing of the caller's Airflow configuration leaks in (a test session's, say).
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env = {**inherited, **airflow_env(
         state, home, fernet_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         jwt_secret=secrets.token_urlsafe(32), pool_slots=pool_slots, batch_rows=batch_rows,
         worker_concurrency=worker_concurrency)}
-    env_file = home / "airflow.env"
-    env_file.write_text("".join(f"export {k}={json.dumps(v)}\n" for k, v in env.items()
-                                if k.startswith(("AIRFLOW_", "AIRFLOW__", "MIGRATE"))))
-    env_file.chmod(0o600)
+    _write_private(home / "airflow.env", "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()
+                                                 if k.startswith(("AIRFLOW", "MIGRATE"))))
+    _prepare_metadata(env, pool_slots)
+    _start_services(state, env, logs)
+    started = [_start_worker(state, env, logs, n, worker_concurrency) for n in range(1, workers + 1)]
+    _wait_for(lambda: _healthy(state.api_url), READY_TIMEOUT, "the Airflow services did not become healthy",
+              *state.processes)
+    for worker in started:
+        _wait_for(lambda w=worker: _worker_ready(w), READY_TIMEOUT, f"{worker.name} did not become ready", worker)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """A file only its owner may read (it holds the login, keys and connections)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _prepare_metadata(env: dict[str, str], pool_slots: int) -> None:
+    """The metadata DB migrated (a no-op when it is) and the migrations pool sized."""
     subprocess.run(_airflow("db", "migrate"), env=env, check=True, stdout=subprocess.DEVNULL)
     subprocess.run(_airflow("pools", "set", POOL, str(pool_slots), "migrate_tables: one slot per connection"),
                    env=env, check=True, stdout=subprocess.DEVNULL)
+
+
+def _start_services(state: StackState, env: dict[str, str], logs: Path) -> None:
     port = state.api_url.rsplit(":", 1)[1]
     services = {"api-server": ["api-server", "-p", port, "-H", "127.0.0.1", "-w", "1"],
                 "scheduler": ["scheduler"], "dag-processor": ["dag-processor"], "triggerer": ["triggerer"]}
     for service, args in services.items():
         state.processes.append(_spawn(service, _airflow(*args), env, logs))
         state.save()
-    worker_processes = []
-    for n in range(1, workers + 1):
-        worker = f"worker-{n}"
-        worker_env = {**env, HOSTNAME_ENV: f"{state.name}-{worker}",
-                      "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
-        argv = _airflow("celery", "worker", "-q", "default", "-c", str(worker_concurrency),
-                        "-H", f"{state.name}-{worker}")
-        worker_processes.append(_spawn(worker, argv, worker_env, logs))
-        state.processes.append(worker_processes[-1])
-        state.save()
-    _wait_for(lambda: _healthy(state.api_url), READY_TIMEOUT, "the Airflow services did not become healthy",
-              *state.processes)
-    for worker in worker_processes:
-        _wait_for(lambda w=worker: _worker_ready(w), READY_TIMEOUT, f"{worker.name} did not become ready", worker)
+
+
+def _start_worker(state: StackState, env: dict[str, str], logs: Path, number: int, concurrency: int) -> Process:
+    """Celery worker ``number``, under a hostname and log-server port of its own."""
+    name = f"{state.name}-worker-{number}"
+    worker_env = {**env, HOSTNAME_ENV: name, "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())}
+    argv = _airflow("celery", "worker", "-q", "default", "-c", str(concurrency), "-H", name)
+    process = _spawn(f"worker-{number}", argv, worker_env, logs)
+    state.processes.append(process)
+    state.save()
+    return process
 
 
 def down(home: Path, purge: bool = False) -> list[str]:
@@ -382,7 +399,7 @@ def down(home: Path, purge: bool = False) -> list[str]:
         TemporaryPostgres(base=Path(state.embedded_postgres)).stop("immediate" if purge else "fast")
         stopped.append("postgres")
     elif purge:
-        server = state.server_()
+        server = state.postgres()
         for dbname in state.databases.values():
             server.drop_database(dbname)
     state.processes = []
