@@ -14,12 +14,14 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /opt/airflow/wheels /opt/airf
 
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
 ARG AIRFLOW_VERSION
-# pg_dump and pg_restore for the migrations' schema stages: Debian's client (15 on bookworm,
-# newer on later releases) reads every server up to its own major, and the databases of
-# docker-compose.yaml are PostgreSQL 15.
+# pg_dump and pg_restore for the migrations' schema stages, of the major of the databases in
+# docker-compose.yaml (PostgreSQL 15): the image ships the newest client of apt.postgresql.org,
+# whose pg_restore writes settings an older server does not know; the migration finds every
+# installed major and uses the oldest that reads the source.
+ARG POSTGRES_CLIENT_MAJOR=15
 USER root
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends postgresql-client \
+    && apt-get install -y --no-install-recommends "postgresql-client-${POSTGRES_CLIENT_MAJOR}" \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/*
 USER airflow
