@@ -206,6 +206,8 @@ def test_the_budget_holds_with_more_copy_tasks_than_the_pool_allows(stack):
     # More copy tasks than the pool lets run, and the DAG alone would let two run at once.
     assert len(copies) >= 3
     assert _overlapping(copies) == 1
+    print(f"budget: {len(copies)} copy tasks, at most {_overlapping(copies)} at once; peak {sampler.peak} "
+          f"backends in {sampler.samples} samples (allowed {slots_per_copy})")
     # Concurrent task instances (1) x connections per task (9): never more backends than that.
     assert sampler.samples > 100
     assert 3 <= sampler.peak <= 1 * slots_per_copy, sampler.peak
