@@ -160,10 +160,7 @@ def _scalar(conn, query: str):
 def _connections_env(server, src_db: str, dst_db: str) -> dict[str, str]:
     env = os.environ.copy()
     for conn_id, db in (("BENCH_SRC", src_db), ("BENCH_DST", dst_db)):
-        env[f"AIRFLOW_CONN_{conn_id}"] = json.dumps({
-            "conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
-            "password": server.password, "schema": db,
-        })
+        env[f"AIRFLOW_CONN_{conn_id}"] = server.airflow_connection(db)
     return env
 
 

@@ -17,7 +17,6 @@ a throwaway server; pgcopydb is Debian's ``pgcopydb`` package).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -170,9 +169,7 @@ def _pgcopydb_usable(server) -> bool:
 def _ours(server, source: str, target: str) -> Result:
     env = os.environ.copy()
     for conn_id, db in (("MIGRATION_SOURCE", source), ("MIGRATION_TARGET", target)):
-        env[f"AIRFLOW_CONN_{conn_id}"] = json.dumps({
-            "conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
-            "password": server.password, "schema": db})
+        env[f"AIRFLOW_CONN_{conn_id}"] = server.airflow_connection(db)
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", "migrate_tables"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
 import platform
@@ -352,11 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             server = temp.start()
             source = "throwaway TemporaryPostgres"
         dbname = server.create_database("pool_bench")
-        spec = {"conn_type": "postgres", "host": server.host, "port": server.port,
-                "login": server.user, "schema": dbname}
-        if server.password is not None:
-            spec["password"] = server.password
-        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = json.dumps(spec)
+        os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = server.airflow_connection(dbname)
         connect_kwargs = {"host": server.host, "port": server.port, "user": server.user, "dbname": dbname}
         if server.password is not None:
             connect_kwargs["password"] = server.password

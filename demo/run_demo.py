@@ -11,7 +11,6 @@ confirmed. ``python demo/run_demo.py --fresh`` starts over with an empty target.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -61,13 +60,10 @@ def prepare_databases(server, fresh: bool) -> None:
 
     from airflow_pool_provider.testing.legacy_db import seed
 
-    existing = {row[0] for row in server.execute("SELECT datname FROM pg_database")}
-    if fresh and TARGET_DB in existing:
+    if fresh:
         server.drop_database(TARGET_DB)
-        existing.discard(TARGET_DB)
     for name in (SOURCE_DB, TARGET_DB):
-        if name not in existing:
-            server.execute(f"CREATE DATABASE {name}")
+        server.ensure_database(name)
     conn = psycopg2.connect(server.dsn(SOURCE_DB))
     try:
         report = seed(conn, SCALE)
@@ -77,10 +73,8 @@ def prepare_databases(server, fresh: bool) -> None:
     print(f"legacy source database {what}: {report.total_rows:,} rows "
           + ", ".join(f"{t} {n:,}" for t, n in report.rows.items()))
     for conn_id, db in (("migration_source", SOURCE_DB), ("migration_target", TARGET_DB)):
-        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps({
-            "conn_type": "postgres", "host": server.host, "port": server.port, "login": server.user,
-            "password": server.password, "schema": db, "extra": {"application_name": f"demo-{conn_id}"},
-        })
+        os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = server.airflow_connection(
+            db, {"application_name": f"demo-{conn_id}"})
 
 
 def migrate(server) -> int:

@@ -89,20 +89,10 @@ def make_conn_id(monkeypatch: pytest.MonkeyPatch, pg_server: Server) -> Iterator
 
     def make(dbname: str, server: Server | None = None, conn_id: str | None = None,
              password: str | None = None, extra: dict | None = None) -> str:
-        import json
-
         server = server or pg_server
         conn_id = conn_id or f"pg_{uuid.uuid4().hex[:8]}"
-        spec = {
-            "conn_type": "postgres",
-            "host": server.host,
-            "port": server.port,
-            "login": server.user,
-            "password": password if password is not None else server.password,
-            "schema": dbname,
-            "extra": {"application_name": f"test-{conn_id}", **(extra or {})},
-        }
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(spec))
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", server.airflow_connection(
+            dbname, {"application_name": f"test-{conn_id}", **(extra or {})}, password=password))
         forget_cached_connections()
         return conn_id
 

@@ -8,6 +8,7 @@ listens on a free loopback port, is owned by the process that started it, and is
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -50,11 +51,28 @@ class Server:
         conn.autocommit = True
         return conn
 
+    def airflow_connection(self, dbname: str, extra: dict[str, Any] | None = None,
+                           password: str | None = None) -> str:
+        """An Airflow postgres connection to ``dbname`` as the JSON of an ``AIRFLOW_CONN_*``
+        variable (``password``: instead of the server's)."""
+        spec: dict[str, Any] = {"conn_type": "postgres", "host": self.host, "port": self.port, "login": self.user,
+                                "password": password if password is not None else self.password, "schema": dbname}
+        if extra:
+            spec["extra"] = extra
+        return json.dumps(spec)
+
     def create_database(self, prefix: str = "app") -> str:
         """A new, uniquely named database (the server may be shared with others)."""
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        self.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.ensure_database(name)
         return name
+
+    def ensure_database(self, name: str) -> bool:
+        """Create the database ``name`` unless it exists; whether it was created."""
+        if self.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)):
+            return False
+        self.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return True
 
     def drop_database(self, name: str) -> None:
         self.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
@@ -94,7 +112,8 @@ def server_from_env() -> Server | None:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -113,7 +132,7 @@ class TemporaryPostgres:
 
         self.bin = POSTGRES_VERSIONS[min(POSTGRES_VERSIONS)]
         self.settings = {"max_connections": "200", **(settings or {})}
-        self.port = _free_port()
+        self.port = free_port()
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
         self.base = base or Path(tempfile.mkdtemp(prefix="pool-provider-pg-"))

@@ -30,7 +30,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, server_from_env
+from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, free_port, server_from_env
 
 REDIS_ENV = "AIRFLOW_POOL_PROVIDER_REDIS_URL"
 HOSTNAME_ENV = "AIRFLOW_POOL_PROVIDER_STACK_HOSTNAME"
@@ -38,6 +38,7 @@ POOL = "migrations"
 #: The application_name of the stack's connections, to find their backends in pg_stat_activity.
 APPLICATION = "airflow-pool-provider"
 READY_TIMEOUT = 240.0
+STATE_FILE = "stack.json"
 
 
 def hostname() -> str:
@@ -73,7 +74,7 @@ class StackState:
 
     @property
     def path(self) -> Path:
-        return Path(self.home) / "stack.json"
+        return Path(self.home) / STATE_FILE
 
     def save(self) -> None:
         self.path.write_text(json.dumps(asdict(self), indent=2))
@@ -81,7 +82,7 @@ class StackState:
 
     @classmethod
     def load(cls, home: Path) -> StackState | None:
-        path = home / "stack.json"
+        path = home / STATE_FILE
         if not path.exists():
             return None
         data = json.loads(path.read_text())
@@ -93,20 +94,20 @@ class StackState:
         return Server(**self.server)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _running_stat(stat: Path) -> list[str] | None:
+    """The fields of a ``/proc/<pid>/stat`` after the command name (state first, then ppid, pgrp,
+    ...), or None when the process is gone or has exited (a zombie waiting for its parent)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields
 
 
 def _start_time(pid: int) -> int | None:
-    """The kernel's start time of ``pid`` (None once it has exited, zombies included): a reused pid
-    has another one."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] in ("Z", "X") else int(fields[19])
+    """The kernel's start time of ``pid`` while it runs: a reused pid has another one."""
+    fields = _running_stat(Path(f"/proc/{pid}/stat"))
+    return int(fields[19]) if fields else None
 
 
 def _alive(process: Process) -> bool:
@@ -124,14 +125,8 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Proce
 
 def group_alive(pgid: int) -> bool:
     """Whether a process of group ``pgid`` still runs (zombies waiting for their parent do not)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
+    return any(fields is not None and int(fields[2]) == pgid
+               for fields in map(_running_stat, Path("/proc").glob("[0-9]*/stat")))
 
 
 def _reap(pid: int) -> None:
@@ -203,22 +198,13 @@ def _wait_for(ready, timeout: float, failure: str, *watched: Process) -> None:
                        if watched else f"{failure} within {timeout:.0f} s")
 
 
-def _connection(server: Server, dbname: str) -> str:
-    return json.dumps({"conn_type": "postgres", "host": server.host, "port": server.port, "schema": dbname,
-                       "login": server.user, "password": server.password,
-                       "extra": {"application_name": APPLICATION}})
-
-
-def _metadata_url(server: Server, dbname: str) -> str:
-    auth = server.user if server.password is None else f"{server.user}:{server.password}"
-    return f"postgresql+psycopg2://{auth}@{server.host}:{server.port}/{dbname}"
-
-
 def airflow_env(state: StackState, home: Path, *, fernet_key: str, jwt_secret: str, pool_slots: int,
                 batch_rows: int | None, worker_concurrency: int) -> dict[str, str]:
     """The environment every Airflow process of the stack shares (written to ``airflow.env``)."""
     server = state.postgres()
     api = state.api_url
+    metadata = server.uri(state.databases["metadata"])
+    connection_extra = {"application_name": APPLICATION}
     env = {
         "AIRFLOW_HOME": str(home / "airflow"),
         "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parents[2] / "dags"),
@@ -233,10 +219,9 @@ def airflow_env(state: StackState, home: Path, *, fernet_key: str, jwt_secret: s
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
         "AIRFLOW__API__BASE_URL": api,
         "AIRFLOW__API_AUTH__JWT_SECRET": jwt_secret,
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _metadata_url(server, state.databases["metadata"]),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata.replace("postgresql://", "postgresql+psycopg2://", 1),
         "AIRFLOW__CELERY__BROKER_URL": state.redis_url,
-        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _metadata_url(server, state.databases["metadata"])
-        .replace("postgresql+psycopg2", "postgresql"),
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata,
         "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
@@ -244,8 +229,8 @@ def airflow_env(state: StackState, home: Path, *, fernet_key: str, jwt_secret: s
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__OPENLINEAGE__DISABLED": "True",
-        "AIRFLOW_CONN_MIGRATION_SOURCE": _connection(server, state.databases["source"]),
-        "AIRFLOW_CONN_MIGRATION_TARGET": _connection(server, state.databases["target"]),
+        "AIRFLOW_CONN_MIGRATION_SOURCE": server.airflow_connection(state.databases["source"], connection_extra),
+        "AIRFLOW_CONN_MIGRATION_TARGET": server.airflow_connection(state.databases["target"], connection_extra),
         "MIGRATE_TABLES_POOL": POOL,
         "MIGRATION_POOL_SLOTS": str(pool_slots),
     }
@@ -264,10 +249,8 @@ def _prepare_databases(state: StackState, scale: float) -> None:
     from airflow_pool_provider.testing.legacy_db import seed
 
     server = state.postgres()
-    existing = {row[0] for row in server.execute("SELECT datname FROM pg_database")}
     for dbname in state.databases.values():
-        if dbname not in existing:
-            server.execute(f'CREATE DATABASE "{dbname}"')
+        server.ensure_database(dbname)
     conn = psycopg2.connect(server.dsn(state.databases["source"]))
     try:
         report = seed(conn, scale)
