@@ -14,6 +14,7 @@ from airflow.sdk import DAG, Param
 
 from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
+from airflow_pool_provider.operators.params import connection_params
 
 MAX_WORKERS = 4
 SOURCES = ["migration_source"]
@@ -29,10 +30,7 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
     tags=["pool-provider", "example"],
     params={
-        "source_conn_id": Param(SOURCES[0], type="string", enum=SOURCES, title="Source connection",
-                                description="The Airflow postgres connection to read from."),
-        "target_conn_id": Param(TARGETS[0], type="string", enum=TARGETS, title="Target connection",
-                                description="The Airflow postgres connection to write to."),
+        **connection_params(SOURCES, TARGETS),
         "table": Param("public.events", type="string", title="Table",
                        description="table, schema.table or a quoted SQL name; the target must exist."),
         "where": Param("", type=["string", "null"], title="Row filter", maxLength=500,

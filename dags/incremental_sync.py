@@ -22,6 +22,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
+from airflow_pool_provider.operators.params import connection_params
 
 SOURCES = ["migration_source"]
 TARGETS = ["migration_target"]
@@ -37,10 +38,7 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     tags=["pool-provider", "example"],
     params={
-        "source_conn_id": Param(SOURCES[0], type="string", enum=SOURCES, title="Source connection",
-                                description="The Airflow postgres connection to read from."),
-        "target_conn_id": Param(TARGETS[0], type="string", enum=TARGETS, title="Target connection",
-                                description="The Airflow postgres connection to write to."),
+        **connection_params(SOURCES, TARGETS),
         "table": Param("public.orders", type="string", title="Table",
                        description="The table to keep in step; the target's must exist, with a primary key."),
         "updated_column": Param("updated_at", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",

@@ -20,6 +20,7 @@ from airflow.sdk import DAG, Param
 
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE
 from airflow_pool_provider.operators.migration import migration_stages
+from airflow_pool_provider.operators.params import connection_params
 
 SOURCES = ["migration_source"]
 TARGETS = ["migration_target"]
@@ -41,10 +42,7 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=10)},
     tags=["pool-provider", "example", "migration"],
     params={
-        "source_conn_id": Param(SOURCES[0], type="string", enum=SOURCES, title="Source connection",
-                                description="The Airflow postgres connection to migrate from."),
-        "target_conn_id": Param(TARGETS[0], type="string", enum=TARGETS, title="Target connection",
-                                description="The Airflow postgres connection to migrate to."),
+        **connection_params(SOURCES, TARGETS, source_verb="migrate from", target_verb="migrate to"),
         "schemas": Param(["public"], type="array", items={"type": "string"}, minItems=1, title="Schemas",
                          description="Schemas to migrate, one per line."),
         "tables": Param([], type=["array", "null"], items={"type": "string"}, title="Tables",
