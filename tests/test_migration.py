@@ -14,6 +14,7 @@ from psycopg2 import sql
 from airflow_pool_provider.errors import CopyError, CopyMistake, ToolMissing
 from airflow_pool_provider.migration import catalog, selection
 from airflow_pool_provider.migration.tools import find_tools
+from airflow_pool_provider.testing.data import table_digest
 from airflow_pool_provider.testing.legacy_db import seed
 
 SCALE = 0.01  # about 10,000 rows
@@ -83,12 +84,6 @@ def test_a_dry_run_plans_and_writes_nothing(airflow_db, legacy, migrate):
     assert _one(dst, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
 
 
-def _digest(conn, table: str) -> tuple:
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t")
-        return cur.fetchone()
-
-
 def _objects(conn) -> set[str]:
     """Indexes, constraints, triggers and views of public, by name (the ledgers left out)."""
     return {row[0] for row in _rows(conn, """
@@ -106,15 +101,17 @@ def test_a_migration_moves_every_table_with_its_objects_and_verifies_it(airflow_
     assert run.state == "success", _states(run)
     assert report["verified"] and report["one_instant"]
     for table in ("customers", "products", "orders", "order_items", "events", "payments"):
-        assert _digest(dst, table) == _digest(src, table), table  # every row, byte for byte as text
+        # every row, byte for byte as text
+        assert table_digest(dst, table, key=None) == table_digest(src, table, key=None), table
     assert _objects(dst) == _objects(src)  # indexes, primary/unique/foreign keys, checks, triggers, views
     assert _one(dst, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
                      "'pool-provider snapshot %%'") == 0  # the snapshot was released at the end
-    before = {t: _digest(dst, t) for t in ("orders", "payments")}
+    before = {t: table_digest(dst, t, key=None) for t in ("orders", "payments")}
 
     again, report = run_dag(migrate, {"chunk_size": 700}, task_id="verify")  # the same migration again
     assert again.state == "success" and report["verified"]
-    assert {t: _digest(dst, t) for t in ("orders", "payments")} == before  # nothing changed, nothing doubled
+    # nothing changed, nothing doubled
+    assert {t: table_digest(dst, t, key=None) for t in ("orders", "payments")} == before
 
     with dst.cursor() as cur:  # sequences continue after the source's values
         cur.execute("INSERT INTO customers (email, name) VALUES ('new@example.com', 'New') RETURNING id")
@@ -207,7 +204,7 @@ def test_replace_in_a_new_run_drops_and_migrates_the_selection_again(airflow_db,
     again, report = run_dag(migrate, {"tables": ["customers", "orders"], "mode": "replace"}, task_id="verify")
     assert again.state == "success", _states(again)
     assert report["verified"]
-    assert _digest(dst, "orders") == _digest(src, "orders")
+    assert table_digest(dst, "orders", key=None) == table_digest(src, "orders", key=None)
     assert _one(dst, "SELECT to_regclass('keep_me') IS NOT NULL")  # nothing outside the selection is touched
 
 
@@ -222,7 +219,7 @@ def test_replace_of_a_whole_schema_with_a_partitioned_table_is_not_refused(airfl
     again, report = run_dag(migrate, {"mode": "replace"}, task_id="verify")
     assert again.state == "success", _states(again)
     assert report["verified"]
-    assert _digest(dst, "payments") == _digest(src, "payments")
+    assert table_digest(dst, "payments", key=None) == table_digest(src, "payments", key=None)
 
 
 def test_the_configured_bin_directory_is_where_pg_dump_is_looked_for(airflow_db, legacy, migrate, monkeypatch,

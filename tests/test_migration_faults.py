@@ -12,6 +12,7 @@ from dag_process import DagTestProcess
 from dag_runs import load_dag, run_dag
 from observe import wait_until
 
+from airflow_pool_provider.testing.data import table_digest
 from airflow_pool_provider.testing.legacy_db import TABLES, seed
 
 SCALE = 0.05  # about 53,000 rows
@@ -40,10 +41,6 @@ def _one(conn, query, params=None):
     return row[0] if row else None
 
 
-def _digest(conn, table: str) -> tuple:
-    return tuple(_rows(conn, f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t")[0])
-
-
 def _rows(conn, query, params=None):
     with conn.cursor() as cur:
         cur.execute(query, params)
@@ -67,7 +64,7 @@ def _kill_when(run: DagTestProcess, ready, what: str) -> None:
 
 def _assert_migrated(src, dst) -> None:
     for table in TABLES:
-        assert _digest(dst, table) == _digest(src, table), table
+        assert table_digest(dst, table, key=None) == table_digest(src, table, key=None), table
 
 
 @pytest.mark.parametrize("stage", ["data", "post_data"])

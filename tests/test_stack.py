@@ -22,6 +22,7 @@ import psycopg2
 import pytest
 
 from airflow_pool_provider.testing import stack as native
+from airflow_pool_provider.testing.data import table_digest
 from airflow_pool_provider.testing.legacy_db import TABLES
 
 pytestmark = pytest.mark.stack
@@ -111,9 +112,11 @@ def stack(tmp_path_factory, pg_server):
 
 
 def _digest(dsn: str, table: str) -> tuple:
-    with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
-        cur.execute(f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY t::text)) FROM {table} t")
-        return cur.fetchone()
+    conn = psycopg2.connect(dsn)
+    try:
+        return table_digest(conn, table, key=None)
+    finally:
+        conn.close()
 
 
 def _assert_target_equals_source(state: native.StackState) -> None:

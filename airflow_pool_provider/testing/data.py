@@ -57,12 +57,14 @@ def create_events(conn, rows: int, table: str = "events") -> None:
         conn.autocommit = autocommit
 
 
-def table_digest(conn, table: str = "events", key: str = "id") -> tuple[int, str | None]:
-    """Row count and an md5 over every row's text in key order: equal digests, equal tables."""
+def table_digest(conn, table: str = "events", key: str | None = "id") -> tuple[int, str | None]:
+    """Row count and an md5 over every row's text in key order (``key`` None: in the order of
+    the rows' text, for a table without a one-column key): equal digests, equal tables."""
+    order = sql.Identifier(key) if key else sql.SQL("t::text")
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL("SELECT count(*), md5(string_agg(t::text, E'\\n' ORDER BY {})) FROM {} t").format(
-                sql.Identifier(key), sql.Identifier(table)
+                order, sql.Identifier(table)
             )
         )
         count, digest = cur.fetchone()
