@@ -15,7 +15,7 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /opt/airflow/wheels /opt/airf
 FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
 ARG AIRFLOW_VERSION
 # pg_dump and pg_restore for the migrations' schema stages, of the major of the databases in
-# docker-compose.yaml (PostgreSQL 15): the image ships the newest client of apt.postgresql.org,
+# docker-compose.yaml (PostgreSQL 15): the image ships the PostgreSQL project's newest client,
 # whose pg_restore writes settings an older server does not know; the migration finds every
 # installed major and uses the oldest that reads the source.
 ARG POSTGRES_CLIENT_MAJOR=15
