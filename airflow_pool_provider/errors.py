@@ -131,32 +131,36 @@ class ChunkFailed(CopyError):
 # -- classification ---------------------------------------------------------------------------
 
 #: SQLSTATEs (full codes) worth retrying at once.
-_TRANSIENT_CODES = frozenset({
-    "57P01",  # admin_shutdown (also pg_terminate_backend)
-    "57P02",  # crash_shutdown
-    "57P03",  # cannot_connect_now: starting up, in recovery
-    "57P05",  # idle_session_timeout: the session was closed
-    "53300",  # too_many_connections
-    "40001",  # serialization_failure
-    "40P01",  # deadlock_detected
-})
+_TRANSIENT_CODES = frozenset(
+    {
+        "57P01",  # admin_shutdown (also pg_terminate_backend)
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now: starting up, in recovery
+        "57P05",  # idle_session_timeout: the session was closed
+        "53300",  # too_many_connections
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+    }
+)
 
 #: SQLSTATE classes (first two characters) that are always transient.
 _TRANSIENT_CLASSES = frozenset({"08"})  # connection_exception
 
 #: SQLSTATE classes that mean the request or the data is wrong.
-_MISTAKE_CLASSES = frozenset({
-    "0A",  # feature_not_supported
-    "21",  # cardinality_violation
-    "22",  # data_exception (a lost snapshot is told apart where it happens)
-    "23",  # integrity_constraint_violation: unique, foreign key, not null, check, exclusion
-    "28",  # invalid_authorization_specification
-    "2B",  # dependent_privilege_descriptor_still_exists
-    "3D",  # invalid_catalog_name: no such database
-    "3F",  # invalid_schema_name
-    "42",  # syntax_error_or_access_rule_violation: missing objects, privileges (42501), types
-    "44",  # with_check_option_violation
-})
+_MISTAKE_CLASSES = frozenset(
+    {
+        "0A",  # feature_not_supported
+        "21",  # cardinality_violation
+        "22",  # data_exception (a lost snapshot is told apart where it happens)
+        "23",  # integrity_constraint_violation: unique, foreign key, not null, check, exclusion
+        "28",  # invalid_authorization_specification
+        "2B",  # dependent_privilege_descriptor_still_exists
+        "3D",  # invalid_catalog_name: no such database
+        "3F",  # invalid_schema_name
+        "42",  # syntax_error_or_access_rule_violation: missing objects, privileges (42501), types
+        "44",  # with_check_option_violation
+    }
+)
 
 #: SQLSTATEs that mean the request is wrong, outside the classes above.
 _MISTAKE_CODES = frozenset({"25006"})  # read_only_sql_transaction

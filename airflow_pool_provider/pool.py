@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 Connect = Callable[[], "ext.connection"]
 
+
 @dataclass(slots=True)
 class _Slot:
     """One physical connection and the facts the pool keeps about it."""
@@ -297,8 +298,7 @@ class ConnectionPool:
         if len(self._in_use) > stats.peak_in_use:
             stats.peak_in_use = len(self._in_use)
 
-    def _wait_for_return(self, deadline: float, now: float, timeout: float,
-                         cancel: threading.Event | None) -> None:
+    def _wait_for_return(self, deadline: float, now: float, timeout: float, cancel: threading.Event | None) -> None:
         """Block until a connection is given back or the deadline passes (lock held)."""
         if cancel is not None and cancel.is_set():
             raise CheckoutCancelled(f"pool {self.name!r}: the wait for a connection was cancelled")
@@ -412,8 +412,9 @@ class ConnectionPool:
             raise CheckoutCancelled(f"pool {self.name!r}: the wait for the server was cancelled")
 
     @contextmanager
-    def connection(self, timeout: float | None = None,
-                   cancel: threading.Event | None = None) -> Iterator[PooledConnection]:
+    def connection(
+        self, timeout: float | None = None, cancel: threading.Event | None = None
+    ) -> Iterator[PooledConnection]:
         """Check out a connection for the ``with`` block and give it back after."""
         conn = self.getconn(timeout, cancel)
         try:
@@ -426,9 +427,7 @@ class ConnectionPool:
     def putconn(self, pooled: PooledConnection) -> None:
         """Give a connection back; it is reset, or discarded if it cannot be."""
         if not isinstance(pooled, PooledConnection) or pooled._pool is not self:
-            raise PoolError(
-                f"pool {self.name!r}: this connection was not checked out from this pool"
-            )
+            raise PoolError(f"pool {self.name!r}: this connection was not checked out from this pool")
         slot = pooled._slot
         if slot is None:
             raise PoolError(f"pool {self.name!r}: this connection was already given back")

@@ -25,8 +25,7 @@ _OPTION_HELP = {
     "max_idle": ("float", "Seconds an idle connection above min_size is kept; 'none' keeps it."),
     "leak_threshold": (
         "float",
-        "Seconds a connection may be held before a warning with the taker's stack; 'none' "
-        "turns the check off.",
+        "Seconds a connection may be held before a warning with the taker's stack; 'none' turns the check off.",
     ),
 }
 

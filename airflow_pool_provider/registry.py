@@ -80,7 +80,10 @@ def pool_for(conn_id: str, connect_kwargs: dict[str, Any], settings: PoolSetting
                     "the pool of connection %r already exists with %s; a hook asked for %s and shares the "
                     "existing pool. Pools are per process and per connection id: set their sizes in the "
                     "[pooled_postgres] config section, or give every hook on %r the same pool_* arguments",
-                    conn_id, _describe(current.settings), _describe(settings), conn_id,
+                    conn_id,
+                    _describe(current.settings),
+                    _describe(settings),
+                    conn_id,
                 )
             return current.pool
         if current is not None:

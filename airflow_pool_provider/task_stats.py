@@ -35,9 +35,7 @@ class _TaskListener:
     @hookimpl
     def on_task_instance_running(self, previous_state: Any, task_instance: Any) -> None:
         _checkouts_at_start.clear()
-        _checkouts_at_start.update(
-            {conn_id: pool.stats()["checkouts"] for conn_id, pool in registry.pools().items()}
-        )
+        _checkouts_at_start.update({conn_id: pool.stats()["checkouts"] for conn_id, pool in registry.pools().items()})
 
     @hookimpl
     def on_task_instance_success(self, previous_state: Any, task_instance: Any) -> None:

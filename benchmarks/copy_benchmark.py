@@ -113,18 +113,22 @@ def _benchmark(server, temp, args) -> None:
             clone_db = server.create_database("bench_clone")
             made.append(clone_db)
             seconds = pgcopydb_clone(server, src_db, clone_db)
-            results.append({"method": "pgcopydb clone, split, 2 jobs", "seconds": seconds,
-                            "note": check("pgcopydb", clone_db)})
+            results.append(
+                {"method": "pgcopydb clone, split, 2 jobs", "seconds": seconds, "note": check("pgcopydb", clone_db)}
+            )
         else:
             results.append({"method": "pgcopydb (not installed)", "seconds": None, "note": "apt install pgcopydb"})
 
         reset()
         subset = min(args.subset, args.rows)
         seconds = _generic_transfer(env, subset)
-        results.append({
-            "method": f"GenericTransfer ({subset:,} rows, x{args.rows / subset:g})",
-            "seconds": seconds * args.rows / subset, "note": check("GenericTransfer", rows=subset),
-        })
+        results.append(
+            {
+                "method": f"GenericTransfer ({subset:,} rows, x{args.rows / subset:g})",
+                "seconds": seconds * args.rows / subset,
+                "note": check("GenericTransfer", rows=subset),
+            }
+        )
 
         rss = {}
         for checksums in (True, False):
@@ -132,9 +136,15 @@ def _benchmark(server, temp, args) -> None:
                 reset()
                 out = _ours(env, parallelism, checksums, args.chunk_size, None)
                 label = "checksums" if checksums else "counts only"
-                results.append({"method": f"ours, parallelism {parallelism}, {label}", "seconds": out["seconds"],
-                                "note": f"{check('ours')}; peak RSS {out['maxrss_mb']:.0f} MB", "ours": True,
-                                "checksums": checksums})
+                results.append(
+                    {
+                        "method": f"ours, parallelism {parallelism}, {label}",
+                        "seconds": out["seconds"],
+                        "note": f"{check('ours')}; peak RSS {out['maxrss_mb']:.0f} MB",
+                        "ours": True,
+                        "checksums": checksums,
+                    }
+                )
                 if checksums and parallelism == RSS_PARALLELISM:
                     rss[args.rows] = out["maxrss_mb"]
         reset()
@@ -167,10 +177,12 @@ def _connections_env(server, src_db: str, dst_db: str) -> dict[str, str]:
 def _psql_pipe(psql: str, server, src_db: str, dst_db: str, fmt: str) -> float:
     option = " (FORMAT binary)" if fmt == "binary" else ""
     started = time.perf_counter()
-    out = subprocess.Popen([psql, "-X", "-q", server.dsn(src_db), "-c", f"COPY events TO STDOUT{option}"],
-                           stdout=subprocess.PIPE)
-    into = subprocess.run([psql, "-X", "-q", server.dsn(dst_db), "-c", f"COPY events FROM STDIN{option}"],
-                          stdin=out.stdout, check=True)
+    out = subprocess.Popen(
+        [psql, "-X", "-q", server.dsn(src_db), "-c", f"COPY events TO STDOUT{option}"], stdout=subprocess.PIPE
+    )
+    into = subprocess.run(
+        [psql, "-X", "-q", server.dsn(dst_db), "-c", f"COPY events FROM STDIN{option}"], stdin=out.stdout, check=True
+    )
     out.stdout.close()
     if out.wait() or into.returncode:
         raise SystemExit("the psql pipe failed")
@@ -194,11 +206,11 @@ print(time.perf_counter() - started)
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def _ours(env: dict[str, str], parallelism: int, checksums: bool, chunk_size: int | None,
-          where: str | None) -> dict:
+def _ours(env: dict[str, str], parallelism: int, checksums: bool, chunk_size: int | None, where: str | None) -> dict:
     spec = {"parallelism": parallelism, "checksums": checksums, "chunk_size": chunk_size, "where": where}
-    result = subprocess.run([sys.executable, str(HERE), "--worker", json.dumps(spec)], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(HERE), "--worker", json.dumps(spec)], env=env, capture_output=True, text=True
+    )
     if result.returncode:
         raise SystemExit(f"our copy failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -209,8 +221,13 @@ def _worker(spec: dict) -> None:
     from airflow_pool_provider.copy import CopySpec, TableCopy
     from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
 
-    copy = CopySpec("events", chunk_size=spec["chunk_size"] or DEFAULT_CHUNK_SIZE, parallelism=spec["parallelism"],
-                    verify_checksums=spec["checksums"], where=spec["where"])
+    copy = CopySpec(
+        "events",
+        chunk_size=spec["chunk_size"] or DEFAULT_CHUNK_SIZE,
+        parallelism=spec["parallelism"],
+        verify_checksums=spec["checksums"],
+        where=spec["where"],
+    )
     started = time.perf_counter()
     source = PooledPostgresHook("bench_src").get_pool()
     target = PooledPostgresHook("bench_dst").get_pool()
@@ -230,16 +247,19 @@ def _profile(src, dst, rows: int, chunk_size: int) -> None:
     with src.cursor() as cur:
         columns = catalog.load_table(cur, TableName.parse("events"), "source").copyable_columns()
     src.rollback()
-    ranges = [sql.SQL("id > {} AND id <= {}").format(sql.Literal(lo), sql.Literal(lo + chunk_size))
-              for lo in range(0, rows, chunk_size)]
+    ranges = [
+        sql.SQL("id > {} AND id <= {}").format(sql.Literal(lo), sql.Literal(lo + chunk_size))
+        for lo in range(0, rows, chunk_size)
+    ]
     parts = []
     dumps = [tempfile.TemporaryFile() for _ in ranges]  # one binary COPY stream per chunk
     try:
         started = time.perf_counter()
         with src.cursor() as cur:
             for where, dump in zip(ranges, dumps, strict=True):
-                cur.copy_expert(sql.SQL("COPY (SELECT * FROM events WHERE {}) TO STDOUT (FORMAT binary)")
-                                .format(where), dump)
+                cur.copy_expert(
+                    sql.SQL("COPY (SELECT * FROM events WHERE {}) TO STDOUT (FORMAT binary)").format(where), dump
+                )
         src.rollback()
         parts.append(("source read: COPY TO, binary, by chunk", time.perf_counter() - started))
         started = time.perf_counter()
@@ -264,8 +284,10 @@ def _profile(src, dst, rows: int, chunk_size: int) -> None:
     for name, seconds in parts:
         print(f"  {name:<56} {seconds:6.2f} s")
     work = sum(s for _, s in parts) + hashing
-    print(f"  server work of a checksummed copy: {work:.2f} core-seconds, so at least {work / os.cpu_count():.2f} s "
-          f"on {os.cpu_count()} cores before any client work; counts only: {work - 2 * hashing:.2f} core-seconds")
+    print(
+        f"  server work of a checksummed copy: {work:.2f} core-seconds, so at least {work / os.cpu_count():.2f} s "
+        f"on {os.cpu_count()} cores before any client work; counts only: {work - 2 * hashing:.2f} core-seconds"
+    )
 
 
 def _report(results: list[dict], rss: dict[int, float], rows: int, subset: int, version: str) -> None:
@@ -277,23 +299,37 @@ def _report(results: list[dict], rss: dict[int, float], rows: int, subset: int, 
         sec = "-" if r["seconds"] is None else f"{r['seconds']:.2f}"
         ratio = "-" if r["seconds"] is None or not reference else f"{r['seconds'] / reference:.2f}"
         print(f"{r['method']:<42} {sec:>8} {ratio:>7}  {r['note']}")
-    print(f"\npeak RSS of our copying process (parallelism {RSS_PARALLELISM}, checksums): "
-          f"{rss[subset]:.0f} MB at {subset:,} rows, "
-          f"{rss[rows]:.0f} MB at {rows:,} rows (growth {rss[rows] - rss[subset]:+.0f} MB)")
+    print(
+        f"\npeak RSS of our copying process (parallelism {RSS_PARALLELISM}, checksums): "
+        f"{rss[subset]:.0f} MB at {subset:,} rows, "
+        f"{rss[rows]:.0f} MB at {rows:,} rows (growth {rss[rows] - rss[subset]:+.0f} MB)"
+    )
     ours_counts = min(r["seconds"] for r in results if r.get("ours") and not r["checksums"])
     ours_checked = min(r["seconds"] for r in results if r.get("ours") and r["checksums"])
     pgcopydb = next((r["seconds"] for r in results if r["method"].startswith("pgcopydb clone")), None)
     generic = next(r["seconds"] for r in results if r["method"].startswith("GenericTransfer"))
     print("\ntargets:")
-    _target(f"counts only, best {ours_counts:.2f} s <= 0.80 x raw text pipe",
-            reference and ours_counts <= 0.80 * reference, reference and ours_counts / reference)
+    _target(
+        f"counts only, best {ours_counts:.2f} s <= 0.80 x raw text pipe",
+        reference and ours_counts <= 0.80 * reference,
+        reference and ours_counts / reference,
+    )
     if pgcopydb:
-        _target(f"counts only, best {ours_counts:.2f} s <= 0.85 x pgcopydb {pgcopydb:.2f} s",
-                ours_counts <= 0.85 * pgcopydb, ours_counts / pgcopydb)
-    _target(f"checksums on, best {ours_checked:.2f} s <= raw text pipe",
-            reference and ours_checked <= reference, reference and ours_checked / reference)
-    _target(f">= 12x faster than GenericTransfer ({generic / ours_checked:.1f}x with checksums)",
-            generic >= 12 * ours_checked, generic / ours_checked)
+        _target(
+            f"counts only, best {ours_counts:.2f} s <= 0.85 x pgcopydb {pgcopydb:.2f} s",
+            ours_counts <= 0.85 * pgcopydb,
+            ours_counts / pgcopydb,
+        )
+    _target(
+        f"checksums on, best {ours_checked:.2f} s <= raw text pipe",
+        reference and ours_checked <= reference,
+        reference and ours_checked / reference,
+    )
+    _target(
+        f">= 12x faster than GenericTransfer ({generic / ours_checked:.1f}x with checksums)",
+        generic >= 12 * ours_checked,
+        generic / ours_checked,
+    )
     _target(f"peak RSS growth {rss[rows] - rss[subset]:+.0f} MB <= 50 MB", rss[rows] - rss[subset] <= 50, None)
 
 

@@ -12,8 +12,21 @@ def pgcopydb_clone(server, src_db: str, dst_db: str, split: bool = True) -> floa
     """``pgcopydb clone --table-jobs 2 --index-jobs 2`` (tables above 50 MB split); seconds."""
     work = tempfile.mkdtemp(prefix="pgcopydb-")
     command = [
-        "pgcopydb", "clone", "--source", server.uri(src_db), "--target", server.uri(dst_db),
-        "--dir", work, "--table-jobs", "2", "--index-jobs", "2", "--no-owner", "--no-acl", "--skip-extensions",
+        "pgcopydb",
+        "clone",
+        "--source",
+        server.uri(src_db),
+        "--target",
+        server.uri(dst_db),
+        "--dir",
+        work,
+        "--table-jobs",
+        "2",
+        "--index-jobs",
+        "2",
+        "--no-owner",
+        "--no-acl",
+        "--skip-extensions",
     ]
     if split:
         command += ["--split-tables-larger-than", "50MB"]
@@ -31,8 +44,7 @@ def pg_dump_restore(server, src_db: str, dst_db: str, bin_dir: str | None = None
     try:
         started = time.perf_counter()
         _timed([dump, "-Fd", "-j", "2", "-f", f"{folder}/dump", "-d", server.uri(src_db)], "pg_dump")
-        _timed([restore, "-j", "2", "--no-owner", "--no-acl", "-d", server.uri(dst_db), f"{folder}/dump"],
-               "pg_restore")
+        _timed([restore, "-j", "2", "--no-owner", "--no-acl", "-d", server.uri(dst_db), f"{folder}/dump"], "pg_restore")
         return time.perf_counter() - started
     finally:
         shutil.rmtree(folder, ignore_errors=True)

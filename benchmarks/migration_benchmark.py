@@ -42,9 +42,11 @@ with DAG(dag_id="noop_chain", schedule=None, start_date=pendulum.datetime(2024, 
             previous >> current
         previous = current
 """
-SECONDARY_INDEXES = ("CREATE INDEX events_account ON events (account_id)",
-                     "CREATE INDEX events_created ON events (created_at)",
-                     "CREATE INDEX events_kind_amount ON events (kind, amount)")
+SECONDARY_INDEXES = (
+    "CREATE INDEX events_account ON events (account_id)",
+    "CREATE INDEX events_created ON events (created_at)",
+    "CREATE INDEX events_kind_amount ON events (kind, amount)",
+)
 
 
 @dataclass
@@ -70,8 +72,14 @@ def main() -> None:
     dags = home / "dags"
     dags.mkdir()
     (dags / "migrate_tables.py").symlink_to(ROOT / "dags" / "migrate_tables.py")
-    os.environ.update({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                       "AIRFLOW__CORE__DAGS_FOLDER": str(dags), "AIRFLOW__OPENLINEAGE__DISABLED": "True"})
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__OPENLINEAGE__DISABLED": "True",
+        }
+    )
     from airflow_pool_provider.testing.postgres import TemporaryPostgres, server_from_env
 
     server, temp = server_from_env(), None
@@ -82,9 +90,14 @@ def main() -> None:
     made: list[str] = []
     results: list[Result] = []
     try:
-        cases = [] if args.only_big else [
-            ("demo database", lambda db: _demo(server, db, args.demo_scale)),
-            (f"events {args.events_rows:,}", lambda db: _events(server, db, args.events_rows))]
+        cases = (
+            []
+            if args.only_big
+            else [
+                ("demo database", lambda db: _demo(server, db, args.demo_scale)),
+                (f"events {args.events_rows:,}", lambda db: _events(server, db, args.events_rows)),
+            ]
+        )
         if args.big or args.only_big:
             cases.append(("events 10,000,000", lambda db: _events(server, db, 10_000_000)))
         for case, build in cases:
@@ -128,12 +141,21 @@ def _run_case(server, case: str, source: str, made: list[str]) -> list[Result]:
     results = []
     methods = [("ours: migrate_tables, airflow dags test", _ours)]
     if _pgcopydb_usable(server):  # the issue's baseline, then with its table splitting on too
-        methods.append(("pgcopydb clone, 2 table + 2 index jobs", lambda s, src, dst: Result(
-            case, "", pgcopydb_clone(s, src, dst, split=False))))
-        methods.append(("pgcopydb clone, same, tables > 50 MB split", lambda s, src, dst: Result(
-            case, "", pgcopydb_clone(s, src, dst))))
-    methods.append(("pg_dump -Fd -j 2 + pg_restore -j 2", lambda s, src, dst: Result(
-        case, "", pg_dump_restore(s, src, dst))))
+        methods.append(
+            (
+                "pgcopydb clone, 2 table + 2 index jobs",
+                lambda s, src, dst: Result(case, "", pgcopydb_clone(s, src, dst, split=False)),
+            )
+        )
+        methods.append(
+            (
+                "pgcopydb clone, same, tables > 50 MB split",
+                lambda s, src, dst: Result(case, "", pgcopydb_clone(s, src, dst)),
+            )
+        )
+    methods.append(
+        ("pg_dump -Fd -j 2 + pg_restore -j 2", lambda s, src, dst: Result(case, "", pg_dump_restore(s, src, dst)))
+    )
     for name, run in methods:
         target = server.create_database("bench_mig_dst")
         made.append(target)
@@ -160,8 +182,10 @@ def _pgcopydb_usable(server) -> bool:
     dump_major = int(found.split()[2].split(".")[0]) if found else 0
     server_major = int(server.execute("SHOW server_version_num")[0][0]) // 10000
     if dump_major < server_major:
-        print(f"  (pgcopydb left out: the pg_dump on PATH is {dump_major}, the server {server_major}; "
-              "set AIRFLOW_POOL_PROVIDER_PG_DSN to a server pg_dump can read)")
+        print(
+            f"  (pgcopydb left out: the pg_dump on PATH is {dump_major}, the server {server_major}; "
+            "set AIRFLOW_POOL_PROVIDER_PG_DSN to a server pg_dump can read)"
+        )
         return False
     return True
 
@@ -171,8 +195,13 @@ def _ours(server, source: str, target: str) -> Result:
     for conn_id, db in (("MIGRATION_SOURCE", source), ("MIGRATION_TARGET", target)):
         env[f"AIRFLOW_CONN_{conn_id}"] = server.airflow_connection(db)
     started = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", "migrate_tables"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow", "dags", "test", "migrate_tables"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = process.stdout.read()
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - started
@@ -183,8 +212,16 @@ def _ours(server, source: str, target: str) -> Result:
     per_task: dict[str, float] = {}
     for (task_id, _), duration in each.items():
         per_task[task_id] = per_task.get(task_id, 0.0) + duration
-    return Result("", "", seconds, f"{len(each)} task instances, verified", tasks_seconds=inside,
-                  startup_seconds=seconds - inside, peak_rss_mb=usage.ru_maxrss / 1024, extra={"tasks": per_task})
+    return Result(
+        "",
+        "",
+        seconds,
+        f"{len(each)} task instances, verified",
+        tasks_seconds=inside,
+        startup_seconds=seconds - inside,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        extra={"tasks": per_task},
+    )
 
 
 def _airflow_task_overhead(tasks: int) -> dict[tuple[str, int], float]:
@@ -204,8 +241,11 @@ def _task_durations() -> dict[tuple[str, int], float]:
     with Session() as session:
         run_id = session.scalars(select(TaskInstance.run_id).order_by(TaskInstance.start_date.desc()).limit(1)).one()
         query = select(TaskInstance.task_id, TaskInstance.map_index, TaskInstance.start_date, TaskInstance.end_date)
-        rows = session.execute(query.where(TaskInstance.run_id == run_id, TaskInstance.start_date.is_not(None))
-                               .order_by(TaskInstance.start_date)).all()
+        rows = session.execute(
+            query.where(TaskInstance.run_id == run_id, TaskInstance.start_date.is_not(None)).order_by(
+                TaskInstance.start_date
+            )
+        ).all()
     return {(task_id, index): (end - start).total_seconds() for task_id, index, start, end in rows}
 
 
@@ -213,9 +253,11 @@ def _counts(server, db: str) -> dict[str, int]:
     conn = psycopg2.connect(server.dsn(db))
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                        "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname NOT LIKE 'airflow_pool%%' "
-                        "ORDER BY 1")
+            cur.execute(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.relname NOT LIKE 'airflow_pool%%' "
+                "ORDER BY 1"
+            )
             tables = [r[0] for r in cur.fetchall()]
             counts = {}
             for table in tables:
@@ -240,17 +282,22 @@ def _report(results: list[Result], server) -> None:
             print(f"{case:<22}{r.method:<44}{r.seconds:>9.2f}{ratio:>8}  {r.note}")
             if r.tasks_seconds is not None:
                 ratio = f"{r.tasks_seconds / pgcopydb:.2f}" if pgcopydb else "-"
-                print(f"{'':<22}{'  of which inside its tasks':<44}{r.tasks_seconds:>9.2f}{ratio:>8}  "
-                      f"peak RSS {r.peak_rss_mb:.0f} MB")
+                print(
+                    f"{'':<22}{'  of which inside its tasks':<44}{r.tasks_seconds:>9.2f}{ratio:>8}  "
+                    f"peak RSS {r.peak_rss_mb:.0f} MB"
+                )
                 print(f"{'':<22}{'  Airflow itself: start, and each task':<44}{r.startup_seconds:>9.2f}")
-                print(f"{'':<24}tasks (s, Airflow's share included): "
-                      + ", ".join(f"{task} {s:.1f}" for task, s in r.extra["tasks"].items()))
+                print(
+                    f"{'':<24}tasks (s, Airflow's share included): "
+                    + ", ".join(f"{task} {s:.1f}" for task, s in r.extra["tasks"].items())
+                )
                 split = next((x.seconds for x in rows if "split" in x.method), None)
                 if pgcopydb and case.startswith("events"):
                     targets.append((f"{case}: tasks' time <= 0.8 x pgcopydb", r.tasks_seconds / pgcopydb, 0.8))
                 if split and case.startswith("events"):
-                    targets.append((f"{case}: tasks' time <= 0.8 x pgcopydb with split tables",
-                                    r.tasks_seconds / split, 0.8))
+                    targets.append(
+                        (f"{case}: tasks' time <= 0.8 x pgcopydb with split tables", r.tasks_seconds / split, 0.8)
+                    )
                 if pgcopydb and dump and case == "events 10,000,000":
                     targets.append((f"{case}: end to end <= pgcopydb", r.seconds / pgcopydb, 1.0))
                     targets.append((f"{case}: end to end < pg_dump/pg_restore", r.seconds / dump, 1.0))

@@ -147,8 +147,7 @@ def part1(connect_kwargs: dict[str, Any], conninfo: str, n: int, warmup: int) ->
         interleaved(
             [
                 (r_ours, lambda k, out: time_checkouts(ours.getconn, ours.putconn, k, out), warmup),
-                (r_threaded, lambda k, out: time_checkouts(threaded.getconn, threaded.putconn, k, out),
-                 warmup),
+                (r_threaded, lambda k, out: time_checkouts(threaded.getconn, threaded.putconn, k, out), warmup),
                 (r_pg3, lambda k, out: time_checkouts(pg3.getconn, pg3.putconn, k, out), warmup),
             ],
             n,
@@ -268,10 +267,17 @@ def render(results: list[Result]) -> list[str]:
         ref = next(r for r in group if r.reference)
         for r in group:
             name = f"{r.name} [ref]" if r.reference else r.name
-            rows.append([
-                part, name, f"{len(r.samples_ns):,}", f"{r.p50:,.2f}", f"{r.p99:,.2f}",
-                f"{ref.p50 / r.p50:.2f}x", f"{ref.p99 / r.p99:.2f}x",
-            ])
+            rows.append(
+                [
+                    part,
+                    name,
+                    f"{len(r.samples_ns):,}",
+                    f"{r.p50:,.2f}",
+                    f"{r.p99:,.2f}",
+                    f"{ref.p50 / r.p50:.2f}x",
+                    f"{ref.p99 / r.p99:.2f}x",
+                ]
+            )
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -315,12 +321,9 @@ def verdicts(results: list[Result]) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=20_000,
-                        help="part 1 checkouts per subject (default 20000)")
-    parser.add_argument("--round-trips", type=int, default=2_000,
-                        help="part 2 round trips per subject (default 2000)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a tenth of the default counts (a quick check, noisier)")
+    parser.add_argument("--iterations", type=int, default=20_000, help="part 1 checkouts per subject (default 20000)")
+    parser.add_argument("--round-trips", type=int, default=2_000, help="part 2 round trips per subject (default 2000)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the default counts (a quick check, noisier)")
     args = parser.parse_args(argv)
     if args.quick:
         args.iterations = max(ROUNDS, args.iterations // 10)
@@ -379,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             f"psycopg_pool {psycopg_pool.__version__} | {os.cpu_count()} CPUs | "
             f"timer overhead ~{timer_overhead_ns():.0f} ns/sample (not subtracted)"
         )
-        print("x ref = reference p50 (p99) / this p50 (p99): above 1 is faster than the reference "
-              "row of its part")
+        print("x ref = reference p50 (p99) / this p50 (p99): above 1 is faster than the reference row of its part")
         print()
         for text in render(results1 + results2):
             print(text)

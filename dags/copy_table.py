@@ -31,27 +31,56 @@ with DAG(
     tags=["pool-provider", "example"],
     params={
         **connection_params(SOURCES, TARGETS),
-        "table": Param("public.events", type="string", title="Table",
-                       description="table, schema.table or a quoted SQL name; the target must exist."),
-        "where": Param("", type=["string", "null"], title="Row filter", maxLength=500,
-                       pattern=r"^(?![\s\S]*--)(?![\s\S]*/\*)[^;\\]*$",
-                       description="Optional: one SQL condition on the source rows, e.g. created_at >= "
-                                   "'2024-06-01'. It runs with the source connection's rights, in read-only "
-                                   "transactions: anyone who may trigger this DAG can read what that role can "
-                                   "read and call the functions it may call. "
-                                   "No ';', comments or backslashes; at most 500 characters."),
-        "mode": Param("append", enum=["append", "replace", "upsert"], title="Mode",
-                      description="append: add the rows (fails on duplicate keys); replace: empty the target "
-                                  "table first; upsert: insert new rows and update existing ones by key."),
-        "chunk_size": Param(50_000, type="integer", minimum=1, maximum=10_000_000, title="Rows per chunk",
-                            description="Rows copied and verified in one target transaction."),
-        "parallelism": Param(2, type="integer", minimum=1, maximum=MAX_WORKERS, title="Parallel chunks",
-                             description=f"Chunks copied at once, at most {MAX_WORKERS}: each holds a source and "
-                                         "a target connection, and fewer run when the pools or the servers "
-                                         "have no room (the log says why)."),
-        "copy_id": Param("", type=["string", "null"], title="Copy id (to resume)",
-                         description="Empty: a new copy per run (retries of the run resume it). Give the "
-                                     "copy_id of an earlier failed run to finish that copy instead."),
+        "table": Param(
+            "public.events",
+            type="string",
+            title="Table",
+            description="table, schema.table or a quoted SQL name; the target must exist.",
+        ),
+        "where": Param(
+            "",
+            type=["string", "null"],
+            title="Row filter",
+            maxLength=500,
+            pattern=r"^(?![\s\S]*--)(?![\s\S]*/\*)[^;\\]*$",
+            description="Optional: one SQL condition on the source rows, e.g. created_at >= "
+            "'2024-06-01'. It runs with the source connection's rights, in read-only "
+            "transactions: anyone who may trigger this DAG can read what that role can "
+            "read and call the functions it may call. "
+            "No ';', comments or backslashes; at most 500 characters.",
+        ),
+        "mode": Param(
+            "append",
+            enum=["append", "replace", "upsert"],
+            title="Mode",
+            description="append: add the rows (fails on duplicate keys); replace: empty the target "
+            "table first; upsert: insert new rows and update existing ones by key.",
+        ),
+        "chunk_size": Param(
+            50_000,
+            type="integer",
+            minimum=1,
+            maximum=10_000_000,
+            title="Rows per chunk",
+            description="Rows copied and verified in one target transaction.",
+        ),
+        "parallelism": Param(
+            2,
+            type="integer",
+            minimum=1,
+            maximum=MAX_WORKERS,
+            title="Parallel chunks",
+            description=f"Chunks copied at once, at most {MAX_WORKERS}: each holds a source and "
+            "a target connection, and fewer run when the pools or the servers "
+            "have no room (the log says why).",
+        ),
+        "copy_id": Param(
+            "",
+            type=["string", "null"],
+            title="Copy id (to resume)",
+            description="Empty: a new copy per run (retries of the run resume it). Give the "
+            "copy_id of an earlier failed run to finish that copy instead.",
+        ),
     },
 ):
     ChunkedTableCopyOperator(

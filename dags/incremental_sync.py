@@ -39,14 +39,28 @@ with DAG(
     tags=["pool-provider", "example"],
     params={
         **connection_params(SOURCES, TARGETS),
-        "table": Param("public.orders", type="string", title="Table",
-                       description="The table to keep in step; the target's must exist, with a primary key."),
-        "updated_column": Param("updated_at", type="string", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-                                title="Changed-at column",
-                                description="A timestamp column the source sets on every insert and update."),
-        "lookback_minutes": Param(15, type="integer", minimum=0, maximum=1440, title="Lookback (minutes)",
-                                  description="Also read rows stamped this long before the interval: rows "
-                                              "committed late with an earlier timestamp are not missed."),
+        "table": Param(
+            "public.orders",
+            type="string",
+            title="Table",
+            description="The table to keep in step; the target's must exist, with a primary key.",
+        ),
+        "updated_column": Param(
+            "updated_at",
+            type="string",
+            pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+            title="Changed-at column",
+            description="A timestamp column the source sets on every insert and update.",
+        ),
+        "lookback_minutes": Param(
+            15,
+            type="integer",
+            minimum=0,
+            maximum=1440,
+            title="Lookback (minutes)",
+            description="Also read rows stamped this long before the interval: rows "
+            "committed late with an earlier timestamp are not missed.",
+        ),
     },
 ):
 
@@ -68,9 +82,11 @@ with DAG(
                 return ""  # the first run: the whole table
             start = data_interval_start - timedelta(minutes=params["lookback_minutes"])
             column = sql.Identifier(params["updated_column"])
-            return sql.SQL("{} >= {} AND {} < {}").format(
-                column, sql.Literal(start.isoformat()), column, sql.Literal(data_interval_end.isoformat())
-            ).as_string(conn.raw)
+            return (
+                sql.SQL("{} >= {} AND {} < {}")
+                .format(column, sql.Literal(start.isoformat()), column, sql.Literal(data_interval_end.isoformat()))
+                .as_string(conn.raw)
+            )
 
     window = changed_rows()
     ChunkedTableCopyOperator(

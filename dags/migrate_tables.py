@@ -43,33 +43,77 @@ with DAG(
     tags=["pool-provider", "example", "migration"],
     params={
         **connection_params(SOURCES, TARGETS, source_verb="migrate from", target_verb="migrate to"),
-        "schemas": Param(["public"], type="array", items={"type": "string"}, minItems=1, title="Schemas",
-                         description="Schemas to migrate, one per line."),
-        "tables": Param([], type=["array", "null"], items={"type": "string"}, title="Tables",
-                        description="Tables to migrate (table or schema.table), one per line; empty: every "
-                                    "table of the schemas."),
-        "exclude_tables": Param([], type=["array", "null"], items={"type": "string"}, title="Leave out",
-                                description="Tables not to migrate, one per line."),
-        "chunk_size": Param(DEFAULT_CHUNK_SIZE, type="integer", minimum=1, maximum=MAX_CHUNK_SIZE,
-                            title="Rows per chunk", description="Rows copied and verified in one transaction."),
-        "parallelism": Param(DEFAULT_PARALLELISM, type="integer", minimum=1, maximum=MAX_PARALLELISM,
-                             title="Parallel chunks per task",
-                             description=f"Chunks one copy task copies at once (at most {MAX_PARALLELISM}); "
-                                         f"{COPY_TASKS} copy tasks may run at once."),
-        "dry_run": Param(False, type="boolean", title="Dry run",
-                         description="Plan only: the plan task's log shows what would move; nothing is written."),
-        "mode": Param("resume", type="string", enum=["resume", "replace"], title="Mode",
-                      description="resume: a new migration, or finish the one with this id; refuses target tables "
-                                  "it did not create. replace: drop the selected tables in the target first (never "
-                                  "anything else; refuses if other objects depend on them)."),
-        "keep_owners": Param(False, type="boolean", title="Keep owners",
-                             description="Give the migrated objects their source owners (those roles must exist "
-                                         "in the target); off: the target connection's user owns them. Grants are "
-                                         "never copied."),
-        "migration_id": Param("", type=["string", "null"], maxLength=100, pattern=r"^[A-Za-z0-9_.:-]*$",
-                              title="Migration id",
-                              description="Empty: derived from the connections and the selection, so the same "
-                                          "migration run again resumes or confirms it."),
+        "schemas": Param(
+            ["public"],
+            type="array",
+            items={"type": "string"},
+            minItems=1,
+            title="Schemas",
+            description="Schemas to migrate, one per line.",
+        ),
+        "tables": Param(
+            [],
+            type=["array", "null"],
+            items={"type": "string"},
+            title="Tables",
+            description="Tables to migrate (table or schema.table), one per line; empty: every table of the schemas.",
+        ),
+        "exclude_tables": Param(
+            [],
+            type=["array", "null"],
+            items={"type": "string"},
+            title="Leave out",
+            description="Tables not to migrate, one per line.",
+        ),
+        "chunk_size": Param(
+            DEFAULT_CHUNK_SIZE,
+            type="integer",
+            minimum=1,
+            maximum=MAX_CHUNK_SIZE,
+            title="Rows per chunk",
+            description="Rows copied and verified in one transaction.",
+        ),
+        "parallelism": Param(
+            DEFAULT_PARALLELISM,
+            type="integer",
+            minimum=1,
+            maximum=MAX_PARALLELISM,
+            title="Parallel chunks per task",
+            description=f"Chunks one copy task copies at once (at most {MAX_PARALLELISM}); "
+            f"{COPY_TASKS} copy tasks may run at once.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Plan only: the plan task's log shows what would move; nothing is written.",
+        ),
+        "mode": Param(
+            "resume",
+            type="string",
+            enum=["resume", "replace"],
+            title="Mode",
+            description="resume: a new migration, or finish the one with this id; refuses target tables "
+            "it did not create. replace: drop the selected tables in the target first (never "
+            "anything else; refuses if other objects depend on them).",
+        ),
+        "keep_owners": Param(
+            False,
+            type="boolean",
+            title="Keep owners",
+            description="Give the migrated objects their source owners (those roles must exist "
+            "in the target); off: the target connection's user owns them. Grants are "
+            "never copied.",
+        ),
+        "migration_id": Param(
+            "",
+            type=["string", "null"],
+            maxLength=100,
+            pattern=r"^[A-Za-z0-9_.:-]*$",
+            title="Migration id",
+            description="Empty: derived from the connections and the selection, so the same "
+            "migration run again resumes or confirms it.",
+        ),
     },
 ):
     migration_stages(

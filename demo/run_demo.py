@@ -32,12 +32,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true", help="empty the target first")
     args = parser.parse_args()
-    os.environ.update({
-        "AIRFLOW_HOME": str(STATE / "airflow"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__OPENLINEAGE__DISABLED": "True",
-    })
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(STATE / "airflow"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+            "AIRFLOW__OPENLINEAGE__DISABLED": "True",
+        }
+    )
     from airflow_pool_provider.testing.postgres import TemporaryPostgres, server_from_env
 
     server, embedded = server_from_env(), None
@@ -70,19 +72,30 @@ def prepare_databases(server, fresh: bool) -> None:
     finally:
         conn.close()
     what = "built" if report.created else "kept from an earlier run"
-    print(f"legacy source database {what}: {report.total_rows:,} rows "
-          + ", ".join(f"{t} {n:,}" for t, n in report.rows.items()))
+    print(
+        f"legacy source database {what}: {report.total_rows:,} rows "
+        + ", ".join(f"{t} {n:,}" for t, n in report.rows.items())
+    )
     for conn_id, db in (("migration_source", SOURCE_DB), ("migration_target", TARGET_DB)):
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = server.airflow_connection(
-            db, {"application_name": f"demo-{conn_id}"})
+            db, {"application_name": f"demo-{conn_id}"}
+        )
 
 
 def migrate(server) -> int:
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     print("\n== airflow dags test migrate_tables ==")
-    process = subprocess.Popen([sys.executable, "-m", "airflow", "dags", "test", "migrate_tables"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow", "dags", "test", "migrate_tables"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log: list[str] = []
     message: list[str] = []  # one log message: a timestamped line and the lines after it
     for line in process.stdout:
@@ -98,9 +111,11 @@ def migrate(server) -> int:
         print("".join(log[-200:]))
         print("\nthe migration FAILED: its log is above")
     else:
-        print(f"\ndone (the whole log: {STATE / 'migrate_tables.log'}). psql -h {server.host} -p {server.port} "
-              f"-U {server.user} {TARGET_DB} shows the migrated tables; run this demo again and the migration is "
-              "confirmed, not redone")
+        print(
+            f"\ndone (the whole log: {STATE / 'migrate_tables.log'}). psql -h {server.host} -p {server.port} "
+            f"-U {server.user} {TARGET_DB} shows the migrated tables; run this demo again and the migration is "
+            "confirmed, not redone"
+        )
     return code
 
 

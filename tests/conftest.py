@@ -87,12 +87,21 @@ def make_conn_id(monkeypatch: pytest.MonkeyPatch, pg_server: Server) -> Iterator
 
     forget_cached_connections()
 
-    def make(dbname: str, server: Server | None = None, conn_id: str | None = None,
-             password: str | None = None, extra: dict | None = None) -> str:
+    def make(
+        dbname: str,
+        server: Server | None = None,
+        conn_id: str | None = None,
+        password: str | None = None,
+        extra: dict | None = None,
+    ) -> str:
         server = server or pg_server
         conn_id = conn_id or f"pg_{uuid.uuid4().hex[:8]}"
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", server.airflow_connection(
-            dbname, {"application_name": f"test-{conn_id}", **(extra or {})}, password=password))
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}",
+            server.airflow_connection(
+                dbname, {"application_name": f"test-{conn_id}", **(extra or {})}, password=password
+            ),
+        )
         forget_cached_connections()
         return conn_id
 
@@ -110,7 +119,10 @@ def conn_id(make_conn_id: Callable[..., str], database: str) -> str:
 def airflow_db() -> Path:
     """A migrated SQLite metadata DB, once per session (needed by dag.test)."""
     subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, env=os.environ.copy(),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     return _AIRFLOW_HOME

@@ -37,9 +37,11 @@ class CopyEnv:
             conn.autocommit = True
             with conn.cursor() as cur:
                 # Same output settings on both sides, so text forms compare byte for byte.
-                cur.execute("SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; "
-                            "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
-                            "SET bytea_output = 'hex'")
+                cur.execute(
+                    "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, MDY'; "
+                    "SET IntervalStyle = 'postgres'; SET extra_float_digits = 3; "
+                    "SET bytea_output = 'hex'"
+                )
             self._conns[side] = conn
         return conn
 
@@ -65,15 +67,16 @@ class CopyEnv:
     def digest(self, side: str, table: str = "t", order: str | None = None) -> tuple[int, str | None]:
         """Row count and md5 of all rows' text in ``order`` (default: the full row text)."""
         order = order or "x::text"
-        return tuple(self.rows(
-            side, f"SELECT count(*), md5(string_agg(x::text, '|' ORDER BY {order})) FROM {table} x"
-        )[0])
+        return tuple(
+            self.rows(side, f"SELECT count(*), md5(string_agg(x::text, '|' ORDER BY {order})) FROM {table} x")[0]
+        )
 
     def column_digests(self, side: str, table: str, columns: Sequence[str], order: str) -> dict[str, Any]:
         """Per column: md5 of every value's text form in ``order``, NULLs marked distinctly."""
         parts = [
-            sql.SQL("md5(string_agg(CASE WHEN {c} IS NULL THEN 'N' ELSE 'V' || {c}::text END, "
-                    "',' ORDER BY {order}))").format(c=sql.Identifier(c), order=sql.SQL(order))
+            sql.SQL(
+                "md5(string_agg(CASE WHEN {c} IS NULL THEN 'N' ELSE 'V' || {c}::text END, ',' ORDER BY {order}))"
+            ).format(c=sql.Identifier(c), order=sql.SQL(order))
             for c in columns
         ]
         query = sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(parts), sql.SQL(table))
@@ -87,13 +90,21 @@ class CopyEnv:
 
     def ledger(self, copy_id: str, side: str = "dst") -> list[dict[str, Any]]:
         """The ledger rows of ``copy_id``, in whichever schema its ledger is (none if no ledger)."""
-        schemas = [r[0] for r in self.rows(
-            side, "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s", (LEDGER_TABLE,))]
+        schemas = [
+            r[0]
+            for r in self.rows(
+                side, "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s", (LEDGER_TABLE,)
+            )
+        ]
         found: list[dict[str, Any]] = []
         for schema in schemas:
             with self.conn(side).cursor() as cur:
-                cur.execute(sql.SQL("SELECT * FROM {}.{} WHERE copy_id = %s ORDER BY chunk_no").format(
-                    sql.SQL(schema), sql.Identifier(LEDGER_TABLE)), (copy_id,))
+                cur.execute(
+                    sql.SQL("SELECT * FROM {}.{} WHERE copy_id = %s ORDER BY chunk_no").format(
+                        sql.SQL(schema), sql.Identifier(LEDGER_TABLE)
+                    ),
+                    (copy_id,),
+                )
                 names = [d.name for d in cur.description]
                 found += [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         return found
@@ -137,8 +148,11 @@ def icu_collation(env: CopyEnv) -> str | None:
 
     PostgreSQL 16 lists "unicode" even when built without ICU, so each candidate is tried.
     """
-    found = env.rows("src", "SELECT collname FROM pg_collation WHERE collprovider = 'i' "
-                            "AND collname IN ('unicode', 'und-x-icu') ORDER BY collname")
+    found = env.rows(
+        "src",
+        "SELECT collname FROM pg_collation WHERE collprovider = 'i' "
+        "AND collname IN ('unicode', 'und-x-icu') ORDER BY collname",
+    )
     for (name,) in found:
         try:
             if env.one("src", sql.SQL("SELECT 'a' < 'B' COLLATE {}").format(sql.Identifier(name))):

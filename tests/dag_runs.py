@@ -36,5 +36,6 @@ def tries(run: Any) -> int:
     from sqlalchemy import select
 
     with Session() as session:
-        return session.scalars(select(TaskInstance.try_number).where(
-            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)).one()
+        return session.scalars(
+            select(TaskInstance.try_number).where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)
+        ).one()

@@ -10,9 +10,7 @@ from airflow_pool_provider.testing.postgres import Server
 
 def app_backends(server: Server, app: str) -> list[int]:
     """Backend pids whose ``application_name`` is ``app`` (the tests give each pool its own)."""
-    rows = server.execute(
-        "SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid", (app,)
-    )
+    rows = server.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s ORDER BY pid", (app,))
     return [r[0] for r in rows]
 
 

@@ -139,8 +139,9 @@ def test_the_default_max_size_gives_a_copy_on_one_connection_id_two_workers(env,
     pool = ConnectionPool(lambda: psycopg2.connect(dsn), name="shared", max_size=PoolSettings().max_size)
     try:
         with caplog.at_level("WARNING"):
-            summary = TableCopy(pool, pool, CopySpec("t", target_table="t_copy", chunk_size=100, parallelism=4),
-                                copy_id="shared").run()
+            summary = TableCopy(
+                pool, pool, CopySpec("t", target_table="t_copy", chunk_size=100, parallelism=4), copy_id="shared"
+            ).run()
         assert summary.workers == 2 and pool.stats()["peak_in_use"] <= 5
         assert "source and target share pool 'shared' (max_size=5)" in caplog.text
     finally:
@@ -160,8 +161,13 @@ def test_a_pool_too_small_for_one_worker_is_a_mistake(env):
 
 @pytest.mark.parametrize(
     ("kwargs", "slots"),
-    [({"parallelism": 3}, 7), ({"parallelism": "{{ params.p }}"}, 5), ({}, 5),
-     ({"parallelism": "{{ params.p }}", "pool_slots": 9}, 9), ({"parallelism": 8, "pool_slots": 3}, 3)],
+    [
+        ({"parallelism": 3}, 7),
+        ({"parallelism": "{{ params.p }}"}, 5),
+        ({}, 5),
+        ({"parallelism": "{{ params.p }}", "pool_slots": 9}, 9),
+        ({"parallelism": 8, "pool_slots": 3}, 3),
+    ],
 )
 def test_pool_slots_count_the_connections_a_copy_holds(kwargs, slots):
     op = ChunkedTableCopyOperator(task_id="t", source_conn_id="a", target_conn_id="b", source_table="t", **kwargs)

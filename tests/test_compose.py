@@ -18,11 +18,19 @@ from dag_runs import load_dag
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
-AIRFLOW_SERVICES = ("airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer",
-                    "airflow-worker")
+AIRFLOW_SERVICES = (
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+)
 ONE_SHOT = ("airflow-init", "source-seed")
-EXAMPLE_DAGS = {"migrate_tables": "migrate_tables.py", "copy_table": "copy_table.py",
-                "incremental_sync": "incremental_sync.py"}
+EXAMPLE_DAGS = {
+    "migrate_tables": "migrate_tables.py",
+    "copy_table": "copy_table.py",
+    "incremental_sync": "incremental_sync.py",
+}
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +86,13 @@ def test_the_official_layout_and_the_demo_databases_are_there(compose):
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and "@redis:" in env["AIRFLOW__CELERY__BROKER_URL"]
     assert "@postgres/" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     commands = {name: _command(services[name])[:2] for name in AIRFLOW_SERVICES}
-    assert commands == {"airflow-apiserver": ["api-server"], "airflow-scheduler": ["scheduler"],
-                        "airflow-dag-processor": ["dag-processor"], "airflow-triggerer": ["triggerer"],
-                        "airflow-worker": ["celery", "worker"]}
+    assert commands == {
+        "airflow-apiserver": ["api-server"],
+        "airflow-scheduler": ["scheduler"],
+        "airflow-dag-processor": ["dag-processor"],
+        "airflow-triggerer": ["triggerer"],
+        "airflow-worker": ["celery", "worker"],
+    }
     init = "\n".join(_command(services["airflow-init"]))
     assert "airflow db migrate" in init and "airflow pools set" in init and "passwords.json" in init
     # What the init makes as root is handed to the services' user last (the api-server writes the passwords file).
@@ -97,7 +109,7 @@ def test_every_depends_on_names_a_service(compose):
     services = compose["services"]
     for name, service in services.items():
         needs = service.get("depends_on", {})
-        for other, condition in (needs.items() if isinstance(needs, dict) else ((n, {}) for n in needs)):
+        for other, condition in needs.items() if isinstance(needs, dict) else ((n, {}) for n in needs):
             assert other in services, f"{name} depends on {other!r}, which is not a service"
             assert other != name
             if condition.get("condition") == "service_completed_successfully":
@@ -107,8 +119,9 @@ def test_every_depends_on_names_a_service(compose):
 
 
 def test_every_file_the_stack_names_is_in_the_repository(compose):
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.split())
+    tracked = set(
+        subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    )
     named_volumes = set(compose.get("volumes", {}))
     for name, service in compose["services"].items():
         build = service.get("build")
@@ -122,15 +135,19 @@ def test_every_file_the_stack_names_is_in_the_repository(compose):
                 continue
             assert source.startswith("./"), f"{name} mounts {source}, which is neither a named volume nor ours"
             path = ROOT / source
-            assert path.exists() and any(t == source[2:] or t.startswith(source[2:].rstrip("/") + "/")
-                                         for t in tracked), f"{name} mounts {source}, not in the repository"
+            assert path.exists() and any(
+                t == source[2:] or t.startswith(source[2:].rstrip("/") + "/") for t in tracked
+            ), f"{name} mounts {source}, not in the repository"
 
 
 def test_the_connections_are_the_ones_the_example_dags_use(compose, airflow_db):
     for name in AIRFLOW_SERVICES + ("airflow-init",):
         env = compose["services"][name]["environment"]
-        defined = {key[len("AIRFLOW_CONN_"):].lower(): json.loads(value) for key, value in env.items()
-                   if key.startswith("AIRFLOW_CONN_")}
+        defined = {
+            key[len("AIRFLOW_CONN_") :].lower(): json.loads(value)
+            for key, value in env.items()
+            if key.startswith("AIRFLOW_CONN_")
+        }
         for dag_id, filename in EXAMPLE_DAGS.items():
             params = load_dag(dag_id, filename).params
             for param in ("source_conn_id", "target_conn_id"):
@@ -181,7 +198,7 @@ def test_the_dockerfile_installs_the_tested_airflow_and_only_repository_files(do
             assert (ROOT / source).exists(), f"the Dockerfile copies {source}, which is not in the repository"
     # The build context holds the package's files only.
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert ignored[ignored.index("*") + 1:][:3] == ["!pyproject.toml", "!README.md", "!airflow_pool_provider"]
+    assert ignored[ignored.index("*") + 1 :][:3] == ["!pyproject.toml", "!README.md", "!airflow_pool_provider"]
 
 
 def test_the_image_has_a_pg_dump_of_the_databases_major(compose, dockerfile):
@@ -209,8 +226,11 @@ def test_the_wheel_builds_from_the_files_the_dockerfile_copies(dockerfile, tmp_p
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(ROOT / source, target)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"),
-                    str(build)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(tmp_path / "wheels"), str(build)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "wheels").glob("airflow_pool_provider-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "airflow_pool_provider/testing/legacy_db.py" in names

@@ -47,12 +47,14 @@ def int_bounds(chunk: dict) -> tuple[int, int]:
 
 def python_values(rows: list[tuple]) -> list[tuple]:
     """Rows with bytea as bytes and numerics as text (Decimal('NaN') != Decimal('NaN'))."""
+
     def norm(value: object) -> object:
         if isinstance(value, memoryview):
             return bytes(value)
         if isinstance(value, Decimal):
             return str(value)
         return value
+
     return [tuple(norm(v) for v in row) for row in rows]
 
 
@@ -84,8 +86,23 @@ CREATE TABLE t (
     note text,
     doubled numeric GENERATED ALWAYS AS (amount * 2) STORED
 )"""
-FIDELITY_COLUMNS = ["id", "j", "js", "tags", "moods", "b", "amount", "ts", "iv", "u", "ip", "m", "pos", "note",
-                    "doubled"]
+FIDELITY_COLUMNS = [
+    "id",
+    "j",
+    "js",
+    "tags",
+    "moods",
+    "b",
+    "amount",
+    "ts",
+    "iv",
+    "u",
+    "ip",
+    "m",
+    "pos",
+    "note",
+    "doubled",
+]
 FIDELITY_ROWS = r"""
 INSERT INTO t (id, j, js, tags, moods, b, amount, ts, iv, u, ip, m, pos, note)
 SELECT g,
@@ -208,8 +225,9 @@ SELECT g, g * 1234.567891, E'text\\t' || g || ' 😀', now() - g * interval '1 h
     ],
     ids=["builtin-hashable", "builtin-json"],
 )
-def test_builtin_types_use_binary_format(env: CopyEnv, extra: str, extra_col: str, extra_val: str,
-                                          checksum: str) -> None:
+def test_builtin_types_use_binary_format(
+    env: CopyEnv, extra: str, extra_col: str, extra_val: str, checksum: str
+) -> None:
     env.both(BUILTIN_TABLE.format(name="t", extra=extra))
     env.sql("src", BUILTIN_ROWS.format(name="t", extra_col=extra_col, extra_val=extra_val))
 
@@ -229,9 +247,12 @@ def test_builtin_types_use_binary_format(env: CopyEnv, extra: str, extra_col: st
 
 def test_composite_primary_key(env: CopyEnv) -> None:
     env.both("CREATE TABLE t (a int, b text, v text, PRIMARY KEY (a, b))")
-    env.sql("src", "INSERT INTO t SELECT a, b || a, a || '/' || b FROM generate_series(1, 20) a, "
-                   "unnest(ARRAY['x', 'X', 'y', 'Zed', 'zed', 'é', 'e', '10', '9', ' sp', 'ab', 'Ab', 'aB', 'AB', "
-                   "'😀', 'ß', 'ss', 'a b', 'a-b', 'a_b', 'q', 'Q', 'r', 'R', 's', 'S', 't', 'T', 'u', 'U']) b")
+    env.sql(
+        "src",
+        "INSERT INTO t SELECT a, b || a, a || '/' || b FROM generate_series(1, 20) a, "
+        "unnest(ARRAY['x', 'X', 'y', 'Zed', 'zed', 'é', 'e', '10', '9', ' sp', 'ab', 'Ab', 'aB', 'AB', "
+        "'😀', 'ß', 'ss', 'a b', 'a-b', 'a_b', 'q', 'Q', 'r', 'R', 's', 'S', 't', 'T', 'u', 'U']) b",
+    )
     assert env.count("src") == 600
 
     summary = env.copy(CopySpec("t", chunk_size=70, parallelism=3))
@@ -258,9 +279,39 @@ def test_uuid_primary_key(env: CopyEnv) -> None:
 
 
 def text_keys() -> list[str]:
-    stems = ["apple", "Apple", "APPLE", "äpfel", "Äpfel", "zebra", "Zebra", "éclair", "eclair", "Eclair",
-             "😀", "ß", "ss", "SS", " space", "a b", "a-b", "a_b", "ǅ", "ﬁ", "שלום", "مرحبا", "e\u0301",
-             "\u00e9", "Z", "z", "_", "-", "0", "9", "10"]
+    stems = [
+        "apple",
+        "Apple",
+        "APPLE",
+        "äpfel",
+        "Äpfel",
+        "zebra",
+        "Zebra",
+        "éclair",
+        "eclair",
+        "Eclair",
+        "😀",
+        "ß",
+        "ss",
+        "SS",
+        " space",
+        "a b",
+        "a-b",
+        "a_b",
+        "ǅ",
+        "ﬁ",
+        "שלום",
+        "مرحبا",
+        "e\u0301",
+        "\u00e9",
+        "Z",
+        "z",
+        "_",
+        "-",
+        "0",
+        "9",
+        "10",
+    ]
     return [f"{stem}{i}" if i else stem for i in range(20) for stem in stems]
 
 
@@ -285,8 +336,12 @@ def test_text_primary_key_mixed_case_and_unicode(env: CopyEnv) -> None:
     for chunk in chunks:
         lower = chunk["lower_bound"][0] if chunk["lower_bound"] else None
         upper = chunk["upper_bound"][0] if chunk["upper_bound"] else None
-        n = env.one("dst", "SELECT count(*) FROM t WHERE (%(lo)s::text IS NULL OR k > %(lo)s) "
-                           "AND (%(hi)s::text IS NULL OR k <= %(hi)s)", {"lo": lower, "hi": upper})
+        n = env.one(
+            "dst",
+            "SELECT count(*) FROM t WHERE (%(lo)s::text IS NULL OR k > %(lo)s) "
+            "AND (%(hi)s::text IS NULL OR k <= %(hi)s)",
+            {"lo": lower, "hi": upper},
+        )
         assert n == chunk["rows_copied"]
 
 
@@ -309,8 +364,11 @@ def test_unique_not_null_index_is_the_key_without_primary_key(env: CopyEnv) -> N
     env.both("CREATE TABLE t (alt int UNIQUE, code text NOT NULL, part int NOT NULL, v text)")
     env.both("CREATE UNIQUE INDEX t_code_part ON t (code, part)")
     env.both("CREATE INDEX t_v ON t (v)")
-    env.sql("src", "INSERT INTO t SELECT CASE WHEN g % 3 = 0 THEN NULL ELSE g END, 'c' || g % 17, g, 'v' || g "
-                   "FROM generate_series(1, 800) g")
+    env.sql(
+        "src",
+        "INSERT INTO t SELECT CASE WHEN g % 3 = 0 THEN NULL ELSE g END, 'c' || g % 17, g, 'v' || g "
+        "FROM generate_series(1, 800) g",
+    )
 
     summary = env.copy(CopySpec("t", chunk_size=64, parallelism=2))
 
@@ -323,8 +381,10 @@ def test_unique_not_null_index_is_the_key_without_primary_key(env: CopyEnv) -> N
 def test_keyless_table_uses_ctid_and_keeps_duplicates(env: CopyEnv) -> None:
     env.both("CREATE TABLE t (n int, note text)")
     # Every row three times, plus some all-NULL duplicates.
-    env.sql("src", "INSERT INTO t SELECT g % 1000, 'dup ' || (g % 1000) || repeat('.', g % 50) "
-                   "FROM generate_series(1, 3000) g")
+    env.sql(
+        "src",
+        "INSERT INTO t SELECT g % 1000, 'dup ' || (g % 1000) || repeat('.', g % 50) FROM generate_series(1, 3000) g",
+    )
     env.sql("src", "INSERT INTO t SELECT NULL, NULL FROM generate_series(1, 5)")
     env.sql("src", "ANALYZE t")
     total = 3005
@@ -481,8 +541,11 @@ INSERT INTO t SELECT g, 'extra ' || g, g FROM generate_series(10001, 10050) g;  
 
 
 def expected_upsert(env: CopyEnv) -> tuple[int, str]:
-    return env.digest("src", "(SELECT * FROM t UNION ALL SELECT g, 'extra ' || g, g::numeric(12, 2) "
-                             "FROM generate_series(10001, 10050) g)", "id")
+    return env.digest(
+        "src",
+        "(SELECT * FROM t UNION ALL SELECT g, 'extra ' || g, g::numeric(12, 2) FROM generate_series(10001, 10050) g)",
+        "id",
+    )
 
 
 def test_upsert_updates_inserts_and_keeps_extra_rows(env: CopyEnv) -> None:
@@ -518,8 +581,11 @@ def test_upsert_on_a_unique_index_other_than_the_primary_key(env: CopyEnv) -> No
     env.sql("dst", "INSERT INTO t (code, val, note) SELECT 'other-' || g, g, 'extra' FROM generate_series(1, 30) g")
     tids = env.rows("dst", "SELECT code, tid FROM t ORDER BY code")
 
-    summary = env.copy(CopySpec("t", mode="upsert", columns=["code", "val", "note"], conflict_columns=["code"],
-                                chunk_size=60, parallelism=2))
+    summary = env.copy(
+        CopySpec(
+            "t", mode="upsert", columns=["code", "val", "note"], conflict_columns=["code"], chunk_size=60, parallelism=2
+        )
+    )
 
     assert summary["rows"] == 500
     assert env.count("dst") == 530
@@ -640,8 +706,10 @@ def test_concurrent_first_copies_create_the_ledger_once(env: CopyEnv) -> None:
         with other.cursor() as cur:
             Ledger("public").ensure(cur)
         thread.start()
-        waiting = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                   "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
         deadline = time.monotonic() + 10
         while env.one("dst", waiting) == 0 and thread.is_alive():
             assert time.monotonic() < deadline, "the copy never reached the ledger creation"
@@ -704,8 +772,9 @@ CREATE TRIGGER corrupt BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION corrupt(
 """
 
 
-@pytest.mark.parametrize(("extra", "how"), [("", "record"), (", m mood DEFAULT 'ok'", "text")],
-                         ids=["record-hash", "text-hash"])
+@pytest.mark.parametrize(
+    ("extra", "how"), [("", "record"), (", m mood DEFAULT 'ok'", "text")], ids=["record-hash", "text-hash"]
+)
 def test_checksum_catches_a_trigger_that_changes_values(env: CopyEnv, extra: str, how: str) -> None:
     env.both(MOOD)
     env.both(f"CREATE TABLE t (id int PRIMARY KEY, note text{extra})")
@@ -736,11 +805,14 @@ def test_checksum_catches_a_trigger_that_changes_values(env: CopyEnv, extra: str
 
 def test_count_check_catches_a_trigger_that_drops_rows(env: CopyEnv) -> None:
     simple(env, 300)
-    env.sql("dst", """
+    env.sql(
+        "dst",
+        """
         CREATE FUNCTION skip() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN IF NEW.id = 150 THEN RETURN NULL; END IF; RETURN NEW; END $$;
         CREATE TRIGGER skip BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION skip();
-    """)
+    """,
+    )
 
     with pytest.raises(ChunkMismatch, match="source sent 100 rows but the target loaded 99"):
         env.copy(CopySpec("t", chunk_size=100, parallelism=1, verify_checksums=False))
@@ -751,11 +823,14 @@ def test_count_check_catches_a_trigger_that_drops_rows(env: CopyEnv) -> None:
 def test_text_copy_without_checksums_is_independent_of_session_settings(env: CopyEnv) -> None:
     env.both(MOOD)
     env.both("CREATE TABLE t (id int PRIMARY KEY, m mood, iv interval, f float8)")
-    env.sql("src", "INSERT INTO t VALUES (1, 'ok', '-1 day -02:03:04', pi()), "
-                   "(2, 'sad', '1 day 02:00:00', 0.1::float8 + 0.2::float8)")
+    env.sql(
+        "src",
+        "INSERT INTO t VALUES (1, 'ok', '-1 day -02:03:04', pi()), "
+        "(2, 'sad', '1 day 02:00:00', 0.1::float8 + 0.2::float8)",
+    )
     src = env.db["src"]
     env.sql("src", f"ALTER DATABASE \"{src}\" SET IntervalStyle = 'sql_standard'")
-    env.sql("src", f"ALTER DATABASE \"{src}\" SET extra_float_digits = 0")
+    env.sql("src", f'ALTER DATABASE "{src}" SET extra_float_digits = 0')
 
     summary = env.copy(CopySpec("t", chunk_size=100, verify_checksums=False))
 
@@ -805,8 +880,9 @@ def test_same_database_same_pool_runs_the_workers_its_max_size_allows(env: CopyE
 
     def run() -> None:
         try:
-            copy = TableCopy(pool, pool, CopySpec("t", target_table="t_copy", chunk_size=200, parallelism=4),
-                             copy_id="same-db")
+            copy = TableCopy(
+                pool, pool, CopySpec("t", target_table="t_copy", chunk_size=200, parallelism=4), copy_id="same-db"
+            )
             outcome["summary"] = copy.run()
         except BaseException as exc:  # noqa: BLE001 - reported below
             outcome["error"] = exc

@@ -75,16 +75,16 @@ def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_s
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.03,))
     dst.commit()
-    source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="copy-source")),
-                            name="source")
-    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db, application_name="copy-target")),
-                            name="target")
+    source = ConnectionPool(
+        lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="copy-source")), name="source"
+    )
+    target = ConnectionPool(
+        lambda: psycopg2.connect(pg_server.dsn(dst_db, application_name="copy-target")), name="target"
+    )
     pattern = "COPY%FROM STDIN%" if side == "target" else "COPY (SELECT%"
     stop = threading.Event()
     killed: list[int] = []
-    killer = threading.Thread(
-        target=lambda: killed.extend(_terminate(pg_server, f"copy-{side}", pattern, 2, stop))
-    )
+    killer = threading.Thread(target=lambda: killed.extend(_terminate(pg_server, f"copy-{side}", pattern, 2, stop)))
     killer.start()
     try:
         # On the source side the filter sleeps a little per row, so a COPY can be caught running.
@@ -147,8 +147,11 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
         cur.execute(SLOW_TARGET, (0.05,))  # 80 chunks of 500 rows: at least 4 s of copying
     dst.commit()
     conf = {
-        "source_conn_id": make_conn_id(src_db), "target_conn_id": make_conn_id(dst_db),
-        "chunk_size": 500, "parallelism": 2, "copy_id": "killed-task",
+        "source_conn_id": make_conn_id(src_db),
+        "target_conn_id": make_conn_id(dst_db),
+        "chunk_size": 500,
+        "parallelism": 2,
+        "copy_id": "killed-task",
     }
     first = DagTestProcess("copy_table_test", conf)
     try:

@@ -97,7 +97,7 @@ CASES: dict[str, dict[str, Any]] = {
         src="CREATE TABLE t (id int PRIMARY KEY, note text, extra int)",
         dst="CREATE TABLE t (id int PRIMARY KEY, note text)",
         spec={},
-        messages=["column 'extra' is not in target table \"public\".\"t\""],
+        messages=['column \'extra\' is not in target table "public"."t"'],
     ),
     "column missing in both": dict(
         src="CREATE TABLE t (id int PRIMARY KEY, note text)",
@@ -116,8 +116,10 @@ CASES: dict[str, dict[str, Any]] = {
         src="CREATE TABLE t (id int PRIMARY KEY, a int, b text, c numeric(10, 2))",
         dst="CREATE TABLE t (id int PRIMARY KEY, a bigint, b varchar(20), c numeric(10, 2))",
         spec={},
-        messages=["column 'a' is integer in the source but bigint in the target",
-                  "column 'b' is text in the source but character varying(20) in the target"],
+        messages=[
+            "column 'a' is integer in the source but bigint in the target",
+            "column 'b' is text in the source but character varying(20) in the target",
+        ],
         absent=["'c'", "'id'"],
     ),
     "numeric precision mismatch": dict(
@@ -161,7 +163,7 @@ CASES: dict[str, dict[str, Any]] = {
         src="CREATE TABLE t (id int PRIMARY KEY, note text)",
         dst="CREATE TABLE t (id int PRIMARY KEY, note text)",
         spec={"key": ["note"]},
-        messages=["key ['note'] of \"public\".\"t\" is not a unique btree index", "usable keys: [['id']]"],
+        messages=['key [\'note\'] of "public"."t" is not a unique btree index', "usable keys: [['id']]"],
     ),
 }
 
@@ -199,7 +201,7 @@ def test_where_naming_a_missing_column_fails_before_writing(env: CopyEnv) -> Non
     env.sql("src", "INSERT INTO t SELECT g, 'n' FROM generate_series(1, 100) g")
     env.sql("dst", "INSERT INTO t VALUES (1000, 'keep')")
 
-    with pytest.raises(FilterError, match="does not work on the source table: column \"no_such_column\"") as caught:
+    with pytest.raises(FilterError, match='does not work on the source table: column "no_such_column"') as caught:
         env.copy(CopySpec("t", where="no_such_column > 0", chunk_size=10, mode="replace"), copy_id="bad")
     assert "'no_such_column > 0'" in str(caught.value)  # the message quotes the filter
 
@@ -213,8 +215,9 @@ def test_where_naming_a_missing_column_fails_before_writing(env: CopyEnv) -> Non
 def test_column_subset_leaves_target_defaults(env: CopyEnv) -> None:
     env.sql("src", "CREATE TABLE t (id int PRIMARY KEY, note text, secret text)")
     env.sql("src", "INSERT INTO t SELECT g, 'note ' || g, 'secret' FROM generate_series(1, 500) g")
-    env.sql("dst", "CREATE TABLE t (id int PRIMARY KEY, note text, loaded_at timestamptz NOT NULL DEFAULT now(), "
-                   "tag text)")
+    env.sql(
+        "dst", "CREATE TABLE t (id int PRIMARY KEY, note text, loaded_at timestamptz NOT NULL DEFAULT now(), tag text)"
+    )
 
     summary = env.copy(CopySpec("t", columns=["note", "id"], chunk_size=60))
 
@@ -228,8 +231,9 @@ def test_column_subset_leaves_target_defaults(env: CopyEnv) -> None:
 def test_target_columns_in_another_order_with_a_dropped_column(env: CopyEnv) -> None:
     env.sql("src", "CREATE TABLE t (id int PRIMARY KEY, gone text, a text, b numeric, c jsonb)")
     env.sql("src", "ALTER TABLE t DROP COLUMN gone")
-    env.sql("src", "INSERT INTO t SELECT g, 'a' || g, g / 3.0, jsonb_build_object('g', g) "
-                   "FROM generate_series(1, 400) g")
+    env.sql(
+        "src", "INSERT INTO t SELECT g, 'a' || g, g / 3.0, jsonb_build_object('g', g) FROM generate_series(1, 400) g"
+    )
     env.sql("dst", "CREATE TABLE t (c jsonb, extra int, b numeric, a text, id int PRIMARY KEY)")
     env.sql("dst", "ALTER TABLE t DROP COLUMN extra")
 
@@ -337,17 +341,33 @@ def create_odd_table(env: CopyEnv) -> sql.Composed:
     sel, quoted, mixed, uni = (sql.Identifier(c) for c in ODD_COLUMNS)
     env.both(VICTIM)
     env.both(sql.SQL("CREATE SCHEMA {}").format(schema))
-    env.both(sql.SQL("CREATE TYPE {}.{} AS ENUM ('a', 'b; DROP TABLE victim')").format(
-        schema, sql.Identifier("Odd Enum")))
-    env.both(sql.SQL("CREATE TABLE {t} ({sel} int, {quoted} text, {mixed} text, {uni} jsonb, "
-                     "{e} {schema}.{enum}, PRIMARY KEY ({mixed}, {sel}))").format(
-        t=table, sel=sel, quoted=quoted, mixed=mixed, uni=uni, e=sql.Identifier("ënum"), schema=schema,
-        enum=sql.Identifier("Odd Enum")))
-    env.sql("src", sql.SQL(
-        "INSERT INTO {t} SELECT g, 'x''); DROP TABLE victim; --' || g, "
-        "(ARRAY['Aa', 'aA', 'b', 'B', 'ü', '\"'])[1 + g % 6] || g % 11, "
-        "jsonb_build_object('\"k\"', g), (ARRAY['a', 'b; DROP TABLE victim'])[1 + g % 2]::{schema}.{enum} "
-        "FROM generate_series(1, 400) g").format(t=table, schema=schema, enum=sql.Identifier("Odd Enum")))
+    env.both(
+        sql.SQL("CREATE TYPE {}.{} AS ENUM ('a', 'b; DROP TABLE victim')").format(schema, sql.Identifier("Odd Enum"))
+    )
+    env.both(
+        sql.SQL(
+            "CREATE TABLE {t} ({sel} int, {quoted} text, {mixed} text, {uni} jsonb, "
+            "{e} {schema}.{enum}, PRIMARY KEY ({mixed}, {sel}))"
+        ).format(
+            t=table,
+            sel=sel,
+            quoted=quoted,
+            mixed=mixed,
+            uni=uni,
+            e=sql.Identifier("ënum"),
+            schema=schema,
+            enum=sql.Identifier("Odd Enum"),
+        )
+    )
+    env.sql(
+        "src",
+        sql.SQL(
+            "INSERT INTO {t} SELECT g, 'x''); DROP TABLE victim; --' || g, "
+            "(ARRAY['Aa', 'aA', 'b', 'B', 'ü', '\"'])[1 + g % 6] || g % 11, "
+            "jsonb_build_object('\"k\"', g), (ARRAY['a', 'b; DROP TABLE victim'])[1 + g % 2]::{schema}.{enum} "
+            "FROM generate_series(1, 400) g"
+        ).format(t=table, schema=schema, enum=sql.Identifier("Odd Enum")),
+    )
     return table
 
 

@@ -66,7 +66,9 @@ def test_memory_stays_flat_while_copying(pg_server: Server, make_database) -> No
         conn.close()
     done = subprocess.run(
         [sys.executable, "-c", CHILD, pg_server.dsn(src_db), pg_server.dsn(dst_db), str(ROWS)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])

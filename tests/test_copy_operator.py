@@ -45,8 +45,9 @@ def test_dag_copies_table_and_returns_summary(airflow_db, copy_dag, source_and_t
     assert summary["rows_per_second"] > 0 and summary["bytes"] > 0
 
 
-def test_task_log_numbers_chunks_from_one_and_prints_each_pool_line_once(airflow_db, copy_dag, source_and_target,
-                                                                       capsys, caplog):
+def test_task_log_numbers_chunks_from_one_and_prints_each_pool_line_once(
+    airflow_db, copy_dag, source_and_target, capsys, caplog
+):
     src, dst, src_id, dst_id = source_and_target
     with caplog.at_level("INFO"):
         run, _ = run_dag(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 500})
@@ -73,9 +74,11 @@ def test_mapped_copies_are_labelled_source_to_target(airflow_db, source_and_targ
     run = dag.test(run_conf={"source_conn_id": src_id, "target_conn_id": dst_id})
     assert run.state == "success"
     with Session() as session:
-        labels = session.scalars(select(TaskInstance.rendered_map_index).where(
-            TaskInstance.run_id == run.run_id, TaskInstance.dag_id == "mapped_copy").order_by(
-            TaskInstance.map_index)).all()
+        labels = session.scalars(
+            select(TaskInstance.rendered_map_index)
+            .where(TaskInstance.run_id == run.run_id, TaskInstance.dag_id == "mapped_copy")
+            .order_by(TaskInstance.map_index)
+        ).all()
     assert labels == ["events -> events", "public.more_events -> public.more_events"]
     assert dag.get_task("copy").pool_slots == 5  # what the scheduler reserves: 2 workers x 2 + 1
     assert ChunkedTableCopyOperator.template_fields_renderers["where"] == "sql"
@@ -115,8 +118,7 @@ def test_task_retry_resumes_from_the_ledger_without_duplicates(airflow_db, copy_
     assert summary["chunks_skipped"] == 3 and summary["rows"] == 2000 and summary["total_rows"] == 5000
 
 
-def test_unknown_connection_fails_the_task_once_with_clear_message(airflow_db, copy_dag, source_and_target,
-                                                                   capsys):
+def test_unknown_connection_fails_the_task_once_with_clear_message(airflow_db, copy_dag, source_and_target, capsys):
     src, dst, src_id, dst_id = source_and_target
     run, _ = run_dag(copy_dag, {"source_conn_id": "no_such_conn", "target_conn_id": dst_id})
     assert run.state == "failed"
@@ -129,13 +131,17 @@ def test_unknown_connection_fails_the_task_once_with_clear_message(airflow_db, c
 MISTAKES = {
     "duplicate key": ("INSERT INTO events SELECT * FROM events_seed", "duplicate key value"),
     "missing target table": ("DROP TABLE events", 'target table "events" does not exist'),
-    "schema mismatch": ("ALTER TABLE events ALTER COLUMN account_id TYPE bigint",
-                        "is integer in the source but bigint in the target"),
-    "checksum mismatch": ("""
+    "schema mismatch": (
+        "ALTER TABLE events ALTER COLUMN account_id TYPE bigint",
+        "is integer in the source but bigint in the target",
+    ),
+    "checksum mismatch": (
+        """
         CREATE FUNCTION corrupt() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN NEW.note := 'changed'; RETURN NEW; END $$;
         CREATE TRIGGER corrupt BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION corrupt();""",
-                          "checksum mismatch"),
+        "checksum mismatch",
+    ),
     "bad filter": (None, "does not work on the source table"),
 }
 
@@ -186,7 +192,10 @@ def test_invalid_parameters_fail_when_the_dag_is_parsed(kwargs, message):
 
 def test_templated_values_are_checked_after_rendering():
     op = ChunkedTableCopyOperator(
-        task_id="t", source_conn_id="a", target_conn_id="b", source_table="{{ params.t }}",
+        task_id="t",
+        source_conn_id="a",
+        target_conn_id="b",
+        source_table="{{ params.t }}",
         chunk_size="{{ params.n }}",
     )
     op.source_table, op.chunk_size = "events", "0"  # what rendering would produce

@@ -58,8 +58,13 @@ def test_a_transient_error_is_retried_and_the_copy_ends_exactly_once(env, code, 
 
 @pytest.mark.parametrize(
     ("code", "kind"),
-    [("53100", Kind.FAULT), ("53200", Kind.FAULT), ("57014", Kind.FAULT), ("42501", Kind.MISTAKE),
-     ("23514", Kind.MISTAKE)],
+    [
+        ("53100", Kind.FAULT),
+        ("53200", Kind.FAULT),
+        ("57014", Kind.FAULT),
+        ("42501", Kind.MISTAKE),
+        ("23514", Kind.MISTAKE),
+    ],
 )
 def test_a_non_transient_error_fails_the_copy_on_the_first_attempt(env, code, kind, caplog):
     env.sql("dst", FAIL_ONCE.format(code=code, times=1))
@@ -73,16 +78,21 @@ def test_a_non_transient_error_fails_the_copy_on_the_first_attempt(env, code, ki
 
 
 def test_a_statement_timeout_is_not_retried(env, caplog):
-    env.sql("dst", """
+    env.sql(
+        "dst",
+        """
         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
         CREATE TRIGGER slow AFTER INSERT ON t FOR EACH STATEMENT EXECUTE FUNCTION slow();
-    """)
+    """,
+    )
     dsn = env.server.dsn(env.db["dst"], options="-c statement_timeout=300")
     source, target = env.pool("src"), ConnectionPool(lambda: psycopg2.connect(dsn), name="target")
     try:
         started = time.monotonic()
-        with caplog.at_level("WARNING"), pytest.raises(ChunkFailed, match="canceling statement due to statement "
-                                                                          "timeout") as caught:
+        with (
+            caplog.at_level("WARNING"),
+            pytest.raises(ChunkFailed, match="canceling statement due to statement timeout") as caught,
+        ):
             TableCopy(source, target, CopySpec("t", chunk_size=100, parallelism=1), copy_id="timeout").run()
         assert time.monotonic() - started < 1.5  # one attempt of 0.3 s, no retries
     finally:
@@ -173,8 +183,7 @@ def test_a_source_restart_takes_a_new_snapshot_and_the_copy_goes_on(own_server, 
         dst.close()
 
 
-def test_a_keyless_table_fails_with_the_reason_when_its_snapshot_is_lost(own_server, pg_server, make_database,
-                                                                          caplog):
+def test_a_keyless_table_fails_with_the_reason_when_its_snapshot_is_lost(own_server, pg_server, make_database, caplog):
     outcome, dst, _ = _restart_source_mid_copy(own_server, pg_server, make_database, False, caplog)
     dst.close()
     assert isinstance(outcome, CopyError), outcome
@@ -195,8 +204,7 @@ def test_an_idle_in_transaction_timeout_does_not_end_the_copys_snapshot(pg_serve
     target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), name="target")
     try:
         with caplog.at_level("WARNING"):
-            summary = TableCopy(source, target, CopySpec("events", chunk_size=500, parallelism=1),
-                                copy_id="idle").run()
+            summary = TableCopy(source, target, CopySpec("events", chunk_size=500, parallelism=1), copy_id="idle").run()
     finally:
         source.close()
         target.close()
@@ -227,10 +235,17 @@ def test_a_shared_snapshot_that_cannot_be_replaced_fails_with_its_own_error(pg_s
 
     source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db)), name="source")
     target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), name="target")
-    copy = TableCopy(source, target, CopySpec("events", chunk_size=500, parallelism=1), copy_id="shared",
-                     snapshot=snapshot, replace_snapshot=no_new_snapshot)
-    ender = threading.Thread(target=lambda: (wait_until(lambda: _done(dst) >= 2, timeout=30, what="2 chunks"),
-                                             holder.close()))
+    copy = TableCopy(
+        source,
+        target,
+        CopySpec("events", chunk_size=500, parallelism=1),
+        copy_id="shared",
+        snapshot=snapshot,
+        replace_snapshot=no_new_snapshot,
+    )
+    ender = threading.Thread(
+        target=lambda: (wait_until(lambda: _done(dst) >= 2, timeout=30, what="2 chunks"), holder.close())
+    )
     ender.start()
     try:
         with pytest.raises(CopyMistake, match="no new snapshot") as caught:

@@ -144,10 +144,12 @@ def test_sigterm_runs_on_kill_and_stops_the_copy_within_two_seconds(airflow_db, 
 
 
 def _pools(pg_server, src_db, dst_db):
-    source = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="stop-source")),
-                            name="source")
-    target = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db, application_name="stop-target")),
-                            name="target")
+    source = ConnectionPool(
+        lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="stop-source")), name="source"
+    )
+    target = ConnectionPool(
+        lambda: psycopg2.connect(pg_server.dsn(dst_db, application_name="stop-target")), name="target"
+    )
     return source, target
 
 
@@ -215,8 +217,11 @@ def test_ctrl_c_stops_the_copy_and_raises_keyboard_interrupt(pg_server, tables):
         target.close()
     assert ended - pressed[0] < STOP_WITHIN
     assert copy.stopping.reason == "KeyboardInterrupt"
-    wait_until(lambda: _busy_backends(pg_server, "stop-source", "stop-target") == 0, timeout=STOP_WITHIN,
-               what="no busy backends")
+    wait_until(
+        lambda: _busy_backends(pg_server, "stop-source", "stop-target") == 0,
+        timeout=STOP_WITHIN,
+        what="no busy backends",
+    )
     done = _done_chunks(dst, "interrupted")
     assert done < ROWS // CHUNK and _target_rows(dst) == done * CHUNK
 

@@ -61,8 +61,12 @@ def test_missing_sequence_rights_are_warned_about_before_copying_with_the_grant(
     role = f"writer_{uuid.uuid4().hex[:8]}"
     pg_server.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
-        env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {0}; GRANT CREATE ON SCHEMA public TO {0}").format(
-            sql.Identifier(role)))
+        env.sql(
+            "dst",
+            sql.SQL("GRANT INSERT, SELECT ON t TO {0}; GRANT CREATE ON SCHEMA public TO {0}").format(
+                sql.Identifier(role)
+            ),
+        )
         dst_dsn = env.server.dsn(env.db["dst"], user=role)
         source, target = env.pool("src"), ConnectionPool(lambda: psycopg2.connect(dst_dsn), name="target")
         try:
@@ -93,14 +97,17 @@ CREATE TABLE t (id int PRIMARY KEY, rel regclass, typ regtype, fn regproc, ns re
 def test_oid_alias_columns_are_copied_as_names(env):
     env.sql("src", "CREATE TABLE pad (x int); CREATE TABLE pad2 (x int)")  # the source's OIDs differ
     env.both(OID_TABLE)
-    env.sql("src", "INSERT INTO t SELECT g, 'thing', 'mood', 'int4in', 'public', 'postgres', 'english', "
-                   "ARRAY['thing', 't']::regclass[] FROM generate_series(1, 40) g")
+    env.sql(
+        "src",
+        "INSERT INTO t SELECT g, 'thing', 'mood', 'int4in', 'public', 'postgres', 'english', "
+        "ARRAY['thing', 't']::regclass[] FROM generate_series(1, 40) g",
+    )
     assert env.one("src", "SELECT 'thing'::regclass::oid") != env.one("dst", "SELECT 'thing'::regclass::oid")
     summary = env.copy(CopySpec("t", chunk_size=10))
     assert summary["format"] == "text" and summary["verification"]["checksums"] == "match (text hash)"
-    assert env.rows("dst", "SELECT DISTINCT rel::text, typ::text, fn::text, ns::text, rl::text, cfg::text, "
-                           "rels::text FROM t") == [("thing", "mood", "int4in", "public", "postgres", "english",
-                                                     "{thing,t}")]
+    assert env.rows(
+        "dst", "SELECT DISTINCT rel::text, typ::text, fn::text, ns::text, rl::text, cfg::text, rels::text FROM t"
+    ) == [("thing", "mood", "int4in", "public", "postgres", "english", "{thing,t}")]
 
 
 def test_a_view_as_the_source_is_named_as_a_view_with_what_to_do(env):

@@ -30,8 +30,11 @@ def _server_error(pg_server, database: str, code: str) -> psycopg2.Error:
     conn = psycopg2.connect(pg_server.dsn(database))
     try:
         with conn.cursor() as cur, pytest.raises(psycopg2.Error) as caught:
-            cur.execute(sql.SQL("DO $$ BEGIN RAISE EXCEPTION 'raised on purpose' USING ERRCODE = {}; END $$")
-                        .format(sql.Literal(code)))
+            cur.execute(
+                sql.SQL("DO $$ BEGIN RAISE EXCEPTION 'raised on purpose' USING ERRCODE = {}; END $$").format(
+                    sql.Literal(code)
+                )
+            )
         return caught.value
     finally:
         conn.close()

@@ -74,8 +74,10 @@ def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(a
         with conn.cursor() as cur:
             cur.execute(ORDERS)
     with src.cursor() as cur:
-        cur.execute("INSERT INTO orders SELECT g, 'new', g, timestamptz '2024-12-01' + g * interval '1 minute' "
-                    "FROM generate_series(1, 500) g")
+        cur.execute(
+            "INSERT INTO orders SELECT g, 'new', g, timestamptz '2024-12-01' + g * interval '1 minute' "
+            "FROM generate_series(1, 500) g"
+        )
     first, full = _sync(_at(10))
     assert first.state == "success" and full["rows"] == 500  # an empty target: the whole table
     interval = (first.data_interval_start, first.data_interval_end)
@@ -84,12 +86,12 @@ def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(a
     # before it (a late commit, within the lookback), one stamped long before (outside it).
     start = interval[1]
     with src.cursor() as cur:
-        cur.execute("INSERT INTO orders SELECT g, 'new', g, %s FROM generate_series(501, 520) g",
-                    (start + _minutes(30),))
+        cur.execute(
+            "INSERT INTO orders SELECT g, 'new', g, %s FROM generate_series(501, 520) g", (start + _minutes(30),)
+        )
         cur.execute("UPDATE orders SET status = 'paid', updated_at = %s WHERE id <= 10", (start,))
         cur.execute("UPDATE orders SET status = 'shipped', updated_at = %s WHERE id = 100", (start - _minutes(5),))
-        cur.execute("UPDATE orders SET status = 'cancelled', updated_at = %s WHERE id = 200",
-                    (start - _minutes(120),))
+        cur.execute("UPDATE orders SET status = 'cancelled', updated_at = %s WHERE id = 200", (start - _minutes(120),))
     second, delta = _sync(start + (interval[1] - interval[0]))
     assert second.state == "success"
     assert second.data_interval_start == start

@@ -242,9 +242,7 @@ def test_get_records_get_first_and_insert_rows(conn_id, items):
     hook.insert_rows("items", [(i, f"n{i}") for i in range(10, 15)], commit_every=2)
     returns.check()
     assert len(items()) == 8
-    assert hook.get_records("SELECT id FROM items WHERE id < %s ORDER BY id", parameters=(3,)) == [
-        (1,), (2,)
-    ]
+    assert hook.get_records("SELECT id FROM items WHERE id < %s ORDER BY id", parameters=(3,)) == [(1,), (2,)]
     returns.check()
     assert hook.get_first("SELECT name FROM items WHERE id = %(id)s", parameters={"id": 2}) == ("b",)
     returns.check()
@@ -265,11 +263,11 @@ def test_copy_expert_to_and_from_files(conn_id, items, tmp_path):
     assert out.read_text() == "1\ta\n2\ttab\\there\n3\t\\N\n"
 
     source = tmp_path / "in.csv"
-    source.write_text("7,seven\n8,\"eight, with comma\"\n")
+    source.write_text('7,seven\n8,"eight, with comma"\n')
     hook.copy_expert("COPY items_copy FROM STDIN WITH (FORMAT csv)", str(source))
     returns.check()
     assert items("items_copy") == [(7, "seven"), (8, "eight, with comma")]
-    assert source.read_text() == "7,seven\n8,\"eight, with comma\"\n"  # input left as it was
+    assert source.read_text() == '7,seven\n8,"eight, with comma"\n'  # input left as it was
 
 
 def test_bulk_dump_and_bulk_load_round_trip(conn_id, items, tmp_path):
@@ -302,9 +300,7 @@ def test_settings_precedence_kwargs_over_config_over_defaults(monkeypatch, make_
 
     kw_conn = make_conn_id(database)
     kw_hook = PooledPostgresHook(kw_conn, pool_max_size=2, pool_timeout=0.3, pool_max_lifetime=50)
-    assert kw_hook.pool_settings() == dataclasses.replace(
-        defaults, max_size=2, timeout=0.3, max_lifetime=50
-    )
+    assert kw_hook.pool_settings() == dataclasses.replace(defaults, max_size=2, timeout=0.3, max_lifetime=50)
     # and the pool really is bounded by the keyword argument, not by the config
     held = [kw_hook.get_conn(), kw_hook.get_conn()]
     started = time.monotonic()
@@ -458,15 +454,14 @@ def test_password_appears_in_no_log_repr_message_or_key(
 def _pool_warnings(caplog: pytest.LogCaptureFixture, conn_id: str, marker: str) -> list[str]:
     """The pool's warnings about ``conn_id``'s pool that contain ``marker``."""
     return [
-        message for message in (r.getMessage() for r in caplog.records if r.name == "airflow_pool_provider.pool")
+        message
+        for message in (r.getMessage() for r in caplog.records if r.name == "airflow_pool_provider.pool")
         if marker in message and repr(conn_id) in message
     ]
 
 
 def test_insert_rows_stores_dicts_as_json_and_lists_by_the_column_type(conn_id, pg_server, database):
-    pg_server.execute(
-        "CREATE TABLE typed (id int, nums int[], tags text[], doc jsonb, raw json)", dbname=database
-    )
+    pg_server.execute("CREATE TABLE typed (id int, nums int[], tags text[], doc jsonb, raw json)", dbname=database)
     pg_server.execute(
         'CREATE SCHEMA "Odd Schema"; CREATE TABLE "Odd Schema"."Typed" ("Tags" text[], "order" jsonb, id int)',
         dbname=database,
@@ -483,9 +478,7 @@ def test_insert_rows_stores_dicts_as_json_and_lists_by_the_column_type(conn_id, 
     hook.insert_rows("typed", [({"z": 1}, [3], 3, ["d"])], target_fields=["raw", "nums", "id", "tags"])
     returns.check()
     hook.insert_rows("typed", [([4, 5], 4)], target_fields=["doc", "id"])
-    read = (
-        "SELECT id, nums, tags, doc, raw::text, jsonb_typeof(doc), json_typeof(raw) FROM typed ORDER BY id"
-    )
+    read = "SELECT id, nums, tags, doc, raw::text, jsonb_typeof(doc), json_typeof(raw) FROM typed ORDER BY id"
     assert pg_server.execute(read, dbname=database) == [
         (1, [1, 2], ["a", "b"], {"k": [1, {"n": None}]}, '[1, "x"]', "object", "array"),
         (2, [], ["c"], [{"k": 1}], '{"a": 1}', "array", "object"),
@@ -503,8 +496,13 @@ def _connection(pg_server: Server, conn_id: str, dbname: str, app: str) -> Any:
     from airflow.sdk import Connection
 
     return Connection(
-        conn_id=conn_id, conn_type="postgres", host=pg_server.host, port=pg_server.port,
-        login=pg_server.user, password=pg_server.password, schema=dbname,
+        conn_id=conn_id,
+        conn_type="postgres",
+        host=pg_server.host,
+        port=pg_server.port,
+        login=pg_server.user,
+        password=pg_server.password,
+        schema=dbname,
         extra=json.dumps({"application_name": app}),
     )
 
@@ -519,9 +517,7 @@ def test_connection_argument_is_used_instead_of_looking_up_the_conn_id(make_conn
     given = _connection(pg_server, cid, db_b, f"given-{cid}")
     hook = PooledPostgresHook(cid, connection=given)
     assert hook.connection is given
-    assert hook.get_first("SELECT current_database(), current_setting('application_name')") == (
-        db_b, f"given-{cid}"
-    )
+    assert hook.get_first("SELECT current_database(), current_setting('application_name')") == (db_b, f"given-{cid}")
     # still one pool per conn id: other connect arguments make a new one and drain the old
     assert hook.get_pool() is not pool_a and pool_a.closed is True
     assert registry.pools()[cid] is hook.get_pool()

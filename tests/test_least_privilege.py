@@ -41,8 +41,9 @@ def make_role(pg_server, env):
         pg_server.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
         roles.append(role)
         for db in env.db.values():
-            pg_server.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                sql.Identifier(db), sql.Identifier(role)))
+            pg_server.execute(
+                sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(db), sql.Identifier(role))
+            )
         return role
 
     yield make
@@ -65,8 +66,14 @@ def _copy(env: CopyEnv, source_role: str, target_role: str, spec: CopySpec, copy
 
 
 def _ledger_schemas(env: CopyEnv) -> list[str]:
-    return [r[0] for r in env.rows("dst", "SELECT relnamespace::regnamespace::text FROM pg_class "
-                                          "WHERE relname = %s ORDER BY 1", (LEDGER_TABLE,))]
+    return [
+        r[0]
+        for r in env.rows(
+            "dst",
+            "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s ORDER BY 1",
+            (LEDGER_TABLE,),
+        )
+    ]
 
 
 def test_a_target_role_that_owns_its_schema_keeps_the_ledger_there(env, make_role):
@@ -92,11 +99,11 @@ def test_a_target_role_with_insert_and_select_uses_a_ledger_made_for_it(env, mak
     message = str(refused.value)
     assert "permission denied for schema public" in message
     assert f'GRANT CREATE ON SCHEMA "public" TO "{writer}"' in message
-    ddl = message[message.index("CREATE TABLE IF NOT EXISTS"):message.index(";\nGRANT")]
+    ddl = message[message.index("CREATE TABLE IF NOT EXISTS") : message.index(";\nGRANT")]
     assert env.count("dst") == 0 and _ledger_schemas(env) == []
 
     env.sql("dst", ddl)  # what an administrator runs once, as the message says
-    env.sql("dst", message[message.index(";\nGRANT") + 2:])
+    env.sql("dst", message[message.index(";\nGRANT") + 2 :])
     summary = _copy(env, reader, writer, CopySpec("t", chunk_size=200))
 
     assert summary.rows == 1000
@@ -111,8 +118,9 @@ def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):
     with admin, admin.cursor() as cur:  # one transaction, committed
         Ledger("public").ensure(cur)
     admin.close()
-    env.sql("dst", sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(LEDGER_TABLE),
-                                                                      sql.Identifier(writer)))
+    env.sql(
+        "dst", sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(LEDGER_TABLE), sql.Identifier(writer))
+    )
     with pytest.raises(CopyMistake, match="lacks UPDATE, DELETE on it") as caught:
         _copy(env, reader, writer, CopySpec("t", chunk_size=200))
     assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON "public"."{LEDGER_TABLE}" TO "{writer}"' in str(caught.value)
@@ -120,15 +128,20 @@ def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):
 
 def test_a_copy_recorded_in_a_public_ledger_resumes_from_there(env):
     env.sql("dst", "CREATE SCHEMA loader; " + TABLE.format(t="loader.t"))
-    env.sql("dst", """
+    env.sql(
+        "dst",
+        """
         CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN IF NEW.id = 777 THEN RAISE EXCEPTION 'refusing %', NEW.id; END IF; RETURN NEW; END $$;
         CREATE TRIGGER refuse BEFORE INSERT ON loader.t FOR EACH ROW EXECUTE FUNCTION refuse();
-    """)
+    """,
+    )
     spec = CopySpec("t", target_table="loader.t", chunk_size=100, parallelism=1)
     with pytest.raises(ChunkFailed):  # recorded where earlier versions kept every ledger
-        env.copy(CopySpec("t", target_table="loader.t", chunk_size=100, parallelism=1, ledger_schema="public"),
-                 copy_id="upgrade")
+        env.copy(
+            CopySpec("t", target_table="loader.t", chunk_size=100, parallelism=1, ledger_schema="public"),
+            copy_id="upgrade",
+        )
     env.sql("dst", "DROP TRIGGER refuse ON loader.t")
 
     summary = env.copy(spec, copy_id="upgrade")  # the default would be "loader"
@@ -143,13 +156,17 @@ def test_finished_copies_are_pruned_after_the_retention(env):
         for copy_id in ("old-finished", "old-unfinished", "recent"):
             TableCopy(src, dst, CopySpec("t", chunk_size=500, mode="replace"), copy_id=copy_id).run()
     ledger = f"public.{LEDGER_TABLE}"
-    env.sql("dst", f"UPDATE {ledger} SET finished_at = now() - interval '40 days' "
-                   "WHERE copy_id IN ('old-finished', 'old-unfinished')")
+    env.sql(
+        "dst",
+        f"UPDATE {ledger} SET finished_at = now() - interval '40 days' "
+        "WHERE copy_id IN ('old-finished', 'old-unfinished')",
+    )
     env.sql("dst", f"UPDATE {ledger} SET finished_at = NULL WHERE copy_id = 'old-unfinished' AND chunk_no = 1")
 
     with env.pools() as (src, dst):
-        TableCopy(src, dst, CopySpec("t", chunk_size=500, mode="replace"), copy_id="latest",
-                  ledger_retention_days=30).run()
+        TableCopy(
+            src, dst, CopySpec("t", chunk_size=500, mode="replace"), copy_id="latest", ledger_retention_days=30
+        ).run()
 
     kept = [r[0] for r in env.rows("dst", f"SELECT DISTINCT copy_id FROM {ledger} ORDER BY 1")]
     assert kept == ["latest", "old-unfinished", "recent"]  # an unfinished copy may still resume

@@ -101,8 +101,10 @@ def openlineage_events(tmp_path: Path) -> Iterator[Path]:
     patch = pytest.MonkeyPatch()
     try:
         patch.setenv("AIRFLOW__OPENLINEAGE__DISABLED", "False")
-        patch.setenv("AIRFLOW__OPENLINEAGE__TRANSPORT",
-                     json.dumps({"type": "file", "log_file_path": str(events), "append": True}))
+        patch.setenv(
+            "AIRFLOW__OPENLINEAGE__TRANSPORT",
+            json.dumps({"type": "file", "log_file_path": str(events), "append": True}),
+        )
         patch.setenv("AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD", "True")
         _reload_task_plugins()
         assert _openlineage_listening(), "the OpenLineage provider did not enable itself"
@@ -129,10 +131,12 @@ def _datasets(items: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"namespace": d["namespace"], "name": d["name"]} for d in items]
 
 
-def test_openlineage_reports_source_and_target_tables(airflow_db, copy_dag, tables, pg_server,
-                                                      openlineage_events, capsys):
-    run, summary = run_dag(copy_dag, {"source_conn_id": tables.src_id, "target_conn_id": tables.dst_id,
-                                   "chunk_size": 1000})
+def test_openlineage_reports_source_and_target_tables(
+    airflow_db, copy_dag, tables, pg_server, openlineage_events, capsys
+):
+    run, summary = run_dag(
+        copy_dag, {"source_conn_id": tables.src_id, "target_conn_id": tables.dst_id, "chunk_size": 1000}
+    )
     assert run.state == "success" and summary["rows"] == 5000
     assert table_digest(tables.dst) == table_digest(tables.src)
 
@@ -147,7 +151,8 @@ def test_openlineage_reports_source_and_target_tables(airflow_db, copy_dag, tabl
 
 
 def test_failed_copy_emits_a_fail_event_and_the_listener_keeps_working(
-        airflow_db, copy_dag, tables, make_database, make_conn_id, openlineage_events, capsys):
+    airflow_db, copy_dag, tables, make_database, make_conn_id, openlineage_events, capsys
+):
     no_table_id = make_conn_id(make_database(prefix="empty"))  # a database without ``events``
     failed, _ = run_dag(copy_dag, {"source_conn_id": tables.src_id, "target_conn_id": no_table_id})
     assert failed.state == "failed"
@@ -232,13 +237,19 @@ def statsd_receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatsdReceiver]
     from airflow.sdk.observability.metrics import stats_utils
 
     receiver = StatsdReceiver()
-    for key, value in {"STATSD_ON": "True", "STATSD_HOST": "127.0.0.1", "STATSD_PORT": str(receiver.port),
-                       "STATSD_PREFIX": "airflow", "STATSD_INFLUXDB_ENABLED": "True"}.items():
+    for key, value in {
+        "STATSD_ON": "True",
+        "STATSD_HOST": "127.0.0.1",
+        "STATSD_PORT": str(receiver.port),
+        "STATSD_PREFIX": "airflow",
+        "STATSD_INFLUXDB_ENABLED": "True",
+    }.items():
         monkeypatch.setenv(f"AIRFLOW__METRICS__{key}", value)
     for attr in ("_factory", "_backend", "_export_legacy_names"):
         monkeypatch.setattr(stats, attr, getattr(stats, attr))  # restored after the test
-    stats.initialize(factory=stats_utils.get_stats_factory(),
-                     export_legacy_names=conf.getboolean("metrics", "legacy_names_on"))
+    stats.initialize(
+        factory=stats_utils.get_stats_factory(), export_legacy_names=conf.getboolean("metrics", "legacy_names_on")
+    )
     try:
         yield receiver
     finally:
@@ -251,8 +262,10 @@ def statsd_receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[StatsdReceiver]
 def test_copy_and_pool_metrics_go_out_through_airflow_statsd(airflow_db, copy_dag, tables, statsd_receiver):
     from airflow_pool_provider import registry
 
-    run, summary = run_dag(copy_dag, {"source_conn_id": tables.src_id, "target_conn_id": tables.dst_id,
-                                   "chunk_size": 500, "parallelism": 2})
+    run, summary = run_dag(
+        copy_dag,
+        {"source_conn_id": tables.src_id, "target_conn_id": tables.dst_id, "chunk_size": 500, "parallelism": 2},
+    )
     assert run.state == "success"
     metrics = statsd_receiver.stop()
 
@@ -269,8 +282,11 @@ def test_copy_and_pool_metrics_go_out_through_airflow_statsd(airflow_db, copy_da
     assert not [m for m in metrics if m.name == "airflow.pooled_postgres.copy.chunk_retries"]
 
     for conn_id in (tables.src_id, tables.dst_id):
-        last = {m.name.rsplit(".", 1)[1]: m.value for m in metrics
-                if m.name.startswith("airflow.pooled_postgres.pool.") and m.tags == {"conn_id": conn_id}}
+        last = {
+            m.name.rsplit(".", 1)[1]: m.value
+            for m in metrics
+            if m.name.startswith("airflow.pooled_postgres.pool.") and m.tags == {"conn_id": conn_id}
+        }
         assert {"size", "idle", "in_use", "waiting", "max_size"} <= set(last), (conn_id, last)
         assert last["max_size"] == registry.pools()[conn_id].stats()["max_size"]
         assert last["in_use"] == 0 and last["waiting"] == 0  # sent at task end: all given back

@@ -31,8 +31,10 @@ def legacy(pg_server, make_database, make_conn_id):
     make_conn_id(dst_db, conn_id="migration_target")
     yield src, dst
     with dst.cursor() as cur:  # no holder may outlive the test
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
-                    "'pool-provider snapshot %%'")
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
+            "'pool-provider snapshot %%'"
+        )
     src.close()
     dst.close()
 
@@ -54,15 +56,19 @@ def _states(run) -> dict[str, str]:
     from sqlalchemy import select as sa_select
 
     with Session() as session:
-        rows = session.execute(sa_select(TaskInstance.task_id, TaskInstance.state).where(
-            TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)).all()
+        rows = session.execute(
+            sa_select(TaskInstance.task_id, TaskInstance.state).where(
+                TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
+            )
+        ).all()
     return {task: str(state) for task, state in rows}
 
 
 def test_the_forms_empty_optional_fields_arrive_as_null_and_mean_their_default(airflow_db, legacy, migrate):
     """The UI's trigger form sends an emptied list or text field as null: no tables named means all."""
-    run, plan = run_dag(migrate, {"tables": None, "exclude_tables": None, "migration_id": None, "dry_run": True},
-                        task_id="plan")
+    run, plan = run_dag(
+        migrate, {"tables": None, "exclude_tables": None, "migration_id": None, "dry_run": True}, task_id="plan"
+    )
     assert run.state == "success"
     assert len(plan["tables"]) == 6
 
@@ -72,8 +78,13 @@ def test_a_dry_run_plans_and_writes_nothing(airflow_db, legacy, migrate):
     run, plan = run_dag(migrate, {"dry_run": True}, task_id="plan")
     assert run.state == "success"
     assert [t["name"] for t in plan["tables"]] == [
-        '"public"."customers"', '"public"."events"', '"public"."order_items"', '"public"."orders"',
-        '"public"."payments"', '"public"."products"']
+        '"public"."customers"',
+        '"public"."events"',
+        '"public"."order_items"',
+        '"public"."orders"',
+        '"public"."payments"',
+        '"public"."products"',
+    ]
     payments = next(t for t in plan["tables"] if t["name"].endswith('"payments"'))
     assert payments["partitions"] == 3 and payments["chunks"] >= 3
     orders = next(t for t in plan["tables"] if t["name"].endswith('"orders"'))
@@ -86,13 +97,19 @@ def test_a_dry_run_plans_and_writes_nothing(airflow_db, legacy, migrate):
 
 def _objects(conn) -> set[str]:
     """Indexes, constraints, triggers and views of public, by name (the ledgers left out)."""
-    return {row[0] for row in _rows(conn, """
+    return {
+        row[0]
+        for row in _rows(
+            conn,
+            """
         SELECT 'index ' || indexname FROM pg_indexes WHERE schemaname = 'public'
            AND tablename NOT LIKE 'airflow_pool_provider%%'
         UNION ALL SELECT 'constraint ' || conname FROM pg_constraint
          WHERE connamespace = 'public'::regnamespace AND conrelid::regclass::text NOT LIKE 'airflow_pool_provider%%'
         UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE NOT tgisinternal
-        UNION ALL SELECT 'view ' || viewname FROM pg_views WHERE schemaname = 'public'""")}
+        UNION ALL SELECT 'view ' || viewname FROM pg_views WHERE schemaname = 'public'""",
+        )
+    }
 
 
 def test_a_migration_moves_every_table_with_its_objects_and_verifies_it(airflow_db, legacy, migrate):
@@ -104,8 +121,9 @@ def test_a_migration_moves_every_table_with_its_objects_and_verifies_it(airflow_
         # every row, byte for byte as text
         assert table_digest(dst, table, key=None) == table_digest(src, table, key=None), table
     assert _objects(dst) == _objects(src)  # indexes, primary/unique/foreign keys, checks, triggers, views
-    assert _one(dst, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
-                     "'pool-provider snapshot %%'") == 0  # the snapshot was released at the end
+    assert (
+        _one(dst, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pool-provider snapshot %%'") == 0
+    )  # the snapshot was released at the end
     before = {t: table_digest(dst, t, key=None) for t in ("orders", "payments")}
 
     again, report = run_dag(migrate, {"chunk_size": 700}, task_id="verify")  # the same migration again
@@ -143,8 +161,7 @@ def test_resume_refuses_a_target_table_it_did_not_create(airflow_db, legacy, mig
     assert _one(dst, "SELECT to_regclass('customers')") is None  # nothing written
 
 
-def test_replace_refuses_when_objects_outside_the_selection_depend_on_its_tables(airflow_db, legacy, migrate,
-                                                                                   capsys):
+def test_replace_refuses_when_objects_outside_the_selection_depend_on_its_tables(airflow_db, legacy, migrate, capsys):
     src, dst = legacy
     with dst.cursor() as cur:
         cur.execute("CREATE TABLE customers (id int PRIMARY KEY); CREATE VIEW mine AS SELECT id FROM customers")
@@ -159,8 +176,13 @@ def test_replace_refuses_when_objects_outside_the_selection_depend_on_its_tables
 def test_invalid_params_are_refused_by_the_form(airflow_db, legacy, migrate):
     from airflow.sdk.exceptions import ParamValidationError
 
-    for conf in ({"parallelism": 99}, {"chunk_size": 0}, {"mode": "merge"}, {"source_conn_id": "somewhere_else"},
-                 {"migration_id": "no spaces allowed"}):
+    for conf in (
+        {"parallelism": 99},
+        {"chunk_size": 0},
+        {"mode": "merge"},
+        {"source_conn_id": "somewhere_else"},
+        {"migration_id": "no spaces allowed"},
+    ):
         with pytest.raises(ParamValidationError):
             migrate.test(run_conf=conf)
 
@@ -172,8 +194,11 @@ def test_a_selection_of_tables_brings_only_what_they_need(legacy):
     src.rollback()
     assert [str(t.name) for t in chosen.tables] == ['"public"."customers"', '"public"."orders"']
     assert [str(v.name) for v in chosen.views] == ['"public"."customer_order_totals"']  # reads only these two
-    assert {str(s.name) for s in chosen.sequences} == {'"public"."customers_id_seq"', '"public"."orders_id_seq"',
-                                                      '"public"."invoice_number_seq"'}  # not products'
+    assert {str(s.name) for s in chosen.sequences} == {
+        '"public"."customers_id_seq"',
+        '"public"."orders_id_seq"',
+        '"public"."invoice_number_seq"',
+    }  # not products'
     with src.cursor() as cur:
         cat = catalog.load(cur, ("public",))
         with pytest.raises(CopyMistake, match=r"\['payments_2024h1'\] are partitions"):
@@ -222,8 +247,9 @@ def test_replace_of_a_whole_schema_with_a_partitioned_table_is_not_refused(airfl
     assert table_digest(dst, "payments", key=None) == table_digest(src, "payments", key=None)
 
 
-def test_the_configured_bin_directory_is_where_pg_dump_is_looked_for(airflow_db, legacy, migrate, monkeypatch,
-                                                                     tmp_path, capsys):
+def test_the_configured_bin_directory_is_where_pg_dump_is_looked_for(
+    airflow_db, legacy, migrate, monkeypatch, tmp_path, capsys
+):
     monkeypatch.setenv("AIRFLOW__POOLED_POSTGRES__PG_BIN_DIR", str(tmp_path))
     run, _ = run_dag(migrate, {"dry_run": True}, task_id="plan")
     assert run.state == "failed" and _states(run)["plan"] == "failed"
@@ -252,8 +278,9 @@ def owner_role(pg_server, legacy):
     pg_server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-def test_owners_are_left_out_unless_asked_to_keep_them(airflow_db, legacy, migrate, owner_role, make_database,
-                                                        make_conn_id, pg_server):
+def test_owners_are_left_out_unless_asked_to_keep_them(
+    airflow_db, legacy, migrate, owner_role, make_database, make_conn_id, pg_server
+):
     src, dst = legacy
     connecting_user = _one(dst, "SELECT current_user")
     run, _ = run_dag(migrate, {"tables": ["customers"]}, task_id="pre_data")
@@ -273,8 +300,9 @@ def test_owners_are_left_out_unless_asked_to_keep_them(airflow_db, legacy, migra
         kept.close()
 
 
-def test_an_index_build_memory_the_target_refuses_is_named_before_anything_runs(airflow_db, legacy, migrate,
-                                                                                monkeypatch, capsys):
+def test_an_index_build_memory_the_target_refuses_is_named_before_anything_runs(
+    airflow_db, legacy, migrate, monkeypatch, capsys
+):
     src, dst = legacy
     monkeypatch.setenv("AIRFLOW__POOLED_POSTGRES__INDEX_BUILD_MEMORY", "64kB")  # below the 1MB minimum
     run, _ = run_dag(migrate, {"tables": ["customers"]}, task_id="plan")
@@ -294,16 +322,26 @@ def test_index_builds_run_with_the_given_memory(legacy):
     src, dst = legacy
     with dst.cursor() as cur:  # the build evaluates the expression, which tells what the build's setting is
         cur.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
-        cur.execute("CREATE FUNCTION memory_seen(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN "
-                    "RAISE EXCEPTION 'built with %', current_setting('maintenance_work_mem'); END $$")
+        cur.execute(
+            "CREATE FUNCTION memory_seen(int) RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'built with %', current_setting('maintenance_work_mem'); END $$"
+        )
     ledger = MigrationLedger("public", "memory-test")
     setup = psycopg2.connect(dst.dsn)
     with setup, setup.cursor() as cur:
         ledger.ensure(cur)
     setup.close()
-    index = postdata.IndexDef(TableName("public", "t"), "t_memory",
-                              "CREATE INDEX t_memory ON public.t (public.memory_seen(id))",
-                              None, None, False, False, None, False)
+    index = postdata.IndexDef(
+        TableName("public", "t"),
+        "t_memory",
+        "CREATE INDEX t_memory ON public.t (public.memory_seen(id))",
+        None,
+        None,
+        False,
+        False,
+        None,
+        False,
+    )
     pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=2)
     try:
         with pytest.raises(CopyError, match="built with 3MB"):

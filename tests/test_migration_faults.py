@@ -28,8 +28,10 @@ def legacy(pg_server, make_database, make_conn_id):
     make_conn_id(dst_db, conn_id="migration_target")
     yield src, dst
     with dst.cursor() as cur:  # a killed run leaves its snapshot holder: end it
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
-                    "'pool-provider snapshot %%'")
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
+            "'pool-provider snapshot %%'"
+        )
     src.close()
     dst.close()
 
@@ -85,17 +87,26 @@ def test_a_migration_killed_in_a_stage_completes_exactly_once_when_run_again(air
         done = _chunks_done(dst)
         assert 5 <= done < _one(dst, "SELECT count(*) FROM airflow_pool_provider_copy_chunks")
     else:
-        _kill_when(first, lambda: first.seen(r"running task <TaskInstance: migrate_tables\.post_data") is not None,
-                   "the post-data stage started")
+        _kill_when(
+            first,
+            lambda: first.seen(r"running task <TaskInstance: migrate_tables\.post_data") is not None,
+            "the post-data stage started",
+        )
         assert _one(dst, "SELECT count(*) FROM airflow_pool_provider_copy_chunks WHERE finished_at IS NULL") == 0
 
     again, report = run_dag(load_dag("migrate_tables", "migrate_tables.py"), conf, task_id="verify")
     assert again.state == "success" and report["verified"]
     _assert_migrated(src, dst)  # nothing lost, nothing doubled
-    fks = _one(dst, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated "
-                    "AND connamespace = 'public'::regnamespace AND conparentid = 0")
-    assert fks == _one(src, "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conparentid = 0 "
-                            "AND connamespace = 'public'::regnamespace")
+    fks = _one(
+        dst,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated "
+        "AND connamespace = 'public'::regnamespace AND conparentid = 0",
+    )
+    assert fks == _one(
+        src,
+        "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conparentid = 0 "
+        "AND connamespace = 'public'::regnamespace",
+    )
 
 
 def _write_while_migrating(src_dsn: str, stop: threading.Event, counts: dict) -> None:
@@ -132,8 +143,15 @@ def test_a_source_written_to_during_the_migration_is_copied_as_of_one_instant(ai
     # ...and every order in the target came with all its items, as of one instant: the foreign
     # keys validated, and no order has fewer items than the source gives it.
     target_items = dict(_rows(dst, "SELECT order_id, count(*) FROM order_items GROUP BY 1"))
-    source_items = dict(_rows(src, "SELECT order_id, count(*) FROM order_items WHERE order_id = ANY(%s) GROUP BY 1",
-                              (list(target_items),)))
+    source_items = dict(
+        _rows(
+            src, "SELECT order_id, count(*) FROM order_items WHERE order_id = ANY(%s) GROUP BY 1", (list(target_items),)
+        )
+    )
     assert target_items == source_items
-    assert _one(dst, "SELECT count(*) FROM orders o WHERE NOT EXISTS "
-                     "(SELECT 1 FROM order_items i WHERE i.order_id = o.id)") == 0  # every order has its items
+    assert (
+        _one(
+            dst, "SELECT count(*) FROM orders o WHERE NOT EXISTS (SELECT 1 FROM order_items i WHERE i.order_id = o.id)"
+        )
+        == 0
+    )  # every order has its items

@@ -25,9 +25,26 @@ from airflow_pool_provider.pool import ConnectionPool, PoolClosed, PooledConnect
 from airflow_pool_provider.testing.postgres import Server
 
 STATS_KEYS = {
-    "name", "min_size", "max_size", "size", "idle", "in_use", "waiting", "connections_created",
-    "connection_errors", "checkouts", "returns", "waits", "wait_time_ms", "timeouts", "pings",
-    "discarded_broken", "discarded_expired", "rollbacks_on_return", "leaks_detected", "peak_in_use",
+    "name",
+    "min_size",
+    "max_size",
+    "size",
+    "idle",
+    "in_use",
+    "waiting",
+    "connections_created",
+    "connection_errors",
+    "checkouts",
+    "returns",
+    "waits",
+    "wait_time_ms",
+    "timeouts",
+    "pings",
+    "discarded_broken",
+    "discarded_expired",
+    "rollbacks_on_return",
+    "leaks_detected",
+    "peak_in_use",
     "closed",
 }
 
@@ -80,9 +97,7 @@ def make_pool(pg_server: Server, database: str) -> Iterator[Callable[..., tuple[
         db = dbname or database
         app = f"pooltest-{uuid.uuid4().hex[:10]}"
         settings.setdefault("timeout", 5.0)
-        pool = ConnectionPool(
-            lambda: psycopg2.connect(srv.dsn(db, application_name=app)), name=app, **settings
-        )
+        pool = ConnectionPool(lambda: psycopg2.connect(srv.dsn(db, application_name=app)), name=app, **settings)
         made.append(pool)
         return pool, app
 
@@ -154,9 +169,7 @@ def test_64_threads_never_exceed_max_size(make_pool, pg_server):
         try:
             with admin.cursor() as cur:
                 while not stop.is_set():
-                    cur.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,)
-                    )
+                    cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", (app,))
                     seen_backends.append(cur.fetchone()[0])
                     s = pool.stats()
                     seen_pool.append((s["size"], s["in_use"]))
@@ -205,9 +218,10 @@ class _SlowRollback(ext.connection):
 def test_connection_being_reset_on_return_still_counts_against_max_size(pg_server, database):
     app = f"pooltest-{uuid.uuid4().hex[:10]}"
     pool = ConnectionPool(
-        lambda: psycopg2.connect(pg_server.dsn(database, application_name=app),
-                                 connection_factory=_SlowRollback),
-        name=app, max_size=1, timeout=2.0,
+        lambda: psycopg2.connect(pg_server.dsn(database, application_name=app), connection_factory=_SlowRollback),
+        name=app,
+        max_size=1,
+        timeout=2.0,
     )
     try:
         first = pool.getconn()
@@ -600,8 +614,12 @@ def test_forked_child_gets_its_own_backend_and_leaves_the_parents_alone(make_poo
         except PoolError as exc:
             closed_inherited = type(exc).__name__
         pool.close()  # must close only the child's own connection
-        return {"pid": child_pid, "created": stats["connections_created"],
-                "in_use": stats["in_use"], "closed_inherited": closed_inherited}
+        return {
+            "pid": child_pid,
+            "created": stats["connections_created"],
+            "in_use": stats["in_use"],
+            "closed_inherited": closed_inherited,
+        }
 
     report = in_child(child)
     assert report["pid"] not in (parent_pid, held_pid)
@@ -762,9 +780,20 @@ def test_stats_in_a_small_scenario(make_pool):
     fresh = pool.stats()
     assert STATS_KEYS <= set(fresh)
     assert fresh == {
-        **fresh, "name": app, "size": 0, "idle": 0, "in_use": 0, "waiting": 0,
-        "connections_created": 0, "checkouts": 0, "wait_time_ms": 0.0, "timeouts": 0,
-        "discarded_broken": 0, "discarded_expired": 0, "peak_in_use": 0, "max_size": 1,
+        **fresh,
+        "name": app,
+        "size": 0,
+        "idle": 0,
+        "in_use": 0,
+        "waiting": 0,
+        "connections_created": 0,
+        "checkouts": 0,
+        "wait_time_ms": 0.0,
+        "timeouts": 0,
+        "discarded_broken": 0,
+        "discarded_expired": 0,
+        "peak_in_use": 0,
+        "max_size": 1,
         "closed": False,
     }
 

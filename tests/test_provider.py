@@ -16,7 +16,10 @@ OPTIONS = ("min_size", "max_size", "timeout", "max_lifetime", "max_idle")
 def _airflow(*args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__POOLED_POSTGRES__")}
     result = subprocess.run(
-        [sys.executable, "-m", "airflow", *args], env=env, text=True, timeout=120,
+        [sys.executable, "-m", "airflow", *args],
+        env=env,
+        text=True,
+        timeout=120,
         capture_output=True,
     )
     assert result.returncode == 0, f"airflow {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
@@ -54,8 +57,9 @@ def test_provider_info_declares_no_connection_type():
     assert info["package-name"] == "airflow-pool-provider"
     assert "connection-types" not in info
     assert "connection-type" not in str(info)
-    registered = [ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith(
-        "airflow_pool_provider")]
+    registered = [
+        ep for ep in entry_points(group="apache_airflow_provider") if ep.value.startswith("airflow_pool_provider")
+    ]
     assert [ep.load() for ep in registered] == [get_provider_info]
 
 

@@ -105,8 +105,9 @@ def test_a_breakout_on_a_keyless_table_is_refused_and_nothing_is_copied(env):
 
 def test_a_filter_with_a_semicolon_in_a_literal_copies_exactly_the_matching_rows(env):
     env.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
-    env.sql("src", "INSERT INTO t SELECT g, CASE WHEN g % 3 = 0 THEN 'a;b' ELSE 'c)d' END "
-                   "FROM generate_series(1, 900) g")
+    env.sql(
+        "src", "INSERT INTO t SELECT g, CASE WHEN g % 3 = 0 THEN 'a;b' ELSE 'c)d' END FROM generate_series(1, 900) g"
+    )
     summary = env.copy(CopySpec("t", where="note <> 'a;b' AND note = 'c)d'", chunk_size=100))
     assert summary["rows"] == 600
     assert env.rows("dst", "SELECT count(*), count(*) FILTER (WHERE note = 'a;b') FROM t") == [(600, 0)]

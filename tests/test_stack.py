@@ -37,8 +37,9 @@ class Api:
 
     def __init__(self, state: native.StackState) -> None:
         self.url = state.api_url
-        self.token = self.call("POST", "/auth/token", {"username": state.user, "password": state.password},
-                               auth=False)["access_token"]
+        self.token = self.call("POST", "/auth/token", {"username": state.user, "password": state.password}, auth=False)[
+            "access_token"
+        ]
 
     def call(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> dict:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -50,8 +51,9 @@ class Api:
             return json.load(response)
 
     def resize_pool(self, slots: int) -> None:
-        self.call("PATCH", f"/api/v2/pools/{native.POOL}",
-                  {"name": native.POOL, "slots": slots, "include_deferred": False})
+        self.call(
+            "PATCH", f"/api/v2/pools/{native.POOL}", {"name": native.POOL, "slots": slots, "include_deferred": False}
+        )
 
     def run_path(self, run_id: str) -> str:
         return f"/api/v2/dags/migrate_tables/dagRuns/{urllib.parse.quote(run_id, safe='')}"
@@ -69,7 +71,8 @@ class Api:
 
     def trigger(self, conf: dict) -> str:
         return self.call("POST", "/api/v2/dags/migrate_tables/dagRuns", {"logical_date": None, "conf": conf})[
-            "dag_run_id"]
+            "dag_run_id"
+        ]
 
     def wait_for_run(self, run_id: str, timeout: float = 420) -> dict:
         deadline = time.monotonic() + timeout
@@ -87,8 +90,10 @@ class Api:
         return {(t["task_id"], t["map_index"]): t["state"] for t in self.task_instances(run_id)}
 
     def log(self, run_id: str, task: dict) -> str:
-        path = (f"{self.run_path(run_id)}/taskInstances/{task['task_id']}/logs/{task['try_number']}"
-                f"?map_index={task['map_index']}")
+        path = (
+            f"{self.run_path(run_id)}/taskInstances/{task['task_id']}/logs/{task['try_number']}"
+            f"?map_index={task['map_index']}"
+        )
         return "\n".join(str(line.get("event", "")) for line in self.call("GET", path)["content"])
 
 
@@ -96,8 +101,16 @@ class Api:
 def stack(tmp_path_factory, pg_server):
     home = tmp_path_factory.mktemp("stack")
     name = f"stk_{uuid.uuid4().hex[:8]}"
-    state = native.up(home, name=name, scale=0.02, workers=2, worker_concurrency=1, pool_slots=18,
-                      batch_rows=BATCH_ROWS, server=pg_server)
+    state = native.up(
+        home,
+        name=name,
+        scale=0.02,
+        workers=2,
+        worker_concurrency=1,
+        pool_slots=18,
+        batch_rows=BATCH_ROWS,
+        server=pg_server,
+    )
     try:
         api = Api(state)
         api.wait_for_dag()
@@ -145,8 +158,7 @@ def test_migrate_tables_triggered_through_the_api_runs_on_both_workers(stack):
     tasks = api.task_instances(run_id)
     copies = [t for t in tasks if t["task_id"] == "copy_data"]
     assert len(copies) >= 4
-    assert all(t["rendered_map_index"].startswith("batch ") for t in copies), [t["rendered_map_index"]
-                                                                               for t in copies]
+    assert all(t["rendered_map_index"].startswith("batch ") for t in copies), [t["rendered_map_index"] for t in copies]
     # Each worker names itself ([core] hostname_callable): the mapped copies ran on both.
     assert {t["hostname"] for t in copies} == {f"{state.name}-worker-1", f"{state.name}-worker-2"}
     log = api.log(run_id, copies[0])
@@ -171,8 +183,10 @@ class BackendSampler(threading.Thread):
         conn.autocommit = True
         with conn.cursor() as cur:
             while not self.stopped.is_set():
-                cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = ANY(%s)",
-                            (native.APPLICATION, self.databases))
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND datname = ANY(%s)",
+                    (native.APPLICATION, self.databases),
+                )
                 self.peak = max(self.peak, cur.fetchone()[0])
                 self.samples += 1
                 time.sleep(0.02)
@@ -181,8 +195,10 @@ class BackendSampler(threading.Thread):
 
 def _overlapping(tasks: list[dict]) -> int:
     """The most task instances that ran at the same time."""
-    events = sorted([(datetime.fromisoformat(t["start_date"]), 1) for t in tasks]
-                    + [(datetime.fromisoformat(t["end_date"]), -1) for t in tasks])
+    events = sorted(
+        [(datetime.fromisoformat(t["start_date"]), 1) for t in tasks]
+        + [(datetime.fromisoformat(t["end_date"]), -1) for t in tasks]
+    )
     running = most = 0
     for _, change in events:
         running += change
@@ -209,8 +225,10 @@ def test_the_budget_holds_with_more_copy_tasks_than_the_pool_allows(stack):
     # More copy tasks than the pool lets run, and the DAG alone would let two run at once.
     assert len(copies) >= 3
     assert _overlapping(copies) == 1
-    print(f"budget: {len(copies)} copy tasks, at most {_overlapping(copies)} at once; peak {sampler.peak} "
-          f"backends in {sampler.samples} samples (allowed {slots_per_copy})")
+    print(
+        f"budget: {len(copies)} copy tasks, at most {_overlapping(copies)} at once; peak {sampler.peak} "
+        f"backends in {sampler.samples} samples (allowed {slots_per_copy})"
+    )
     # Concurrent task instances (1) x connections per task (9): never more backends than that.
     assert sampler.samples > 100
     assert 3 <= sampler.peak <= 1 * slots_per_copy, sampler.peak
@@ -219,8 +237,10 @@ def test_the_budget_holds_with_more_copy_tasks_than_the_pool_allows(stack):
 def _browser():
     """Playwright driving the system's Chromium, or why it cannot."""
     if not Path(CHROMIUM).exists():
-        message = ("no Chromium at /usr/bin/chromium: install it with "
-                   "`apt-get install chromium chromium-driver` (Debian) to run the UI test")
+        message = (
+            "no Chromium at /usr/bin/chromium: install it with "
+            "`apt-get install chromium chromium-driver` (Debian) to run the UI test"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -240,8 +260,9 @@ def test_migrate_tables_triggered_from_the_ui_form_in_a_browser(stack):
     ARTIFACTS.mkdir(exist_ok=True)
     _empty_target(state)
     with _browser() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{state.api_url}/auth/login")
@@ -272,6 +293,6 @@ def test_migrate_tables_triggered_from_the_ui_form_in_a_browser(stack):
             browser.close()
     server = state.postgres()
     for table in ("customers", "orders", "order_items"):
-        assert (_digest(server.dsn(state.databases["target"]), table)
-                == _digest(server.dsn(state.databases["source"]), table))
-
+        assert _digest(server.dsn(state.databases["target"]), table) == _digest(
+            server.dsn(state.databases["source"]), table
+        )

@@ -53,9 +53,11 @@ class ServerSlots:
         return max(0, self.max_connections - self.reserved - self.in_use - self.kept_free)
 
     def describe(self) -> str:
-        return (f"server {self.name} has {self.available} slot(s) to spare (max_connections="
-                f"{self.max_connections}, reserved={self.reserved}, in use={self.in_use}, "
-                f"{self.kept_free} kept free for other clients)")
+        return (
+            f"server {self.name} has {self.available} slot(s) to spare (max_connections="
+            f"{self.max_connections}, reserved={self.reserved}, in use={self.in_use}, "
+            f"{self.kept_free} kept free for other clients)"
+        )
 
 
 def read_slots(cur, name: str) -> ServerSlots:
@@ -75,9 +77,14 @@ class WorkerBudget:
         return f"{self.workers} worker(s) instead of {self.requested}: " + "; ".join(self.limits)
 
 
-def plan_workers(requested: int, source_pool: ConnectionPool, target_pool: ConnectionPool,
-                 source_slots: ServerSlots, target_slots: ServerSlots | None,
-                 max_connections: int | None = None) -> WorkerBudget:
+def plan_workers(
+    requested: int,
+    source_pool: ConnectionPool,
+    target_pool: ConnectionPool,
+    source_slots: ServerSlots,
+    target_slots: ServerSlots | None,
+    max_connections: int | None = None,
+) -> WorkerBudget:
     """The largest worker count within every limit. ``target_slots`` None: one server for both."""
     limits: list[str] = []
     workers = requested
@@ -90,23 +97,34 @@ def plan_workers(requested: int, source_pool: ConnectionPool, target_pool: Conne
 
     shared_pool = source_pool is target_pool
     if shared_pool:
-        cut((source_pool.max_size - 1) // 2,
+        cut(
+            (source_pool.max_size - 1) // 2,
             f"source and target share pool {source_pool.name!r} (max_size={source_pool.max_size}), and "
-            f"{requested} worker(s) need {connections_for(requested)}; raise [pooled_postgres] max_size for more")
+            f"{requested} worker(s) need {connections_for(requested)}; raise [pooled_postgres] max_size for more",
+        )
     else:
-        cut(source_pool.max_size - 1,
+        cut(
+            source_pool.max_size - 1,
             f"source pool {source_pool.name!r} has max_size={source_pool.max_size} and {requested} worker(s) "
-            f"need {requested + 1}; raise [pooled_postgres] max_size for more")
-        cut(target_pool.max_size,
+            f"need {requested + 1}; raise [pooled_postgres] max_size for more",
+        )
+        cut(
+            target_pool.max_size,
             f"target pool {target_pool.name!r} has max_size={target_pool.max_size}; raise "
-            "[pooled_postgres] max_size for more")
+            "[pooled_postgres] max_size for more",
+        )
     if max_connections is not None:
-        cut((max_connections - 1) // 2,
+        cut(
+            (max_connections - 1) // 2,
             f"the task may hold {max_connections} connection(s) (pool_slots), and each worker needs two "
-            "plus one for the snapshot")
+            "plus one for the snapshot",
+        )
     if workers < 1:
-        raise CopyMistake("no worker fits the connection limits: " + "; ".join(limits)
-                          + ". A copy needs at least 3 connections (2 per worker and 1 for the snapshot).")
+        raise CopyMistake(
+            "no worker fits the connection limits: "
+            + "; ".join(limits)
+            + ". A copy needs at least 3 connections (2 per worker and 1 for the snapshot)."
+        )
     for need in _needs(source_pool, target_pool, source_slots, target_slots):
         cut(need.workers_that_fit(), need.slots.describe())
     if workers < 1:
@@ -132,8 +150,9 @@ class _ServerNeed:
         return (self.slots.available + self.already_open - self.fixed) // self.per_worker
 
 
-def _needs(source_pool: ConnectionPool, target_pool: ConnectionPool, source: ServerSlots,
-           target: ServerSlots | None) -> list[_ServerNeed]:
+def _needs(
+    source_pool: ConnectionPool, target_pool: ConnectionPool, source: ServerSlots, target: ServerSlots | None
+) -> list[_ServerNeed]:
     source_open = source_pool.stats()["size"]
     target_open = 0 if source_pool is target_pool else target_pool.stats()["size"]
     if target is None:

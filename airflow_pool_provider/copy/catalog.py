@@ -14,12 +14,28 @@ FIRST_USER_OID = 16384
 #: Types whose values are OIDs of catalog objects: binary COPY and binary hashes would carry the
 #: source's OIDs, which mean other objects (or nothing) in the target. Copied as text (names).
 OID_ALIAS_TYPES = (
-    "regclass", "regcollation", "regconfig", "regdictionary", "regnamespace", "regoper",
-    "regoperator", "regproc", "regprocedure", "regrole", "regtype",
+    "regclass",
+    "regcollation",
+    "regconfig",
+    "regdictionary",
+    "regnamespace",
+    "regoper",
+    "regoperator",
+    "regproc",
+    "regprocedure",
+    "regrole",
+    "regtype",
 )
 
-_RELKINDS = {"v": "a view", "m": "a materialized view", "f": "a foreign table", "S": "a sequence",
-             "c": "a composite type", "i": "an index", "I": "a partitioned index"}
+_RELKINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "c": "a composite type",
+    "i": "an index",
+    "I": "a partitioned index",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +141,7 @@ def load_table(cur, name: TableName, side: str) -> Table:
         where = f"schema {name.schema!r}" if name.schema else "the search_path"
         advice = "create it first, or check the name" if side == "target" else "check the name and the connection"
         raise CatalogError(
-            f"{side} table {name} does not exist in {where}: {advice} (quote mixed-case names as \"Name\")"
+            f'{side} table {name} does not exist in {where}: {advice} (quote mixed-case names as "Name")'
         )
     oid, schema, relname, relkind = row
     if relkind not in ("r", "p"):
@@ -154,12 +170,17 @@ def load_table(cur, name: TableName, side: str) -> Table:
 def _not_a_table(side: str, name: TableName, relkind: str) -> str:
     what = _RELKINDS.get(relkind, f"a relation of kind {relkind!r}")
     if side == "target":
-        return (f"target {name} is {what}, not a table: COPY can only load tables. Name the table "
-                "to load as target_table")
-    advice = ("copy the table(s) it reads from instead (with where=... for a subset), or "
-              f"materialize it first (CREATE TABLE ... AS SELECT * FROM {name}) and copy that table")
-    return (f"source {name} is {what}, not a table: the copy splits tables into chunks by key or "
-            f"by page, which {what} does not have. To copy its rows, {advice}")
+        return (
+            f"target {name} is {what}, not a table: COPY can only load tables. Name the table to load as target_table"
+        )
+    advice = (
+        "copy the table(s) it reads from instead (with where=... for a subset), or "
+        f"materialize it first (CREATE TABLE ... AS SELECT * FROM {name}) and copy that table"
+    )
+    return (
+        f"source {name} is {what}, not a table: the copy splits tables into chunks by key or "
+        f"by page, which {what} does not have. To copy its rows, {advice}"
+    )
 
 
 def check_compatible(source: Table, target: Table, columns: tuple[str, ...]) -> None:
@@ -188,4 +209,3 @@ def check_compatible(source: Table, target: Table, columns: tuple[str, ...]) -> 
             + "\n  - ".join(problems)
             + "\nAlign the target's columns and types with the source, or pass columns=[...]."
         )
-

@@ -24,15 +24,14 @@ STABLE_OUTPUT = {
 
 
 def method(source: Table, target: Table, columns: Sequence[str]) -> str:
-    """"record" (binary hash) when every column allows it on both sides, else "text"."""
-    fast = all(
-        t.by_name[c].portable_binary and t.by_name[c].hashable for t in (source, target) for c in columns
-    )
+    """ "record" (binary hash) when every column allows it on both sides, else "text"."""
+    fast = all(t.by_name[c].portable_binary and t.by_name[c].hashable for t in (source, target) for c in columns)
     return "record" if fast else "text"
 
 
-def query(how: str, columns: Sequence[str], source: sql.Composable, where: sql.Composable,
-          alias: str | None = None) -> sql.Composed:
+def query(
+    how: str, columns: Sequence[str], source: sql.Composable, where: sql.Composable, alias: str | None = None
+) -> sql.Composed:
     """``SELECT count, sum-of-row-hashes FROM source WHERE where``."""
     refs = [sql.Identifier(alias, c) if alias else sql.Identifier(c) for c in columns]
     row = sql.SQL("ROW({})").format(sql.SQL(", ").join(refs))

@@ -41,9 +41,17 @@ from airflow_pool_provider.pool import ConnectionPool, PooledConnection
 class ChunkCopier:
     """Copies chunks of one prepared copy; safe to call from several worker threads."""
 
-    def __init__(self, prepared: PreparedCopy, spec: CopySpec, source_pool: ConnectionPool,
-                 target_pool: ConnectionPool, snapshot: SourceSnapshot, stop: StopSignal,
-                 progress: Progress, log: logging.Logger | logging.LoggerAdapter) -> None:
+    def __init__(
+        self,
+        prepared: PreparedCopy,
+        spec: CopySpec,
+        source_pool: ConnectionPool,
+        target_pool: ConnectionPool,
+        snapshot: SourceSnapshot,
+        stop: StopSignal,
+        progress: Progress,
+        log: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
         self.prepared = prepared
         self.spec = spec
         self.source_pool = source_pool
@@ -79,17 +87,28 @@ class ChunkCopier:
                 if isinstance(exc, SnapshotLost):
                     self._renew_snapshot(chunk, exc)  # itself a failure when no snapshot can be had
                 if attempt == attempts:
-                    raise ChunkFailed(f"chunk {chunk.no + 1} failed {attempts} time(s); last error: "
-                                      f"{first_line(exc)}", Kind.FAULT) from exc
+                    raise ChunkFailed(
+                        f"chunk {chunk.no + 1} failed {attempts} time(s); last error: {first_line(exc)}", Kind.FAULT
+                    ) from exc
                 self._back_off(chunk, exc, attempt, attempts)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _back_off(self, chunk: Chunk, exc: BaseException, attempt: int, attempts: int) -> None:
         delay = min(0.2 * 2 ** (attempt - 1), 5.0) * random.uniform(0.8, 1.2)
-        reason = ("the source snapshot was lost" if isinstance(exc, SnapshotLost)
-                  else "the connection was lost or the server asked to retry")
-        self.log.warning("chunk %d: %s (%s); nothing of it was committed; retry %d/%d in %.1f s",
-                         chunk.no + 1, reason, first_line(exc), attempt, attempts - 1, delay)
+        reason = (
+            "the source snapshot was lost"
+            if isinstance(exc, SnapshotLost)
+            else "the connection was lost or the server asked to retry"
+        )
+        self.log.warning(
+            "chunk %d: %s (%s); nothing of it was committed; retry %d/%d in %.1f s",
+            chunk.no + 1,
+            reason,
+            first_line(exc),
+            attempt,
+            attempts - 1,
+            delay,
+        )
         self.progress.chunk_retried()
         if self.stop.wait(delay):
             raise CopyStopped(f"chunk {chunk.no + 1} was not retried: {self.stop.reason}") from exc
@@ -115,8 +134,11 @@ class ChunkCopier:
                 f"chunk {chunk.no + 1}: {first_line(exc)}. The target already holds rows with these keys: "
                 "use mode='upsert' to merge them or mode='replace' to start from an empty table"
             )
-        return ChunkFailed(f"chunk {chunk.no + 1} of {self.prepared.source.name} -> {self.prepared.target.name} "
-                           f"failed: {first_line(exc)}", kind)
+        return ChunkFailed(
+            f"chunk {chunk.no + 1} of {self.prepared.source.name} -> {self.prepared.target.name} "
+            f"failed: {first_line(exc)}",
+            kind,
+        )
 
     # -- one attempt ------------------------------------------------------------------------
 
@@ -145,14 +167,18 @@ class ChunkCopier:
             into = run.target.ident
             if spec.mode == "upsert":
                 into = sql.Identifier(f"pool_provider_stage_{chunk.no}")
-                tcur.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-                    into, cols, run.target.ident))
+                tcur.execute(
+                    sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                        into, cols, run.target.ident
+                    )
+                )
             copy_in = sql.SQL("COPY {} ({}) FROM STDIN {}").format(into, cols, fmt)
             source_sum = None
             if spec.verify_checksums:
                 source_sum = checksum.query(run.checksum, run.columns, run.source.ident, selected)
-            streamed = pipe(scur, copy_out, tcur, copy_in, after_source=source_sum and (
-                lambda: _fetch(scur, source_sum)))
+            streamed = pipe(
+                scur, copy_out, tcur, copy_in, after_source=source_sum and (lambda: _fetch(scur, source_sum))
+            )
             if streamed.source_rows != streamed.target_rows:
                 raise ChunkMismatch(
                     f"chunk {chunk.no + 1}: the source sent {streamed.source_rows} rows but the target "
@@ -177,15 +203,22 @@ class ChunkCopier:
         run = self.prepared
         updates = [c for c in run.columns if c not in run.conflict]
         action = (
-            sql.SQL("DO UPDATE SET {}").format(sql.SQL(", ").join(
-                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates))
-            if updates else sql.SQL("DO NOTHING")
+            sql.SQL("DO UPDATE SET {}").format(
+                sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in updates)
+            )
+            if updates
+            else sql.SQL("DO NOTHING")
         )
         tcur.execute(
-            sql.SQL("INSERT INTO {target} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {stage} "
-                    "ON CONFLICT ({conflict}) {action}").format(
-                target=run.target.ident, cols=cols, stage=stage,
-                conflict=sql.SQL(", ").join(sql.Identifier(c) for c in run.conflict), action=action,
+            sql.SQL(
+                "INSERT INTO {target} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM {stage} "
+                "ON CONFLICT ({conflict}) {action}"
+            ).format(
+                target=run.target.ident,
+                cols=cols,
+                stage=stage,
+                conflict=sql.SQL(", ").join(sql.Identifier(c) for c in run.conflict),
+                action=action,
             )
         )
 

@@ -49,12 +49,21 @@ class TableCopy:
     it holds in all (both pools); ``ledger_retention_days`` (None: keep all) prunes finished copies.
     """
 
-    def __init__(self, source_pool: ConnectionPool, target_pool: ConnectionPool, spec: CopySpec,
-                 copy_id: str, log: logging.Logger | logging.LoggerAdapter | None = None, *,
-                 metrics: Metrics | None = None, connection_limit: int | None = None,
-                 ledger_retention_days: float | None = DEFAULT_LEDGER_RETENTION_DAYS,
-                 snapshot: str | None = None, replace_snapshot: Callable[[str], str] | None = None,
-                 only_chunks: Collection[int] | None = None) -> None:
+    def __init__(
+        self,
+        source_pool: ConnectionPool,
+        target_pool: ConnectionPool,
+        spec: CopySpec,
+        copy_id: str,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+        *,
+        metrics: Metrics | None = None,
+        connection_limit: int | None = None,
+        ledger_retention_days: float | None = DEFAULT_LEDGER_RETENTION_DAYS,
+        snapshot: str | None = None,
+        replace_snapshot: Callable[[str], str] | None = None,
+        only_chunks: Collection[int] | None = None,
+    ) -> None:
         self.source_pool = source_pool
         self.target_pool = target_pool
         self.spec = spec
@@ -63,8 +72,9 @@ class TableCopy:
         self.metrics = metrics or NoMetrics()
         self.connection_limit = connection_limit
         if ledger_retention_days is not None and not ledger_retention_days > 0:
-            raise ValueError(f"ledger_retention_days must be more than 0 (or None to keep all), got "
-                             f"{ledger_retention_days!r}")
+            raise ValueError(
+                f"ledger_retention_days must be more than 0 (or None to keep all), got {ledger_retention_days!r}"
+            )
         self.ledger_retention_days = ledger_retention_days
         self.shared_snapshot = snapshot
         self.replace_snapshot = replace_snapshot
@@ -75,8 +85,9 @@ class TableCopy:
         """The copy's own snapshot, or the migration's it was given (``snapshot``)."""
         if self.shared_snapshot is None:
             return ExportedSnapshot(self.source_pool, self.stopping, self.log)
-        return SharedSnapshot(self.source_pool, self.stopping, self.log, self.shared_snapshot,
-                              self.replace_snapshot or _cannot_replace)
+        return SharedSnapshot(
+            self.source_pool, self.stopping, self.log, self.shared_snapshot, self.replace_snapshot or _cannot_replace
+        )
 
     def stop(self, reason: str) -> None:
         """Stop the copy from any thread (or a signal handler); :meth:`run` then raises."""
@@ -95,8 +106,9 @@ class TableCopy:
         """Run ``work`` on a coordinator thread and wait: an exception delivered to this thread
         (a timeout, Ctrl-C) stops the copy, and a stop from a signal handler ends the wait."""
         outcome: list[Any] = []
-        coordinator = threading.Thread(target=self._coordinate, args=(work, outcome), name="copy-coordinator",
-                                       daemon=True)
+        coordinator = threading.Thread(
+            target=self._coordinate, args=(work, outcome), name="copy-coordinator", daemon=True
+        )
         coordinator.start()
         try:
             # Not one join(): a stop from a signal handler (on_kill) returns here, and its cancels
@@ -122,8 +134,12 @@ class TableCopy:
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             if self.stopping.stopped and not self.stopping.by_failure and not isinstance(exc, CopyError):
                 # Stopped while planning or finishing: the statement running then was cancelled.
-                self.log.warning("copy %s stopped (%s) while planning or finishing; resume with copy_id %r",
-                                 self.copy_id, self.stopping.reason, self.copy_id)
+                self.log.warning(
+                    "copy %s stopped (%s) while planning or finishing; resume with copy_id %r",
+                    self.copy_id,
+                    self.stopping.reason,
+                    self.copy_id,
+                )
                 stopped = CopyStopped(f"copy {self.copy_id} was stopped ({self.stopping.reason})")
                 stopped.__cause__ = exc
                 exc = stopped
@@ -147,34 +163,42 @@ class TableCopy:
         try:
             prepared = self._prepare(snapshot)
             budget = prepared.budget
-            pools = [self.source_pool] if self.source_pool is self.target_pool else [self.source_pool,
-                                                                                    self.target_pool]
-            progress = Progress(self.log, prepared.chunks, prepared.done, pools, self.metrics, {
-                "source": self.source_pool.name, "target": self.target_pool.name,
-                "table": str(prepared.target.name)})
-            copier = ChunkCopier(prepared, self.spec, self.source_pool, self.target_pool, snapshot,
-                                 self.stopping, progress, self.log)
+            pools = [self.source_pool] if self.source_pool is self.target_pool else [self.source_pool, self.target_pool]
+            progress = Progress(
+                self.log,
+                prepared.chunks,
+                prepared.done,
+                pools,
+                self.metrics,
+                {"source": self.source_pool.name, "target": self.target_pool.name, "table": str(prepared.target.name)},
+            )
+            copier = ChunkCopier(
+                prepared, self.spec, self.source_pool, self.target_pool, snapshot, self.stopping, progress, self.log
+            )
             pending = [c for c in prepared.pending if self.only_chunks is None or c.no in self.only_chunks]
-            work = run_workers(pending, budget.workers, copier.copy, self.stopping,
-                               describe=lambda chunk: f"chunk {chunk.no + 1}")
+            work = run_workers(
+                pending, budget.workers, copier.copy, self.stopping, describe=lambda chunk: f"chunk {chunk.no + 1}"
+            )
             if work.failure is not None or self.stopping.stopped:
                 self._log_stop(prepared, work)
                 raise work.failure or CopyStopped(
-                    f"copy {self.copy_id} was stopped ({self.stopping.reason}); resume it with copy_id "
-                    f"{self.copy_id!r}")
+                    f"copy {self.copy_id} was stopped ({self.stopping.reason}); resume it with copy_id {self.copy_id!r}"
+                )
         finally:
             snapshot.close()
         return self._finish(prepared, progress, budget.workers, snapshot.renewals + 1, started)
 
     def _budget(self, source_slots: ServerSlots, target_slots: ServerSlots | None) -> WorkerBudget:
-        budget = plan_workers(self.spec.parallelism, self.source_pool, self.target_pool, source_slots,
-                              target_slots, self.connection_limit)
+        budget = plan_workers(
+            self.spec.parallelism, self.source_pool, self.target_pool, source_slots, target_slots, self.connection_limit
+        )
         if budget.limits:
             self.log.warning("copy %s runs %s", self.copy_id, budget.describe())
         return budget
 
-    def _finish(self, prepared: PreparedCopy, progress: Progress, workers: int, snapshots: int,
-                started: float) -> CopySummary:
+    def _finish(
+        self, prepared: PreparedCopy, progress: Progress, workers: int, snapshots: int, started: float
+    ) -> CopySummary:
         """Move sequences on, prune old ledger rows, and make every chunk durable in one commit."""
         with self.stopping.checkout(self.target_pool) as tconn:
             with tconn.cursor() as tcur:
@@ -183,25 +207,41 @@ class TableCopy:
                 if self.ledger_retention_days is not None:
                     pruned = prepared.ledger.prune(tcur, self.ledger_retention_days)
                     if pruned:
-                        self.log.info("ledger %s: pruned %d copy(ies) finished more than %g day(s) ago",
-                                      prepared.ledger, pruned, self.ledger_retention_days)
+                        self.log.info(
+                            "ledger %s: pruned %d copy(ies) finished more than %g day(s) ago",
+                            prepared.ledger,
+                            pruned,
+                            self.ledger_retention_days,
+                        )
                 tcur.execute("SET LOCAL synchronous_commit = on")
                 tcur.execute("SELECT pg_current_xact_id()")  # a commit record, flushed with all before it
             tconn.commit()
         summary = CopySummary(
-            copy_id=self.copy_id, source=str(prepared.source.name), target=str(prepared.target.name),
+            copy_id=self.copy_id,
+            source=str(prepared.source.name),
+            target=str(prepared.target.name),
             mode=self.spec.mode,
             key="ctid" if prepared.keyset.kind == "ctid" else list(prepared.keyset.columns),
             format="binary" if prepared.binary else "text",
-            rows=progress.rows_this_run, chunks=progress.chunks_this_run, chunks_skipped=len(prepared.done),
-            bytes=progress.bytes_this_run, seconds=time.monotonic() - started,
-            total_rows=totals.rows, total_chunks=totals.chunks,
-            checksum=prepared.checksum if self.spec.verify_checksums else None, workers=workers,
-            snapshots=snapshots, sequences=tuple(moves), ledger=str(prepared.ledger),
+            rows=progress.rows_this_run,
+            chunks=progress.chunks_this_run,
+            chunks_skipped=len(prepared.done),
+            bytes=progress.bytes_this_run,
+            seconds=time.monotonic() - started,
+            total_rows=totals.rows,
+            total_chunks=totals.chunks,
+            checksum=prepared.checksum if self.spec.verify_checksums else None,
+            workers=workers,
+            snapshots=snapshots,
+            sequences=tuple(moves),
+            ledger=str(prepared.ledger),
         )
         if snapshots > 1:
-            self.log.warning("copy %s: the source was read through %d snapshots (lost and taken anew), "
-                             "not one instant", self.copy_id, snapshots)
+            self.log.warning(
+                "copy %s: the source was read through %d snapshots (lost and taken anew), not one instant",
+                self.copy_id,
+                snapshots,
+            )
         self.log.info("copy finished:\n%s", summary.table())
         return summary
 
@@ -213,19 +253,34 @@ class TableCopy:
             sconn.rollback()
         for move in moves:
             if move.moved:
-                self.log.info("sequence %s (column %s) set to continue at %d, as on the source",
-                              move.target, move.column, move.next_value)
+                self.log.info(
+                    "sequence %s (column %s) set to continue at %d, as on the source",
+                    move.target,
+                    move.column,
+                    move.next_value,
+                )
         return moves
 
     def _log_stop(self, prepared: PreparedCopy, work: WorkOutcome) -> None:
         done_before = len(prepared.done)
-        then = ("fix its cause, then resume with" if work.failure is not None and is_mistake(work.failure)
-                else "resume with")
+        then = (
+            "fix its cause, then resume with"
+            if work.failure is not None and is_mistake(work.failure)
+            else "resume with"
+        )
         self.log.warning(
             "copy %s stopped (%s): %d of %d chunk(s) done (%d in this run), %d failed, %d cancelled, %d not "
             "started; nothing of an unfinished chunk was committed. To finish it, %s copy_id %r",
-            self.copy_id, self.stopping.reason, done_before + work.done, len(prepared.chunks), work.done,
-            0 if work.failure is None else 1, work.cancelled, work.not_started, then, self.copy_id,
+            self.copy_id,
+            self.stopping.reason,
+            done_before + work.done,
+            len(prepared.chunks),
+            work.done,
+            0 if work.failure is None else 1,
+            work.cancelled,
+            work.not_started,
+            then,
+            self.copy_id,
         )
 
 

@@ -87,8 +87,7 @@ class Ledger:
             return cls(schema)
         if target_schema != LEGACY_SCHEMA and _exists(cur, LEGACY_SCHEMA):
             legacy = cls(LEGACY_SCHEMA)
-            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE copy_id = %s)").format(legacy.table),
-                        (copy_id,))
+            cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE copy_id = %s)").format(legacy.table), (copy_id,))
             if cur.fetchone()[0]:
                 return legacy
         return cls(target_schema)
@@ -100,9 +99,11 @@ class Ledger:
     def load_plan(self, cur, copy_id: str, source: str, target: str) -> StoredPlan | None:
         """The stored plan of ``copy_id`` and the chunks already done, or None for a new copy."""
         cur.execute(
-            sql.SQL("SELECT chunk_no, key_kind, key_columns, lower_bound, upper_bound, expected_rows, "
-                    "finished_at IS NOT NULL, source_table, target_table FROM {} WHERE copy_id = %s "
-                    "ORDER BY chunk_no").format(self.table),
+            sql.SQL(
+                "SELECT chunk_no, key_kind, key_columns, lower_bound, upper_bound, expected_rows, "
+                "finished_at IS NOT NULL, source_table, target_table FROM {} WHERE copy_id = %s "
+                "ORDER BY chunk_no"
+            ).format(self.table),
             (copy_id,),
         )
         rows = cur.fetchall()
@@ -120,11 +121,24 @@ class Ledger:
     def save_plan(self, cur, copy_id: str, source: str, target: str, keyset: Keyset, chunks: list[Chunk]) -> None:
         execute_values(
             cur,
-            sql.SQL("INSERT INTO {} (copy_id, chunk_no, source_table, target_table, key_kind, key_columns, "
-                    "lower_bound, upper_bound, expected_rows) VALUES %s").format(self.table).as_string(cur),
+            sql.SQL(
+                "INSERT INTO {} (copy_id, chunk_no, source_table, target_table, key_kind, key_columns, "
+                "lower_bound, upper_bound, expected_rows) VALUES %s"
+            )
+            .format(self.table)
+            .as_string(cur),
             [
-                (copy_id, c.no, source, target, keyset.kind, json.dumps(list(keyset.columns)), _json(c.lower),
-                 _json(c.upper), c.expected_rows)
+                (
+                    copy_id,
+                    c.no,
+                    source,
+                    target,
+                    keyset.kind,
+                    json.dumps(list(keyset.columns)),
+                    _json(c.lower),
+                    _json(c.upper),
+                    c.expected_rows,
+                )
                 for c in chunks
             ],
         )
@@ -145,8 +159,9 @@ class Ledger:
         same chunk twice: it waits here and then sees the chunk done.
         """
         cur.execute(
-            sql.SQL("SELECT finished_at IS NULL FROM {} WHERE copy_id = %s AND chunk_no = %s "
-                    "FOR UPDATE").format(self.table),
+            sql.SQL("SELECT finished_at IS NULL FROM {} WHERE copy_id = %s AND chunk_no = %s FOR UPDATE").format(
+                self.table
+            ),
             (copy_id, chunk_no),
         )
         row = cur.fetchone()
@@ -159,15 +174,19 @@ class Ledger:
 
     def finish(self, cur, copy_id: str, chunk_no: int, result: ChunkResult, seconds: float) -> None:
         cur.execute(
-            sql.SQL("UPDATE {} SET rows_copied = %s, bytes_copied = %s, checksum = %s, seconds = %s, "
-                    "finished_at = clock_timestamp() WHERE copy_id = %s AND chunk_no = %s").format(self.table),
+            sql.SQL(
+                "UPDATE {} SET rows_copied = %s, bytes_copied = %s, checksum = %s, seconds = %s, "
+                "finished_at = clock_timestamp() WHERE copy_id = %s AND chunk_no = %s"
+            ).format(self.table),
             (result.rows, result.bytes, result.checksum, seconds, copy_id, chunk_no),
         )
 
     def totals(self, cur, copy_id: str) -> LedgerTotals:
         cur.execute(
-            sql.SQL("SELECT count(*), count(finished_at), coalesce(sum(rows_copied), 0), "
-                    "coalesce(sum(bytes_copied), 0) FROM {} WHERE copy_id = %s").format(self.table),
+            sql.SQL(
+                "SELECT count(*), count(finished_at), coalesce(sum(rows_copied), 0), "
+                "coalesce(sum(bytes_copied), 0) FROM {} WHERE copy_id = %s"
+            ).format(self.table),
             (copy_id,),
         )
         chunks, done, rows, nbytes = cur.fetchone()

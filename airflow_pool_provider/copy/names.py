@@ -22,11 +22,11 @@ class TableName:
 
     @classmethod
     def parse(cls, text: str) -> TableName:
-        '''Parse ``table``, ``schema.table`` or SQL-quoted names such as ``"Odd Schema"."T"``.
+        """Parse ``table``, ``schema.table`` or SQL-quoted names such as ``"Odd Schema"."T"``.
 
         A quoted part must match exactly. A bare part is looked up as written first (users copy
         names from catalogs and UIs), then folded to lower case as PostgreSQL would.
-        '''
+        """
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"a table name is required, got {text!r}")
         match = _NAME.match(text)

@@ -56,9 +56,7 @@ def choose_keyset(table: Table, key: tuple[str, ...] | None = None) -> Keyset:
     if table.unique_keys:
         cols = table.unique_keys[0]
         return Keyset("key", cols, f"unique index on {list(cols)} (no primary key)")
-    return Keyset(
-        "ctid", (), "no primary key or unique NOT NULL index, so chunks are page (ctid) ranges"
-    )
+    return Keyset("ctid", (), "no primary key or unique NOT NULL index, so chunks are page (ctid) ranges")
 
 
 def range_predicate(keyset: Keyset, chunk: Chunk) -> sql.Composable:
@@ -86,8 +84,9 @@ def _compare(keyset: Keyset, op: str, values: tuple[str, ...]) -> sql.Composable
     return sql.SQL("ROW({}) " + op + " ROW({})").format(cols, vals)
 
 
-def plan(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int,
-         go_on: Callable[[], None] = lambda: None) -> list[Chunk]:
+def plan(
+    cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int, go_on: Callable[[], None] = lambda: None
+) -> list[Chunk]:
     """Split the rows of ``table`` matching ``row_filter`` into chunks of about ``chunk_size`` rows.
     ``go_on`` is called before each probe and raises to stop (a big table takes many)."""
     if keyset.kind == "ctid":
@@ -95,8 +94,9 @@ def plan(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: i
     return _plan_keys(cur, table, keyset, row_filter, chunk_size, go_on)
 
 
-def _plan_keys(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int,
-               go_on: Callable[[], None]) -> list[Chunk]:
+def _plan_keys(
+    cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_size: int, go_on: Callable[[], None]
+) -> list[Chunk]:
     # Aliased, so ORDER BY names the key column, not its text form (which would sort 10 < 9).
     bounds = sql.SQL(", ").join(
         sql.SQL("{}::text AS {}").format(sql.Identifier(c), sql.Identifier(f"bound_{i}"))
@@ -109,10 +109,15 @@ def _plan_keys(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_s
         after = _compare(keyset, ">", lower) if lower is not None else sql.SQL("true")
         # No query parameters: a '%' in the user's filter must stay a '%'.
         cur.execute(
-            sql.SQL("SELECT {bounds} FROM {table} WHERE {after} AND {where} "
-                    "ORDER BY {order} OFFSET {offset} LIMIT 1").format(
-                bounds=bounds, table=table.ident, after=after, where=row_filter.clause(),
-                order=keyset.order_by(), offset=sql.Literal(chunk_size - 1),
+            sql.SQL(
+                "SELECT {bounds} FROM {table} WHERE {after} AND {where} ORDER BY {order} OFFSET {offset} LIMIT 1"
+            ).format(
+                bounds=bounds,
+                table=table.ident,
+                after=after,
+                where=row_filter.clause(),
+                order=keyset.order_by(),
+                offset=sql.Literal(chunk_size - 1),
             )
         )
         row = cur.fetchone()
@@ -140,10 +145,9 @@ def _plan_keys(cur, table: Table, keyset: Keyset, row_filter: RowFilter, chunk_s
 
 def _plan_pages(cur, table: Table, row_filter: RowFilter, chunk_size: int) -> list[Chunk]:
     cur.execute(
-        sql.SQL("SELECT count(*), pg_relation_size({oid}) / current_setting('block_size')::int "
-                "FROM {table} WHERE {where}").format(
-            oid=sql.Literal(table.oid), table=table.ident, where=row_filter.clause()
-        )
+        sql.SQL(
+            "SELECT count(*), pg_relation_size({oid}) / current_setting('block_size')::int FROM {table} WHERE {where}"
+        ).format(oid=sql.Literal(table.oid), table=table.ident, where=row_filter.clause())
     )
     rows, pages = cur.fetchone()
     per_chunk = max(1, math.ceil(pages * chunk_size / rows)) if rows else max(pages, 1)

@@ -53,8 +53,15 @@ class PreparedCopy:
 BudgetCheck = Callable[[ServerSlots, "ServerSlots | None"], WorkerBudget]
 
 
-def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: SourceSnapshot, check_budget: BudgetCheck,
-            log: logging.Logger | logging.LoggerAdapter) -> PreparedCopy:
+def prepare(
+    scur,
+    tconn,
+    spec: CopySpec,
+    copy_id: str,
+    snapshot: SourceSnapshot,
+    check_budget: BudgetCheck,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> PreparedCopy:
     """``scur``: a cursor in ``snapshot``'s own transaction. ``check_budget`` runs before anything
     is written, so a copy refused for lack of connections leaves no trace."""
     source = catalog.load_table(scur, spec.source_name, "source")
@@ -92,19 +99,37 @@ def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: SourceSnapshot,
             stored = StoredPlan(keyset, chunks, frozenset())
             log.info(
                 "copy %s: %s -> %s, %d chunk(s) of up to %d rows by %s; all workers read one snapshot of "
-                "the source (%s); ledger %s%s", copy_id, source.name, target.name, len(chunks), spec.chunk_size,
-                keyset.reason, snapshot.id, ledger,
+                "the source (%s); ledger %s%s",
+                copy_id,
+                source.name,
+                target.name,
+                len(chunks),
+                spec.chunk_size,
+                keyset.reason,
+                snapshot.id,
+                ledger,
                 "; target truncated (mode=replace)" if spec.mode == "replace" else "",
             )
         elif snapshot.taken_now:
             log.info(
                 "copy %s resumes: %d of %d chunk(s) already done (ledger %s); the rest are read from a NEW "
                 "snapshot of the source (%s), taken now - rows changed since the earlier attempt are "
-                "copied as they are now", copy_id, len(stored.done), len(stored.chunks), ledger, snapshot.id,
+                "copied as they are now",
+                copy_id,
+                len(stored.done),
+                len(stored.chunks),
+                ledger,
+                snapshot.id,
             )
         else:
-            log.info("copy %s: %d of %d chunk(s) already done (ledger %s); the rest are read through the "
-                     "shared snapshot %s", copy_id, len(stored.done), len(stored.chunks), ledger, snapshot.id)
+            log.info(
+                "copy %s: %d of %d chunk(s) already done (ledger %s); the rest are read through the shared snapshot %s",
+                copy_id,
+                len(stored.done),
+                len(stored.chunks),
+                ledger,
+                snapshot.id,
+            )
     snapshot.stop.raise_if_stopped()  # a stopped copy commits no plan (nor a replace's TRUNCATE)
     tconn.commit()
     binary = all(source.by_name[c].portable_binary and target.by_name[c].portable_binary for c in columns)
@@ -112,20 +137,39 @@ def prepare(scur, tconn, spec: CopySpec, copy_id: str, snapshot: SourceSnapshot,
         log.info("copy %s: text COPY format (a column has a user-defined or OID type)", copy_id)
     in_range = _key_maps_onto_target(stored.keyset, source, target, columns)
     if spec.verify_checksums and spec.target_checksum == "per_chunk" and not in_range:
-        why = ("the table has no unique key" if stored.keyset.kind == "ctid"
-               else "the chunk key does not map onto the target's (not copied, or another type or collation)")
+        why = (
+            "the table has no unique key"
+            if stored.keyset.kind == "ctid"
+            else "the chunk key does not map onto the target's (not copied, or another type or collation)"
+        )
         log.warning("copy %s: %s, so each chunk's check scans the target table's new rows", copy_id, why)
     return PreparedCopy(
-        copy_id=copy_id, source=source, target=target, columns=columns, conflict=conflict,
-        keyset=stored.keyset, chunks=tuple(stored.chunks), done=stored.done, ledger=ledger,
+        copy_id=copy_id,
+        source=source,
+        target=target,
+        columns=columns,
+        conflict=conflict,
+        keyset=stored.keyset,
+        chunks=tuple(stored.chunks),
+        done=stored.done,
+        ledger=ledger,
         binary=binary,
-        checksum=checksum.method(source, target, columns), verify_in_range=in_range,
-        sequences=tuple(pairs), budget=budget,
+        checksum=checksum.method(source, target, columns),
+        verify_in_range=in_range,
+        sequences=tuple(pairs),
+        budget=budget,
     )
 
 
-def _resumable_plan(tcur, ledger: Ledger, spec: CopySpec, copy_id: str, source: Table, target: Table,
-                    log: logging.Logger | logging.LoggerAdapter) -> StoredPlan | None:
+def _resumable_plan(
+    tcur,
+    ledger: Ledger,
+    spec: CopySpec,
+    copy_id: str,
+    source: Table,
+    target: Table,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> StoredPlan | None:
     """The stored plan of ``copy_id`` if the copy can resume from it exactly once."""
     stored = ledger.load_plan(tcur, copy_id, str(source.name), str(target.name))
     if stored is None or stored.keyset.kind != "ctid" or not stored.done or spec.mode == "upsert":
@@ -138,8 +182,11 @@ def _resumable_plan(tcur, ledger: Ledger, spec: CopySpec, copy_id: str, source: 
             f"once: rows may have moved since the first attempt. Delete its rows from {target.name} and "
             f"its ledger rows, or give the table a unique key, or use mode='replace'"
         )
-    log.warning("copy %s: %s has no unique key, so it cannot resume exactly once; starting over "
-                "(mode=replace)", copy_id, source.name)
+    log.warning(
+        "copy %s: %s has no unique key, so it cannot resume exactly once; starting over (mode=replace)",
+        copy_id,
+        source.name,
+    )
     ledger.forget(tcur, copy_id)
     return None
 
@@ -167,14 +214,14 @@ def _key_maps_onto_target(keyset: Keyset, source: Table, target: Table, columns:
     """The target-side check can find a chunk's rows by key range only where the range means the
     same there: key copied, same type, same collation."""
     return keyset.kind == "key" and all(
-        c in columns and (source.by_name[c].type, source.by_name[c].collation)
+        c in columns
+        and (source.by_name[c].type, source.by_name[c].collation)
         == (target.by_name[c].type, target.by_name[c].collation)
         for c in keyset.columns
     )
 
 
-def _warn_sequence_rights(scur, tcur, pairs: list[SequencePair],
-                          log: logging.Logger | logging.LoggerAdapter) -> None:
+def _warn_sequence_rights(scur, tcur, pairs: list[SequencePair], log: logging.Logger | logging.LoggerAdapter) -> None:
     if not pairs:
         return
     scur.execute("SELECT current_user")
@@ -184,6 +231,6 @@ def _warn_sequence_rights(scur, tcur, pairs: list[SequencePair],
     if grants:
         log.warning(
             "the copy will not move these sequences after the rows are in, for lack of rights; the next "
-            "plain INSERT may then hit a duplicate key. Run:\n  %s", "\n  ".join(grants),
+            "plain INSERT may then hit a duplicate key. Run:\n  %s",
+            "\n  ".join(grants),
         )
-

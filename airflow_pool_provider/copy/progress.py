@@ -18,9 +18,15 @@ class Progress:
     #: the end-of-task line comes from the provider's listener.
     POOL_STATS_EVERY = 10
 
-    def __init__(self, log: logging.Logger | logging.LoggerAdapter, chunks: Sequence[Chunk],
-                 done: frozenset[int], pools: Sequence[ConnectionPool] = (),
-                 metrics: Metrics | None = None, tags: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        log: logging.Logger | logging.LoggerAdapter,
+        chunks: Sequence[Chunk],
+        done: frozenset[int],
+        pools: Sequence[ConnectionPool] = (),
+        metrics: Metrics | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         self.log = log
         self.pools = pools
         self.metrics = metrics or NoMetrics()
@@ -49,8 +55,17 @@ class Progress:
             eta = left / rate if rate > 0 else float("nan")
             self.log.info(
                 "chunk %d/%d done: %d rows, %.1f MB | %d/%d chunks, %d/%d rows (%.1f%%), %.0f rows/s, ETA %.0f s",
-                chunk.no + 1, self.total_chunks, result.rows, result.bytes / 1e6, self.done_chunks,
-                self.total_chunks, self.done_rows, self.total_rows, min(percent, 100.0), rate, eta,
+                chunk.no + 1,
+                self.total_chunks,
+                result.rows,
+                result.bytes / 1e6,
+                self.done_chunks,
+                self.total_chunks,
+                self.done_rows,
+                self.total_rows,
+                min(percent, 100.0),
+                rate,
+                eta,
             )
             self.metrics.incr(f"{PREFIX}.copy.rows", result.rows, tags=self.tags)
             self.metrics.incr(f"{PREFIX}.copy.bytes", result.bytes, tags=self.tags)

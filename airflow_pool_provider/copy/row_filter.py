@@ -62,8 +62,11 @@ class RowFilter:
             return
         cur.execute("SAVEPOINT row_filter_check")
         try:
-            cur.execute(sql.SQL("EXPLAIN (FORMAT JSON, COSTS OFF) SELECT 1 FROM {} WHERE false AND {}").format(
-                table, self.clause()))
+            cur.execute(
+                sql.SQL("EXPLAIN (FORMAT JSON, COSTS OFF) SELECT 1 FROM {} WHERE false AND {}").format(
+                    table, self.clause()
+                )
+            )
             plan = cur.fetchone()[0][0]["Plan"]
         except psycopg2.Error as exc:
             cur.execute("ROLLBACK TO SAVEPOINT row_filter_check")
@@ -106,8 +109,10 @@ def _first_problem(text: str) -> str | None:
             return r"a backslash in a string is read differently by different parsers; write E'...\...'"
         elif ttype in T.String.Symbol and ("\\" in value or not value.startswith('"')):
             return "a backslash or back-quote in a quoted name is not allowed"
-        elif ttype is T.Literal and (not _dollar_tag(value).isascii() or (
-                previous[0] not in T.Whitespace and previous[1] not in ("(", ",") and previous[0] not in T.Operator)):
+        elif ttype is T.Literal and (
+            not _dollar_tag(value).isascii()
+            or (previous[0] not in T.Whitespace and previous[1] not in ("(", ",") and previous[0] not in T.Operator)
+        ):
             return "a dollar-quoted string must be separated from the word before it, with an ASCII tag"
         previous = (ttype, value)
     if depth:
@@ -120,7 +125,7 @@ def _is_literal(ttype: object) -> bool:
 
 
 def _dollar_tag(value: str) -> str:
-    return value[1:value.index("$", 1)] if value.startswith("$") and "$" in value[1:] else ""
+    return value[1 : value.index("$", 1)] if value.startswith("$") and "$" in value[1:] else ""
 
 
 def _is_escape_prefix(token: tuple[object, str]) -> bool:

@@ -107,8 +107,9 @@ def move(scur, tcur, source: sql.Identifier, target: sql.Identifier, increment: 
     target_next = _next_value(target_last, target_called, increment)
     ahead = source_next > target_next if increment > 0 else source_next < target_next
     if ahead:
-        tcur.execute(sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(_text(target))),
-                     (source_last, source_called))
+        tcur.execute(
+            sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(_text(target))), (source_last, source_called)
+        )
     return (source_next if ahead else target_next), ahead
 
 

@@ -86,7 +86,8 @@ class SourceSnapshot:
                 "the source snapshot %s was lost (its connection ended: a restart, a network cut, an "
                 "administrator); "
                 "reading on from a NEW snapshot %s: rows changed since are copied as they are now",
-                lost, self.id,
+                lost,
+                self.id,
             )
             return self.id
 
@@ -119,8 +120,14 @@ class SharedSnapshot(SourceSnapshot):
 
     taken_now = False
 
-    def __init__(self, pool: ConnectionPool, stop: StopSignal, log: logging.Logger | logging.LoggerAdapter,
-                 snapshot: str, replace: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        stop: StopSignal,
+        log: logging.Logger | logging.LoggerAdapter,
+        snapshot: str,
+        replace: Callable[[str], str],
+    ) -> None:
         super().__init__(pool, stop, log)
         self.id = snapshot
         self._replace = replace

@@ -61,8 +61,9 @@ class CopySpec:
         if self.conflict_columns and self.mode != "upsert":
             raise CopyMistake("conflict_columns only applies to mode='upsert'")
         if self.target_checksum not in TARGET_CHECKSUMS:
-            raise CopyMistake(f"target_checksum must be one of {', '.join(TARGET_CHECKSUMS)}, "
-                              f"got {self.target_checksum!r}")
+            raise CopyMistake(
+                f"target_checksum must be one of {', '.join(TARGET_CHECKSUMS)}, got {self.target_checksum!r}"
+            )
         if self.ledger_schema is not None and (not isinstance(self.ledger_schema, str) or not self.ledger_schema):
             raise CopyMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
 

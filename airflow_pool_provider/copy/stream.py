@@ -53,8 +53,13 @@ class _PipeReader:
             self._raw.close()
 
 
-def pipe(source_cur, copy_out: sql.Composable, target_cur, copy_in: sql.Composable,
-         after_source: Callable[[], Any] | None = None) -> StreamResult:
+def pipe(
+    source_cur,
+    copy_out: sql.Composable,
+    target_cur,
+    copy_in: sql.Composable,
+    after_source: Callable[[], Any] | None = None,
+) -> StreamResult:
     """Stream ``copy_out`` on the source into ``copy_in`` on the target; raise if either fails.
 
     ``after_source`` runs on the source thread once its COPY is done, while the (slower) target

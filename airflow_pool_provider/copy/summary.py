@@ -80,8 +80,10 @@ class CopySummary:
             ("rows/s", f"{self.rows_per_second or 0:,}"),
             ("workers", str(self.workers)),
             ("source snapshots", str(self.snapshots) + ("" if self.snapshots == 1 else " (lost and taken anew)")),
-            ("verification", "counts match, " + (f"checksums match ({self.checksum} hash)"
-                                                 if self.checksum else "checksums off")),
+            (
+                "verification",
+                "counts match, " + (f"checksums match ({self.checksum} hash)" if self.checksum else "checksums off"),
+            ),
             ("sequences moved", ", ".join(moved) or "none"),
         ]
         width = max(len(k) for k, _ in rows)

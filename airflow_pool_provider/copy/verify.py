@@ -32,19 +32,24 @@ class TableCheck:
         return (self.source_rows, self.source_sum) == (self.target_rows, self.target_sum)
 
 
-def check_table(tcur, target: Table, columns: tuple[str, ...], method: str, ledger: Ledger,
-                copy_ids: list[str]) -> TableCheck:
+def check_table(
+    tcur, target: Table, columns: tuple[str, ...], method: str, ledger: Ledger, copy_ids: list[str]
+) -> TableCheck:
     """Compare ``target`` (all its rows) with what the copies ``copy_ids`` read from the source."""
     tcur.execute(
-        sql.SQL("SELECT coalesce(sum(rows_copied), 0), array_agg(checksum) FROM {} WHERE copy_id = ANY(%s)")
-        .format(ledger.table), (copy_ids,),
+        sql.SQL("SELECT coalesce(sum(rows_copied), 0), array_agg(checksum) FROM {} WHERE copy_id = ANY(%s)").format(
+            ledger.table
+        ),
+        (copy_ids,),
     )
     rows, digests = tcur.fetchone()
     prefix = f"{SOURCE_DIGEST}{method}:"
     if any(d is None or not d.startswith(prefix) for d in digests or []):
-        raise ValueError(f"the ledger of {target.name} holds no {method} source checksum for some chunk: it was "
-                         "copied with per-chunk verification or without checksums")
-    source_sum = sum(int(d[len(prefix):]) for d in digests or [])
+        raise ValueError(
+            f"the ledger of {target.name} holds no {method} source checksum for some chunk: it was "
+            "copied with per-chunk verification or without checksums"
+        )
+    source_sum = sum(int(d[len(prefix) :]) for d in digests or [])
     checksum.stable_output(tcur)
     tcur.execute(checksum.query(method, columns, target.ident, sql.SQL("true")))
     target_rows, target_sum = tcur.fetchone()

@@ -32,8 +32,14 @@ class WorkOutcome:
     failure: BaseException | None
 
 
-def run_workers(items: Sequence[Item], workers: int, work: Callable[[Item], None], stop: StopSignal,
-                describe: Callable[[Item], str] = str, name: str = "copy-worker") -> WorkOutcome:
+def run_workers(
+    items: Sequence[Item],
+    workers: int,
+    work: Callable[[Item], None],
+    stop: StopSignal,
+    describe: Callable[[Item], str] = str,
+    name: str = "copy-worker",
+) -> WorkOutcome:
     """Run ``work(item)`` for each item on ``workers`` threads; return when all have ended."""
     queue: Iterator[Item] = iter(items)
     lock = threading.Lock()
@@ -70,13 +76,16 @@ def run_workers(items: Sequence[Item], workers: int, work: Callable[[Item], None
             with lock:
                 counts["done"] += 1
 
-    threads = [threading.Thread(target=loop, name=f"{name}-{i + 1}", daemon=True)
-               for i in range(max(1, min(workers, len(items))))]
+    threads = [
+        threading.Thread(target=loop, name=f"{name}-{i + 1}", daemon=True)
+        for i in range(max(1, min(workers, len(items))))
+    ]
     for thread in threads:
         thread.start()
     join_all(threads, stop)
-    return WorkOutcome(counts["done"], counts["cancelled"], len(items) - counts["started"],
-                       failures[0] if failures else None)
+    return WorkOutcome(
+        counts["done"], counts["cancelled"], len(items) - counts["started"], failures[0] if failures else None
+    )
 
 
 def join_all(threads: Sequence[threading.Thread], stop: StopSignal, timeout: float | None = None) -> bool:

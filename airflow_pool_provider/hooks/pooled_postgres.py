@@ -250,8 +250,15 @@ class PooledPostgresHook(PostgresHook):
             conn.commit()
             send_sql_hook_lineage(context=self, sql=sql, sql_parameters=(filename,), cur=cur)
 
-    def insert_rows(self, table: str, rows: Any, target_fields: Any = None, commit_every: int = 1000,
-                    replace: bool = False, **kwargs: Any) -> None:
+    def insert_rows(
+        self,
+        table: str,
+        rows: Any,
+        target_fields: Any = None,
+        commit_every: int = 1000,
+        replace: bool = False,
+        **kwargs: Any,
+    ) -> None:
         """Insert rows with psycopg2's ``executemany`` (PostgresHook's own path is psycopg 3).
 
         Cells are adapted as PostgresHook does on psycopg 3, where it fits the column: a dict is
@@ -263,8 +270,13 @@ class PooledPostgresHook(PostgresHook):
         self._insert_target = _InsertTarget(self, table, fields)
         try:
             return DbApiHook.insert_rows(
-                self, table, rows, target_fields=target_fields, commit_every=commit_every,
-                replace=replace, **kwargs,
+                self,
+                table,
+                rows,
+                target_fields=target_fields,
+                commit_every=commit_every,
+                replace=replace,
+                **kwargs,
             )
         finally:
             self._insert_target = None
@@ -274,8 +286,7 @@ class PooledPostgresHook(PostgresHook):
         target = self._insert_target
         json_at = target.json_positions(conn) if target and any(isinstance(c, list) for c in row) else ()
         return tuple(
-            psycopg2.extras.Json(cell)
-            if isinstance(cell, dict) or (isinstance(cell, list) and i in json_at) else cell
+            psycopg2.extras.Json(cell) if isinstance(cell, dict) or (isinstance(cell, list) and i in json_at) else cell
             for i, cell in enumerate(row)
         )
 

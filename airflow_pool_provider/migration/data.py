@@ -56,8 +56,13 @@ class Batch:
         return f"batch {self.number}/{self.of}: {name}{span}{more}"
 
     def to_xcom(self) -> dict[str, Any]:
-        return {"number": self.number, "of": self.of, "label": self.label, "rows": self.rows,
-                "parts": [asdict(p) for p in self.parts]}
+        return {
+            "number": self.number,
+            "of": self.of,
+            "label": self.label,
+            "rows": self.rows,
+            "parts": [asdict(p) for p in self.parts],
+        }
 
     @classmethod
     def from_xcom(cls, value: dict[str, Any]) -> Batch:
@@ -70,9 +75,16 @@ def copy_id(migration_id: str, leaf: str) -> str:
 
 def leaf_spec(leaf: str, request: MigrationRequest) -> CopySpec:
     """How one leaf is copied: into the fresh table pre-data made, checked per table."""
-    return CopySpec(source_table=leaf, chunk_size=request.chunk_size, parallelism=request.parallelism,
-                    mode="append", verify_checksums=True, target_checksum="per_table",
-                    ledger_schema=request.ledger_schema, sync_sequences=False)
+    return CopySpec(
+        source_table=leaf,
+        chunk_size=request.chunk_size,
+        parallelism=request.parallelism,
+        mode="append",
+        verify_checksums=True,
+        target_checksum="per_table",
+        ledger_schema=request.ledger_schema,
+        sync_sequences=False,
+    )
 
 
 @dataclass(frozen=True)
@@ -87,12 +99,22 @@ class CopyContext:
     log: logging.Logger | logging.LoggerAdapter
     metrics: Metrics | None = None
 
-    def table_copy(self, leaf: str, request: MigrationRequest, migration_id: str,
-                   only_chunks: list[int] | None = None) -> TableCopy:
-        return TableCopy(self.source_pool, self.target_pool, leaf_spec(leaf, request), copy_id(migration_id, leaf),
-                         self.log, metrics=self.metrics, connection_limit=self.connection_limit,
-                         ledger_retention_days=None, snapshot=self.snapshot, replace_snapshot=self.replace_snapshot,
-                         only_chunks=only_chunks)
+    def table_copy(
+        self, leaf: str, request: MigrationRequest, migration_id: str, only_chunks: list[int] | None = None
+    ) -> TableCopy:
+        return TableCopy(
+            self.source_pool,
+            self.target_pool,
+            leaf_spec(leaf, request),
+            copy_id(migration_id, leaf),
+            self.log,
+            metrics=self.metrics,
+            connection_limit=self.connection_limit,
+            ledger_retention_days=None,
+            snapshot=self.snapshot,
+            replace_snapshot=self.replace_snapshot,
+            only_chunks=only_chunks,
+        )
 
 
 def leaves(selection: Selection) -> list[str]:
@@ -110,16 +132,27 @@ class PendingChunks:
     rows: list[int]
 
 
-def plan_batches(selection: Selection, request: MigrationRequest, migration_id: str, context: CopyContext,
-                 batch_rows: int = DEFAULT_BATCH_ROWS) -> list[Batch]:
+def plan_batches(
+    selection: Selection,
+    request: MigrationRequest,
+    migration_id: str,
+    context: CopyContext,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> list[Batch]:
     """Plan every leaf's chunks (stored in the ledger) and pack the pending ones into batches."""
     pending = []
     for leaf in leaves(selection):
         prepared = context.table_copy(leaf, request, migration_id).plan()
         todo = [c for c in prepared.chunks if c.no not in prepared.done]
         if todo:
-            pending.append(PendingChunks(leaf, copy_id(migration_id, leaf), [c.no for c in todo],
-                                         [c.expected_rows or request.chunk_size for c in todo]))
+            pending.append(
+                PendingChunks(
+                    leaf,
+                    copy_id(migration_id, leaf),
+                    [c.no for c in todo],
+                    [c.expected_rows or request.chunk_size for c in todo],
+                )
+            )
     return pack(pending, max(batch_rows, request.chunk_size))
 
 

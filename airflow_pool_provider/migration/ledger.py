@@ -57,9 +57,11 @@ class MigrationLedger:
 
     def record(self, cur, stage: str, obj: str, status: str = "done", detail: dict[str, Any] | None = None) -> None:
         cur.execute(
-            sql.SQL("INSERT INTO {} (migration_id, stage, object, status, detail) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT (migration_id, stage, object) DO UPDATE SET status = EXCLUDED.status, "
-                    "detail = EXCLUDED.detail, updated_at = clock_timestamp()").format(self.table),
+            sql.SQL(
+                "INSERT INTO {} (migration_id, stage, object, status, detail) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (migration_id, stage, object) DO UPDATE SET status = EXCLUDED.status, "
+                "detail = EXCLUDED.detail, updated_at = clock_timestamp()"
+            ).format(self.table),
             (self.migration_id, stage, obj, status, json.dumps(detail or {})),
         )
 
@@ -74,8 +76,10 @@ class MigrationLedger:
 
     def forget(self, cur, keep: tuple[str, ...] = ()) -> None:
         """Delete the migration's records, but those of the stages in ``keep``."""
-        cur.execute(sql.SQL("DELETE FROM {} WHERE migration_id = %s AND stage <> ALL(%s)").format(self.table),
-                    (self.migration_id, list(keep)))
+        cur.execute(
+            sql.SQL("DELETE FROM {} WHERE migration_id = %s AND stage <> ALL(%s)").format(self.table),
+            (self.migration_id, list(keep)),
+        )
 
     def done(self, cur, stage: str, obj: str = STAGE) -> bool:
         return any(r.object == obj and r.status == "done" for r in self.records(cur, stage))

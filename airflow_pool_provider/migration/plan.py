@@ -79,8 +79,10 @@ class Budget:
 
     def describe(self) -> str:
         verdict = "fits" if self.fits else "does NOT fit"
-        return (f"{self.tasks} copy task(s) at once x {self.per_task} connection(s) each = {self.needed}, "
-                f"{verdict} in {self.available} spare slot(s)")
+        return (
+            f"{self.tasks} copy task(s) at once x {self.per_task} connection(s) each = {self.needed}, "
+            f"{verdict} in {self.available} spare slot(s)"
+        )
 
 
 @dataclass(frozen=True)
@@ -108,17 +110,35 @@ class MigrationPlan:
         return asdict(self)
 
     def table(self) -> str:
-        rows = [(t.name, t.partitions, t.estimated_rows, round(t.bytes / 1e6, 1), t.chunks, len(t.indexes),
-                 t.in_target, "; ".join(t.differences) or "-") for t in self.tables]
-        head = (f"migration {self.migration_id} ({self.mode}{', dry run' if self.dry_run else ''}): "
-                f"PostgreSQL {self.source_version} -> {self.target_version}, {self.tools}\n"
-                f"schemas {self.schemas} (already in the target: {self.schemas_in_target or 'none'}); "
-                f"{len(self.tables)} table(s), about {self.total_rows:,} rows; views {self.views or 'none'}; "
-                f"sequences {len(self.sequences)}; extensions needed {self.extensions or 'none'}\n"
-                f"connection budget: {self.budget.describe()}"
-                + (f"\nstages done by an earlier run: {self.resumed_stages}" if self.resumed_stages else ""))
-        return head + "\n" + render(
-            ("table", "partitions", "rows (est.)", "MB", "chunks", "indexes", "in target", "differences"), rows)
+        rows = [
+            (
+                t.name,
+                t.partitions,
+                t.estimated_rows,
+                round(t.bytes / 1e6, 1),
+                t.chunks,
+                len(t.indexes),
+                t.in_target,
+                "; ".join(t.differences) or "-",
+            )
+            for t in self.tables
+        ]
+        head = (
+            f"migration {self.migration_id} ({self.mode}{', dry run' if self.dry_run else ''}): "
+            f"PostgreSQL {self.source_version} -> {self.target_version}, {self.tools}\n"
+            f"schemas {self.schemas} (already in the target: {self.schemas_in_target or 'none'}); "
+            f"{len(self.tables)} table(s), about {self.total_rows:,} rows; views {self.views or 'none'}; "
+            f"sequences {len(self.sequences)}; extensions needed {self.extensions or 'none'}\n"
+            f"connection budget: {self.budget.describe()}"
+            + (f"\nstages done by an earlier run: {self.resumed_stages}" if self.resumed_stages else "")
+        )
+        return (
+            head
+            + "\n"
+            + render(
+                ("table", "partitions", "rows (est.)", "MB", "chunks", "indexes", "in target", "differences"), rows
+            )
+        )
 
 
 def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tasks: int) -> MigrationPlan:
@@ -137,23 +157,39 @@ def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tas
     extensions = catalog.extensions_used(scur, sorted(selection.restored))
     lacking = sorted(set(extensions) - catalog.installed_extensions(tcur))
     if lacking:
-        problems.append(f"the target lacks the extension(s) {lacking} the tables use: CREATE EXTENSION them in "
-                        "the target database first (a schema dump does not carry extensions)")
+        problems.append(
+            f"the target lacks the extension(s) {lacking} the tables use: CREATE EXTENSION them in "
+            "the target database first (a schema dump does not carry extensions)"
+        )
     _check_index_memory(tcur, request.index_memory, problems)
     budget = _budget(scur, tcur, request.parallelism, copy_tasks)
     if not budget.fits:
-        problems.append(f"connection budget: {budget.describe()}; lower parallelism or the copy tasks' "
-                        "concurrency, or raise max_connections")
+        problems.append(
+            f"connection budget: {budget.describe()}; lower parallelism or the copy tasks' "
+            "concurrency, or raise max_connections"
+        )
     if problems:
         raise CopyMistake(f"migration {migration_id} cannot run:\n  - " + "\n  - ".join(problems))
-    stages = sorted({r.stage for r in ledger.records(tcur) if r.object == "*" and r.status == "done"}) \
-        if ledger.exists(tcur) else []
+    stages = (
+        sorted({r.stage for r in ledger.records(tcur) if r.object == "*" and r.status == "done"})
+        if ledger.exists(tcur)
+        else []
+    )
     return MigrationPlan(
-        migration_id=migration_id, mode=request.mode, dry_run=request.dry_run, source_version=source_major,
-        target_version=target_major, tools=tools.describe(), schemas=list(request.schemas),
-        schemas_in_target=sorted(catalog.existing_schemas(tcur, request.schemas)), tables=tables,
-        views=[str(v.name) for v in selection.views], sequences=[str(s.name) for s in selection.sequences],
-        extensions=extensions, budget=budget, resumed_stages=stages,
+        migration_id=migration_id,
+        mode=request.mode,
+        dry_run=request.dry_run,
+        source_version=source_major,
+        target_version=target_major,
+        tools=tools.describe(),
+        schemas=list(request.schemas),
+        schemas_in_target=sorted(catalog.existing_schemas(tcur, request.schemas)),
+        tables=tables,
+        views=[str(v.name) for v in selection.views],
+        sequences=[str(s.name) for s in selection.sequences],
+        extensions=extensions,
+        budget=budget,
+        resumed_stages=stages,
     )
 
 
@@ -165,8 +201,10 @@ def _check_index_memory(tcur, memory: str | None, problems: list[str]) -> None:
     try:
         set_index_memory(tcur, memory)
     except psycopg2.Error as error:
-        problems.append(f"index_build_memory {memory!r} is not a maintenance_work_mem the target accepts "
-                        f"({first_line(error)}): give a size such as '512MB' or '2GB', or leave it empty")
+        problems.append(
+            f"index_build_memory {memory!r} is not a maintenance_work_mem the target accepts "
+            f"({first_line(error)}): give a size such as '512MB' or '2GB', or leave it empty"
+        )
     tcur.execute("ROLLBACK TO SAVEPOINT index_memory")
 
 
@@ -180,8 +218,9 @@ def _created_by(tcur, ledger: MigrationLedger) -> set[str]:
     return {r.object for r in ledger.records(tcur, "pre_data") if r.object != "*" and r.status == "done"}
 
 
-def _table_plans(scur, tcur, selection: Selection, request: MigrationRequest, created: set[str],
-                 problems: list[str]) -> list[TablePlan]:
+def _table_plans(
+    scur, tcur, selection: Selection, request: MigrationRequest, created: set[str], problems: list[str]
+) -> list[TablePlan]:
     scur.execute(_INDEXES, ([t.oid for t in selection.tables],))
     indexes: dict[int, list[str]] = {}
     for table, index in scur.fetchall():
@@ -195,11 +234,23 @@ def _table_plans(scur, tcur, selection: Selection, request: MigrationRequest, cr
         chunks = sum(max(1, math.ceil(leaf.estimated_rows / request.chunk_size)) for leaf in leaves)
         state, differences = _state_in_target(scur, tcur, table, in_target.get(str(table.name)), request, created)
         if state == "exists":
-            problems.append(f"target table {table.name} exists and this migration did not create it: use "
-                            "mode='replace' to drop and recreate it, or leave it out with exclude_tables")
+            problems.append(
+                f"target table {table.name} exists and this migration did not create it: use "
+                "mode='replace' to drop and recreate it, or leave it out with exclude_tables"
+            )
         size = sum(leaf.bytes for leaf in leaves)
-        plans.append(TablePlan(str(table.name), len(leaves) if table.kind == "p" else 0, rows, size, chunks,
-                               indexes.get(table.oid, []), state, differences))
+        plans.append(
+            TablePlan(
+                str(table.name),
+                len(leaves) if table.kind == "p" else 0,
+                rows,
+                size,
+                chunks,
+                indexes.get(table.oid, []),
+                state,
+                differences,
+            )
+        )
     if request.mode == "replace":
         tcur.execute(_TARGET_TABLES, {"names": [str(v.name) for v in selection.views]})
         views = [oid for _, oid, _ in tcur.fetchall()]  # they come along: dropped and made again too
@@ -207,8 +258,9 @@ def _table_plans(scur, tcur, selection: Selection, request: MigrationRequest, cr
     return plans
 
 
-def _state_in_target(scur, tcur, table: Relation, found: tuple[int, str] | None, request: MigrationRequest,
-                     created: set[str]) -> tuple[str, list[str]]:
+def _state_in_target(
+    scur, tcur, table: Relation, found: tuple[int, str] | None, request: MigrationRequest, created: set[str]
+) -> tuple[str, list[str]]:
     if found is None:
         return "no", []
     if request.mode == "replace":
@@ -235,8 +287,10 @@ def _check_dependents(tcur, oids: list[int], problems: list[str]) -> None:
     tcur.execute(_OUTSIDE_DEPENDENTS, {"oids": oids})
     dependents = [row[0] for row in tcur.fetchall()]
     if dependents:
-        problems.append(f"mode='replace' would have to drop objects outside the selection that depend on its "
-                        f"tables: {dependents}. Drop or change them first, or add their tables to the selection")
+        problems.append(
+            f"mode='replace' would have to drop objects outside the selection that depend on its "
+            f"tables: {dependents}. Drop or change them first, or add their tables to the selection"
+        )
 
 
 def _budget(scur, tcur, parallelism: int, copy_tasks: int) -> Budget:
@@ -255,4 +309,3 @@ def _budget(scur, tcur, parallelism: int, copy_tasks: int) -> Budget:
         available = min(source.available, target.available)
         fits = copy_tasks * (parallelism + 1) + 1 <= source.available and copy_tasks * parallelism <= target.available
     return Budget(copy_tasks, per_task, needed, available, fits)
-

@@ -89,16 +89,19 @@ class ForeignKey:
 def read_indexes(scur, oid: int, table: TableName) -> list[IndexDef]:
     scur.execute("SET LOCAL search_path = ''")
     scur.execute(_INDEXES, (oid,))
-    return [IndexDef(table, name, definition, conname, kind, bool(deferrable), bool(deferred), condef,
-                     relkind == "I", cost)
-            for name, definition, conname, kind, deferrable, deferred, condef, relkind, cost in scur.fetchall()]
+    return [
+        IndexDef(table, name, definition, conname, kind, bool(deferrable), bool(deferred), condef, relkind == "I", cost)
+        for name, definition, conname, kind, deferrable, deferred, condef, relkind, cost in scur.fetchall()
+    ]
 
 
 def read_foreign_keys(scur, oids: dict[int, TableName]) -> list[ForeignKey]:
     scur.execute("SET LOCAL search_path = ''")
     scur.execute(_FOREIGN_KEYS, (list(oids),))
-    return [ForeignKey(name, oids[table], oids.get(ref), definition, validated, kind == "p")
-            for name, table, ref, definition, validated, kind in scur.fetchall()]
+    return [
+        ForeignKey(name, oids[table], oids.get(ref), definition, validated, kind == "p")
+        for name, table, ref, definition, validated, kind in scur.fetchall()
+    ]
 
 
 def set_index_memory(tcur, memory: str | None) -> None:
@@ -108,9 +111,16 @@ def set_index_memory(tcur, memory: str | None) -> None:
         tcur.execute("SELECT set_config('maintenance_work_mem', %s, true)", (memory,))
 
 
-def build_indexes(target_pool: ConnectionPool, indexes: list[IndexDef], ledger: MigrationLedger, workers: int,
-                  stop: StopSignal, log: logging.Logger | logging.LoggerAdapter,
-                  alongside: Callable[[], None] | None = None, memory: str | None = None) -> int:
+def build_indexes(
+    target_pool: ConnectionPool,
+    indexes: list[IndexDef],
+    ledger: MigrationLedger,
+    workers: int,
+    stop: StopSignal,
+    log: logging.Logger | logging.LoggerAdapter,
+    alongside: Callable[[], None] | None = None,
+    memory: str | None = None,
+) -> int:
     """Build ``indexes`` (of one table): the indexes on up to ``workers`` connections at once
     (``CREATE INDEX`` locks allow each other), then, one after another, the constraints on them
     (``ADD CONSTRAINT`` takes an exclusive lock, which two at once would deadlock on). Returns
@@ -134,14 +144,22 @@ def build_indexes(target_pool: ConnectionPool, indexes: list[IndexDef], ledger: 
     # The costliest first: with fewer builders than indexes, the longest build starts at once.
     plain = sorted((i for i in indexes if _index_statement(i) is not None), key=lambda i: -i.cost)
     jobs: list[tuple[str, Callable[[], None]]] = [
-        (i.object, lambda i=i: once(i.object, [_index_statement(i)])) for i in plain]
+        (i.object, lambda i=i: once(i.object, [_index_statement(i)])) for i in plain
+    ]
     if alongside is not None:
         jobs.append(("the table's check", alongside))
-    outcome = run_workers(jobs, max(workers, 2 if alongside else 1), lambda job: job[1](), stop,
-                          describe=lambda job: job[0], name="index-builder")
+    outcome = run_workers(
+        jobs,
+        max(workers, 2 if alongside else 1),
+        lambda job: job[1](),
+        stop,
+        describe=lambda job: job[0],
+        name="index-builder",
+    )
     if outcome.failure is not None:
-        raise CopyError(f"building the indexes of {indexes[0].table} failed: {first_line(outcome.failure)}") \
-            from outcome.failure
+        raise CopyError(
+            f"building the indexes of {indexes[0].table} failed: {first_line(outcome.failure)}"
+        ) from outcome.failure
     for index in indexes:
         statement = _constraint_statement(index)
         if statement is not None:
@@ -165,12 +183,14 @@ def _constraint_statement(index: IndexDef) -> sql.Composable | None:
         return None
     table, constraint = index.table.identifier(), sql.Identifier(index.constraint)
     if index.kind == "x" or index.partitioned:
-        return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(table, constraint,
-                                                                     sql.SQL(index.constraint_definition))
+        return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+            table, constraint, sql.SQL(index.constraint_definition)
+        )
     key = "PRIMARY KEY" if index.kind == "p" else "UNIQUE"
     timing = " DEFERRABLE" + (" INITIALLY DEFERRED" if index.deferred else "") if index.deferrable else ""
     return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} " + key + " USING INDEX {}" + timing).format(
-        table, constraint, sql.Identifier(index.name))
+        table, constraint, sql.Identifier(index.name)
+    )
 
 
 @dataclass(frozen=True)
@@ -179,8 +199,12 @@ class ForeignKeysAdded:
     left_out: list[str]  # to tables outside the migration
 
 
-def add_foreign_keys(target_pool: ConnectionPool, keys: list[ForeignKey], ledger: MigrationLedger,
-                     log: logging.Logger | logging.LoggerAdapter) -> ForeignKeysAdded:
+def add_foreign_keys(
+    target_pool: ConnectionPool,
+    keys: list[ForeignKey],
+    ledger: MigrationLedger,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> ForeignKeysAdded:
     """Add and validate the foreign keys between selected tables (those not added yet)."""
     left_out = [f"{k.table}.{k.name}" for k in keys if k.references is None]
     added = 0
@@ -192,8 +216,11 @@ def add_foreign_keys(target_pool: ConnectionPool, keys: list[ForeignKey], ledger
             table, name = key.table.identifier(), sql.Identifier(key.name)
             # PostgreSQL 15 has no NOT VALID foreign keys on a partitioned table: validated as added.
             deferred_check = key.validated and not key.partitioned and not key.definition.endswith("NOT VALID")
-            tcur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}" + (" NOT VALID" if deferred_check else ""))
-                         .format(table, name, sql.SQL(key.definition)))
+            tcur.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}" + (" NOT VALID" if deferred_check else "")).format(
+                    table, name, sql.SQL(key.definition)
+                )
+            )
             if deferred_check:
                 tconn.commit()  # the key holds for new rows from now on; the check reads without blocking
                 tcur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, name))
@@ -215,4 +242,3 @@ def move_sequence(scur, tcur, schema: str, name: str) -> int:
 def analyze(tcur, tables: list[TableName]) -> None:
     for table in tables:
         tcur.execute(sql.SQL("ANALYZE {}").format(table.identifier()))
-

@@ -29,8 +29,13 @@ from airflow_pool_provider.migration.tools import PgTools
 STAGE_NAME = "pre_data"
 
 #: How to ask the target whether a schema-level object exists already, by TOC kind.
-_LOOKUPS = {"TYPE": "to_regtype", "DOMAIN": "to_regtype", "FUNCTION": "to_regprocedure",
-            "PROCEDURE": "to_regprocedure", "SEQUENCE": "to_regclass"}
+_LOOKUPS = {
+    "TYPE": "to_regtype",
+    "DOMAIN": "to_regtype",
+    "FUNCTION": "to_regprocedure",
+    "PROCEDURE": "to_regprocedure",
+    "SEQUENCE": "to_regclass",
+}
 
 
 @dataclass(frozen=True)
@@ -42,9 +47,16 @@ class PreDataResult:
     skipped: bool  # done by an earlier run
 
 
-def run(tconn, selection: Selection, request: MigrationRequest, ledger: MigrationLedger, tools: PgTools,
-        source_connect: Mapping[str, Any], snapshot: str | None,
-        log: logging.Logger | logging.LoggerAdapter) -> PreDataResult:
+def run(
+    tconn,
+    selection: Selection,
+    request: MigrationRequest,
+    ledger: MigrationLedger,
+    tools: PgTools,
+    source_connect: Mapping[str, Any],
+    snapshot: str | None,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> PreDataResult:
     tables = [str(t.name) for t in selection.tables]
     with tconn.cursor() as tcur:
         ledger.ensure(tcur)
@@ -56,8 +68,10 @@ def run(tconn, selection: Selection, request: MigrationRequest, ledger: Migratio
         if done is not None:  # replace, in a new run: everything recorded of the earlier one goes
             ledger.forget(tcur, keep=("snapshot",))
             Ledger(request.ledger_schema).forget_prefix(tcur, f"{ledger.migration_id}:")
-            log.info("pre-data: mode=replace: the earlier run's records of migration %s are cleared; it starts over",
-                     ledger.migration_id)
+            log.info(
+                "pre-data: mode=replace: the earlier run's records of migration %s are cleared; it starts over",
+                ledger.migration_id,
+            )
         dropped = _drop_selected(tcur, selection) if request.mode == "replace" else []
         with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
             archive = schema.dump(tools, source_connect, request.schemas, snapshot, Path(folder))
@@ -68,13 +82,25 @@ def run(tconn, selection: Selection, request: MigrationRequest, ledger: Migratio
             schema.apply(tcur, schema.script(tools, archive, entries, request.keep_owners))
         for table in tables:
             ledger.record(tcur, STAGE_NAME, table)
-        ledger.record(tcur, STAGE_NAME, STAGE, detail={"entries": len(entries), "reused": sorted(reused.values()),
-                                                       "run": request.run_id,
-                                                       "dropped": dropped})
+        ledger.record(
+            tcur,
+            STAGE_NAME,
+            STAGE,
+            detail={
+                "entries": len(entries),
+                "reused": sorted(reused.values()),
+                "run": request.run_id,
+                "dropped": dropped,
+            },
+        )
     tconn.commit()
-    log.info("pre-data: %d object(s) restored in one transaction (%d table(s)); reused as they were: %s%s",
-             len(entries), len(tables), sorted(reused.values()) or "none",
-             f"; dropped first (mode=replace): {dropped}" if dropped else "")
+    log.info(
+        "pre-data: %d object(s) restored in one transaction (%d table(s)); reused as they were: %s%s",
+        len(entries),
+        len(tables),
+        sorted(reused.values()) or "none",
+        f"; dropped first (mode=replace): {dropped}" if dropped else "",
+    )
     return PreDataResult(len(entries), sorted(reused.values()), dropped, tables, skipped=False)
 
 
@@ -89,8 +115,9 @@ def _drop_selected(tcur, selection: Selection) -> list[str]:
             if tcur.fetchone()[0]:
                 present.append(relation.name)
         if present:
-            tcur.execute(sql.SQL("DROP {} {}").format(sql.SQL(kind), sql.SQL(", ").join(
-                n.identifier() for n in present)))
+            tcur.execute(
+                sql.SQL("DROP {} {}").format(sql.SQL(kind), sql.SQL(", ").join(n.identifier() for n in present))
+            )
             dropped += [str(n) for n in present]
     return dropped
 

@@ -53,8 +53,9 @@ class MigrationRequest:
                 raise CopyMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
         if self.mode not in MODES:
             raise CopyMistake(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.migration_id is not None and (not self.migration_id or not set(self.migration_id) <= _ID_CHARS
-                                              or len(self.migration_id) > 100):
+        if self.migration_id is not None and (
+            not self.migration_id or not set(self.migration_id) <= _ID_CHARS or len(self.migration_id) > 100
+        ):
             raise CopyMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
         if not isinstance(self.ledger_schema, str) or not self.ledger_schema:
             raise CopyMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")

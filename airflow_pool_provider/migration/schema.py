@@ -32,8 +32,9 @@ class SchemaArchive:
     entries: tuple[toc.TocEntry, ...]
 
 
-def dump(tools: PgTools, connect_kwargs: Mapping[str, Any], schemas: Iterable[str], snapshot: str | None,
-         folder: Path) -> SchemaArchive:
+def dump(
+    tools: PgTools, connect_kwargs: Mapping[str, Any], schemas: Iterable[str], snapshot: str | None, folder: Path
+) -> SchemaArchive:
     """Dump the schemas' pre- and post-data (through ``snapshot`` when given) into ``folder``."""
     path = folder / "schema.dump"
     args = ["-Fc", "--section=pre-data", "--section=post-data", "-f", str(path)]
@@ -54,8 +55,12 @@ def script(tools: PgTools, archive: SchemaArchive, entries: list[toc.TocEntry], 
         listing, out = Path(folder) / "use.list", Path(folder) / "restore.sql"
         listing.write_text("".join(e.line + "\n" for e in entries))
         options = ["-x"] if owners else ["-O", "-x"]
-        run(tools.pg_restore, [*options, f"--use-list={listing}", "-f", str(out), str(archive.path)], {},
-            "pg_restore --use-list")
+        run(
+            tools.pg_restore,
+            [*options, f"--use-list={listing}", "-f", str(out), str(archive.path)],
+            {},
+            "pg_restore --use-list",
+        )
         return out.read_text()
 
 
@@ -73,7 +78,7 @@ def apply(cur, sql_text: str) -> None:
         if setting:
             if setting.group(1) not in known:
                 continue
-            line = "SET LOCAL " + line[len("SET "):]
+            line = "SET LOCAL " + line[len("SET ") :]
         elif line.startswith("SELECT pg_catalog.set_config("):
             line = line.replace(", false);", ", true);")
         lines.append(line)

@@ -38,20 +38,25 @@ class Selection:
 
 def select(catalog: SourceCatalog, tables: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Selection:
     """The selection of ``catalog``'s schemas; CopyMistake naming what does not exist."""
-    chosen = _resolve(catalog, tables, "tables") if tables else [
-        r for r in catalog.relations.values() if r.is_table and r.parent is None]
+    chosen = (
+        _resolve(catalog, tables, "tables")
+        if tables
+        else [r for r in catalog.relations.values() if r.is_table and r.parent is None]
+    )
     excluded = {r.oid for r in _resolve(catalog, exclude, "exclude_tables")}
     picked = sorted((r for r in chosen if r.oid not in excluded), key=lambda r: str(r.name))
     if not picked:
-        raise CopyMistake(f"no table selected in schemas {list(catalog.schemas)}: check schemas, tables and "
-                          "exclude_tables")
+        raise CopyMistake(
+            f"no table selected in schemas {list(catalog.schemas)}: check schemas, tables and exclude_tables"
+        )
     restored = {r.oid for t in picked for r in _with_partitions(catalog, t)}
     sequences = [r for r in catalog.relations.values() if r.kind == "S" and _sequence_comes_along(catalog, r, restored)]
     restored |= {s.oid for s in sequences}
     views = _views_reading_only(catalog, restored)
     restored |= {v.oid for v in views}
-    return Selection(catalog, tuple(picked), tuple(views), tuple(sorted(sequences, key=lambda r: str(r.name))),
-                     frozenset(restored))
+    return Selection(
+        catalog, tuple(picked), tuple(views), tuple(sorted(sequences, key=lambda r: str(r.name))), frozenset(restored)
+    )
 
 
 def _sequence_comes_along(catalog: SourceCatalog, sequence: Relation, restored: set[int]) -> bool:
@@ -93,8 +98,10 @@ def _resolve(catalog: SourceCatalog, names: tuple[str, ...], field: str) -> list
         else:
             found.append(relation)
     if missing:
-        raise CopyMistake(f"{field}: {missing} not found as tables in schemas {list(catalog.schemas)}; "
-                          "name them as table or schema.table, within the migration's schemas")
+        raise CopyMistake(
+            f"{field}: {missing} not found as tables in schemas {list(catalog.schemas)}; "
+            "name them as table or schema.table, within the migration's schemas"
+        )
     if partitions:
         raise CopyMistake(f"{field}: {partitions} are partitions; name their partitioned table instead")
     return found

@@ -56,7 +56,10 @@ def start(connect_kwargs: Mapping[str, Any], migration_id: str, max_seconds: flo
     params["options"] = (str(params.get("options", "")) + " -c idle_in_transaction_session_timeout=0").strip()
     process = subprocess.Popen(
         [sys.executable, "-m", "airflow_pool_provider.migration.snapshot_holder", str(max_seconds)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,  # not stopped with the task that started it
     )
     try:
@@ -79,14 +82,17 @@ def start(connect_kwargs: Mapping[str, Any], migration_id: str, max_seconds: flo
 
 def release(cur, migration_id: str) -> int:
     """End the migration's holders by terminating their backends; returns how many there were."""
-    cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
-                (application_name(migration_id),))
+    cur.execute(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+        (application_name(migration_id),),
+    )
     return cur.fetchone()[0]
 
 
 def held(cur, migration_id: str) -> bool:
-    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s)",
-                (application_name(migration_id),))
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s)", (application_name(migration_id),)
+    )
     return cur.fetchone()[0]
 
 

@@ -20,9 +20,15 @@ STAGE_NAME = "snapshot"
 
 
 class MigrationSnapshots:
-    def __init__(self, ledger: MigrationLedger, target_pool: ConnectionPool, source_pool: ConnectionPool,
-                 source_connect: Mapping[str, Any], max_seconds: float,
-                 log: logging.Logger | logging.LoggerAdapter) -> None:
+    def __init__(
+        self,
+        ledger: MigrationLedger,
+        target_pool: ConnectionPool,
+        source_pool: ConnectionPool,
+        source_connect: Mapping[str, Any],
+        max_seconds: float,
+        log: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
         self.ledger = ledger
         self.target_pool = target_pool
         self.source_pool = source_pool
@@ -66,14 +72,23 @@ class MigrationSnapshots:
         if lost is not None:
             self.log.warning(
                 "migration %s: its source snapshot %s is gone; tables read from now on are read as of a NEW "
-                "instant (snapshot %s, epoch %d), and the report will say which", self.ledger.migration_id,
-                lost, held.snapshot, epoch)
+                "instant (snapshot %s, epoch %d), and the report will say which",
+                self.ledger.migration_id,
+                lost,
+                held.snapshot,
+                epoch,
+            )
         else:
             self.log.info(
                 "migration %s: source snapshot %s (epoch %d) held by process %d (backend %d) until the migration "
-                "ends; while it is held, vacuum on the source keeps rows deleted since%s", self.ledger.migration_id,
-                held.snapshot, epoch, held.pid, held.backend_pid,
-                "; the tables copied by an earlier run keep the epoch they were read at" if epoch > 1 else "")
+                "ends; while it is held, vacuum on the source keeps rows deleted since%s",
+                self.ledger.migration_id,
+                held.snapshot,
+                epoch,
+                held.pid,
+                held.backend_pid,
+                "; the tables copied by an earlier run keep the epoch they were read at" if epoch > 1 else "",
+            )
         return held.snapshot
 
     def _held(self) -> bool:

@@ -44,8 +44,9 @@ class Migration:
 
     @cached_property
     def snapshots(self) -> MigrationSnapshots:
-        return MigrationSnapshots(self.ledger, self.target_pool, self.source_pool, self.source_connect,
-                                  self.snapshot_max_seconds, self.log)
+        return MigrationSnapshots(
+            self.ledger, self.target_pool, self.source_pool, self.source_connect, self.snapshot_max_seconds, self.log
+        )
 
     @contextmanager
     def source_reading(self) -> Iterator[Any]:
@@ -71,8 +72,15 @@ class Migration:
         return select(catalog.load(scur, self.request.schemas), self.request.tables, self.request.exclude_tables)
 
     def copy_context(self) -> data.CopyContext:
-        return data.CopyContext(self.source_pool, self.target_pool, self.current_snapshot(), self.snapshots.replace,
-                                self.connection_limit, self.log, self.metrics)
+        return data.CopyContext(
+            self.source_pool,
+            self.target_pool,
+            self.current_snapshot(),
+            self.snapshots.replace,
+            self.connection_limit,
+            self.log,
+            self.metrics,
+        )
 
 
 def pre_data(m: Migration) -> predata.PreDataResult:
@@ -89,9 +97,13 @@ def plan_data(m: Migration, batch_rows: int = data.DEFAULT_BATCH_ROWS) -> list[d
         chosen = m.selection(scur)
     batches = data.plan_batches(chosen, m.request, m.migration_id, m.copy_context(), batch_rows)
     rows = sum(b.rows for b in batches)
-    m.log.info("data: %d batch(es), %d chunk(s), about %s rows to copy%s", len(batches),
-               sum(len(p.chunks) for b in batches for p in b.parts), f"{rows:,}",
-               "" if batches else " (every chunk is done already)")
+    m.log.info(
+        "data: %d batch(es), %d chunk(s), about %s rows to copy%s",
+        len(batches),
+        sum(len(p.chunks) for b in batches for p in b.parts),
+        f"{rows:,}",
+        "" if batches else " (every chunk is done already)",
+    )
     return batches
 
 
@@ -105,8 +117,12 @@ def copy_data(m: Migration, batch: data.Batch) -> data.BatchResult:
     for part in batch.parts:
         epoch_before = m.snapshots.epoch()
         summary = context.table_copy(part.table, m.request, m.migration_id, only_chunks=part.chunks).run()
-        rows, chunks, nbytes, seconds = (rows + summary.rows, chunks + summary.chunks, nbytes + summary.bytes,
-                                         seconds + summary.seconds)
+        rows, chunks, nbytes, seconds = (
+            rows + summary.rows,
+            chunks + summary.chunks,
+            nbytes + summary.bytes,
+            seconds + summary.seconds,
+        )
         _record_epochs(m, part.table, {epoch_before, m.snapshots.epoch()})
         if _loaded(m, part.table):
             _finish_loaded(m, chosen, part.table)
@@ -116,8 +132,9 @@ def copy_data(m: Migration, batch: data.Batch) -> data.BatchResult:
 def _record_epochs(m: Migration, leaf: str, epochs: set[int]) -> None:
     with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{m.migration_id} data {leaf}",))
-        known = next((r.detail.get("epochs", []) for r in m.ledger.records(tcur, data.STAGE_NAME) if r.object == leaf),
-                     [])
+        known = next(
+            (r.detail.get("epochs", []) for r in m.ledger.records(tcur, data.STAGE_NAME) if r.object == leaf), []
+        )
         m.ledger.record(tcur, data.STAGE_NAME, leaf, status="pending", detail={"epochs": sorted(set(known) | epochs)})
         tconn.commit()
 
@@ -151,8 +168,9 @@ def build_table(m: Migration, relation: Relation, alongside: Callable[[], None] 
             alongside()
         return 0
     workers = max(1, min(len(indexes), m.request.parallelism))
-    return postdata.build_indexes(m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside,
-                                  m.request.index_memory)
+    return postdata.build_indexes(
+        m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside, m.request.index_memory
+    )
 
 
 def check_loaded(m: Migration, leaf: Relation) -> None:
@@ -176,8 +194,9 @@ class PostDataResult:
 def post_data(m: Migration) -> PostDataResult:
     with m.source_reading() as scur:
         chosen = m.selection(scur)
-        restored_tables = {oid: r.name for oid, r in chosen.catalog.relations.items() if oid in chosen.restored
-                           and r.is_table}
+        restored_tables = {
+            oid: r.name for oid, r in chosen.catalog.relations.items() if oid in chosen.restored and r.is_table
+        }
         keys = postdata.read_foreign_keys(scur, restored_tables)
     built = sum(build_table(m, r) for r in _tables_leaves_first(chosen))
     foreign = postdata.add_foreign_keys(m.target_pool, keys, m.ledger, m.log)
@@ -187,9 +206,14 @@ def post_data(m: Migration) -> PostDataResult:
         postdata.analyze(tcur, [t.name for t in chosen.tables])
         m.ledger.record(tcur, postdata.STAGE_NAME, STAGE, detail={"left_out": foreign.left_out})
         tconn.commit()
-    m.log.info("post-data: %d index(es) and key(s) built now, %d foreign key(s) added and validated, %d "
-               "trigger(s)/rule(s)/polic(ies) restored, %d sequence(s) set, tables analyzed", built, foreign.added,
-               restored, len(moved))
+    m.log.info(
+        "post-data: %d index(es) and key(s) built now, %d foreign key(s) added and validated, %d "
+        "trigger(s)/rule(s)/polic(ies) restored, %d sequence(s) set, tables analyzed",
+        built,
+        foreign.added,
+        restored,
+        len(moved),
+    )
     return PostDataResult(built, foreign.added, foreign.left_out, restored, moved)
 
 
@@ -239,11 +263,14 @@ def verify_and_report(m: Migration) -> verify.MigrationReport:
         chosen = m.selection(scur)
         records = m.ledger.records(tcur, data.STAGE_NAME)
         epochs = {r.object: r.detail.get("epochs", []) for r in records}
-        checked = {r.object: verify.TableCheck(**r.detail) for r in m.ledger.records(tcur, verify.STAGE_NAME)
-                   if r.object != STAGE}
-        left_out = next((r.detail.get("left_out", []) for r in m.ledger.records(tcur, postdata.STAGE_NAME)
-                         if r.object == STAGE), [])
+        checked = {
+            r.object: verify.TableCheck(**r.detail)
+            for r in m.ledger.records(tcur, verify.STAGE_NAME)
+            if r.object != STAGE
+        }
+        left_out = next(
+            (r.detail.get("left_out", []) for r in m.ledger.records(tcur, postdata.STAGE_NAME) if r.object == STAGE), []
+        )
         report = verify.verify(scur, tcur, chosen, m.migration_id, m.request.ledger_schema, epochs, left_out, checked)
         tconn.rollback()
     return report
-

@@ -21,26 +21,105 @@ from dataclasses import dataclass
 from airflow_pool_provider.migration.selection import PG_CLASS, Selection
 
 #: Entry kinds pg_dump writes, longest first so that "SEQUENCE OWNED BY" wins over "SEQUENCE".
-DESCS = sorted([
-    "SCHEMA", "EXTENSION", "TYPE", "SHELL TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE", "OPERATOR",
-    "OPERATOR CLASS", "OPERATOR FAMILY", "COLLATION", "CONVERSION", "CAST", "TRANSFORM", "ACCESS METHOD",
-    "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY", "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE",
-    "FOREIGN DATA WRAPPER", "SERVER", "USER MAPPING", "TABLE", "FOREIGN TABLE", "VIEW", "MATERIALIZED VIEW",
-    "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT", "CHECK CONSTRAINT",
-    "FK CONSTRAINT", "INDEX", "INDEX ATTACH", "TABLE ATTACH", "TRIGGER", "EVENT TRIGGER", "RULE", "POLICY",
-    "ROW SECURITY", "STATISTICS", "COMMENT", "SECURITY LABEL", "ACL", "DEFAULT ACL", "PUBLICATION",
-    "PUBLICATION TABLE", "PUBLICATION TABLES IN SCHEMA", "SUBSCRIPTION", "SUBSCRIPTION TABLE", "TABLE DATA",
-    "MATERIALIZED VIEW DATA", "LARGE OBJECT", "BLOB", "BLOB METADATA", "DATABASE", "DATABASE PROPERTIES",
-    "ENCODING", "STDSTRINGS", "SEARCHPATH",
-], key=len, reverse=True)
+DESCS = sorted(
+    [
+        "SCHEMA",
+        "EXTENSION",
+        "TYPE",
+        "SHELL TYPE",
+        "DOMAIN",
+        "FUNCTION",
+        "PROCEDURE",
+        "AGGREGATE",
+        "OPERATOR",
+        "OPERATOR CLASS",
+        "OPERATOR FAMILY",
+        "COLLATION",
+        "CONVERSION",
+        "CAST",
+        "TRANSFORM",
+        "ACCESS METHOD",
+        "TEXT SEARCH CONFIGURATION",
+        "TEXT SEARCH DICTIONARY",
+        "TEXT SEARCH PARSER",
+        "TEXT SEARCH TEMPLATE",
+        "FOREIGN DATA WRAPPER",
+        "SERVER",
+        "USER MAPPING",
+        "TABLE",
+        "FOREIGN TABLE",
+        "VIEW",
+        "MATERIALIZED VIEW",
+        "SEQUENCE",
+        "SEQUENCE OWNED BY",
+        "SEQUENCE SET",
+        "DEFAULT",
+        "CONSTRAINT",
+        "CHECK CONSTRAINT",
+        "FK CONSTRAINT",
+        "INDEX",
+        "INDEX ATTACH",
+        "TABLE ATTACH",
+        "TRIGGER",
+        "EVENT TRIGGER",
+        "RULE",
+        "POLICY",
+        "ROW SECURITY",
+        "STATISTICS",
+        "COMMENT",
+        "SECURITY LABEL",
+        "ACL",
+        "DEFAULT ACL",
+        "PUBLICATION",
+        "PUBLICATION TABLE",
+        "PUBLICATION TABLES IN SCHEMA",
+        "SUBSCRIPTION",
+        "SUBSCRIPTION TABLE",
+        "TABLE DATA",
+        "MATERIALIZED VIEW DATA",
+        "LARGE OBJECT",
+        "BLOB",
+        "BLOB METADATA",
+        "DATABASE",
+        "DATABASE PROPERTIES",
+        "ENCODING",
+        "STDSTRINGS",
+        "SEARCHPATH",
+    ],
+    key=len,
+    reverse=True,
+)
 
 #: Restored in the pre-data stage, when selected.
-PRE_DATA = frozenset({
-    "SCHEMA", "TYPE", "SHELL TYPE", "DOMAIN", "FUNCTION", "PROCEDURE", "AGGREGATE", "OPERATOR", "OPERATOR CLASS",
-    "OPERATOR FAMILY", "COLLATION", "CONVERSION", "CAST", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
-    "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE", "TABLE", "VIEW", "MATERIALIZED VIEW", "SEQUENCE",
-    "SEQUENCE OWNED BY", "DEFAULT", "CHECK CONSTRAINT", "TABLE ATTACH",
-})
+PRE_DATA = frozenset(
+    {
+        "SCHEMA",
+        "TYPE",
+        "SHELL TYPE",
+        "DOMAIN",
+        "FUNCTION",
+        "PROCEDURE",
+        "AGGREGATE",
+        "OPERATOR",
+        "OPERATOR CLASS",
+        "OPERATOR FAMILY",
+        "COLLATION",
+        "CONVERSION",
+        "CAST",
+        "TEXT SEARCH CONFIGURATION",
+        "TEXT SEARCH DICTIONARY",
+        "TEXT SEARCH PARSER",
+        "TEXT SEARCH TEMPLATE",
+        "TABLE",
+        "VIEW",
+        "MATERIALIZED VIEW",
+        "SEQUENCE",
+        "SEQUENCE OWNED BY",
+        "DEFAULT",
+        "CHECK CONSTRAINT",
+        "TABLE ATTACH",
+    }
+)
 #: Restored in the post-data stage, when selected (the migration builds indexes and keys itself).
 POST_DATA = frozenset({"TRIGGER", "RULE", "POLICY", "ROW SECURITY", "STATISTICS"})
 
@@ -64,7 +143,7 @@ class TocEntry:
         """(schema, tag) for an entry of one of ``schemas``; the owner, last, is left out."""
         for schema in schemas:
             if self.rest.startswith(schema + " "):
-                return schema, self.rest[len(schema) + 1:].rsplit(" ", 1)[0]
+                return schema, self.rest[len(schema) + 1 :].rsplit(" ", 1)[0]
         return None
 
 
@@ -76,7 +155,7 @@ def parse(listing: str) -> list[TocEntry]:
             continue  # comments and blank lines
         dump_id, catalog, oid, rest = match.groups()
         desc = next((d for d in DESCS if rest == d or rest.startswith(d + " ")), rest.split(" ")[0])
-        entries.append(TocEntry(line, int(dump_id), int(catalog), int(oid), desc, rest[len(desc):].strip()))
+        entries.append(TocEntry(line, int(dump_id), int(catalog), int(oid), desc, rest[len(desc) :].strip()))
     return entries
 
 

@@ -27,10 +27,20 @@ from typing import Any
 from airflow_pool_provider.errors import ToolFailed, ToolMissing
 
 #: libpq keywords with an environment variable, for what pg_dump must not see on its command line.
-_ENV = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE", "sslmode": "PGSSLMODE",
-        "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY",
-        "connect_timeout": "PGCONNECT_TIMEOUT", "application_name": "PGAPPNAME", "options": "PGOPTIONS",
-        "target_session_attrs": "PGTARGETSESSIONATTRS"}
+_ENV = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME",
+    "options": "PGOPTIONS",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +69,10 @@ def find_tools(source_major: int, target_major: int, bin_dir: str | None = None)
     if bin_dir:
         tools = _inspect(Path(bin_dir))
         if tools is None:
-            raise ToolMissing(f"no pg_dump and pg_restore in {bin_dir} (pg_bin_dir): install the PostgreSQL "
-                            f"client {source_major} or later there, or point pg_bin_dir at one")
+            raise ToolMissing(
+                f"no pg_dump and pg_restore in {bin_dir} (pg_bin_dir): install the PostgreSQL "
+                f"client {source_major} or later there, or point pg_bin_dir at one"
+            )
         _check(tools, source_major, target_major)
         return tools
     found = [t for t in (_inspect(d) for d in _candidate_dirs()) if t is not None]
@@ -143,6 +155,7 @@ def run(tools_program: Path, args: Sequence[str], env: Mapping[str, str], what: 
     """Run a client program; ToolError with its stderr when it fails."""
     result = subprocess.run([str(tools_program), *args], env=dict(env), capture_output=True, text=True)
     if result.returncode != 0:
-        raise ToolFailed(f"{what} failed ({tools_program.name} exit {result.returncode}): "
-                        f"{result.stderr.strip()[-2000:]}")
+        raise ToolFailed(
+            f"{what} failed ({tools_program.name} exit {result.returncode}): {result.stderr.strip()[-2000:]}"
+        )
     return result.stdout

@@ -78,18 +78,32 @@ class MigrationReport:
         return out
 
     def table(self) -> str:
-        rows = [(t.table, t.rows, round(t.megabytes, 1), round(t.seconds, 2), t.rows_per_second,
-                 "yes" if t.verified else "NO: " + ("checksums differ; " if not t.checksums_match else "")
-                 + ", ".join(t.missing)) for t in self.tables]
+        rows = [
+            (
+                t.table,
+                t.rows,
+                round(t.megabytes, 1),
+                round(t.seconds, 2),
+                t.rows_per_second,
+                "yes"
+                if t.verified
+                else "NO: " + ("checksums differ; " if not t.checksums_match else "") + ", ".join(t.missing),
+            )
+            for t in self.tables
+        ]
         total = sum(t.rows for t in self.tables)
-        lines = [f"migration {self.migration_id}: {len(self.tables)} table(s), {total:,} rows, "
-                 + ("verified" if self.verified else "NOT verified"),
-                 render(("table", "rows", "MB", "seconds", "rows/s", "verified"), rows)]
+        lines = [
+            f"migration {self.migration_id}: {len(self.tables)} table(s), {total:,} rows, "
+            + ("verified" if self.verified else "NOT verified"),
+            render(("table", "rows", "MB", "seconds", "rows/s", "verified"), rows),
+        ]
         if not self.one_instant:
             epochs = {t.table: t.snapshot_epochs for t in self.tables}
-            lines.append("NOT one instant: the source's snapshot was lost and taken anew, so these tables were read "
-                         f"at different instants (snapshot epochs per table: {epochs}); foreign keys between them "
-                         "may not hold if the source was written to meanwhile")
+            lines.append(
+                "NOT one instant: the source's snapshot was lost and taken anew, so these tables were read "
+                f"at different instants (snapshot epochs per table: {epochs}); foreign keys between them "
+                "may not hold if the source was written to meanwhile"
+            )
         if self.foreign_keys_left_out:
             lines.append(f"foreign keys to tables outside the migration, left out: {self.foreign_keys_left_out}")
         return "\n".join(lines)
@@ -100,13 +114,26 @@ def check_leaf(scur, tcur, leaf: Relation, migration_id: str, ledger_schema: str
     source = copy_catalog.load_table(scur, leaf.name, "source")
     target = copy_catalog.load_table(tcur, leaf.name, "target")
     columns = source.copyable_columns()
-    return check_table(tcur, target, columns, checksum.method(source, target, columns), Ledger(ledger_schema),
-                       [copy_id(migration_id, str(leaf.name))])
+    return check_table(
+        tcur,
+        target,
+        columns,
+        checksum.method(source, target, columns),
+        Ledger(ledger_schema),
+        [copy_id(migration_id, str(leaf.name))],
+    )
 
 
-def verify(scur, tcur, selection: Selection, migration_id: str, ledger_schema: str,
-           epochs: dict[str, list[int]], left_out: list[str],
-           checked: dict[str, TableCheck] | None = None) -> MigrationReport:
+def verify(
+    scur,
+    tcur,
+    selection: Selection,
+    migration_id: str,
+    ledger_schema: str,
+    epochs: dict[str, list[int]],
+    left_out: list[str],
+    checked: dict[str, TableCheck] | None = None,
+) -> MigrationReport:
     """``scur``: a source transaction (the catalog); ``epochs``: per leaf, the snapshot epochs its
     chunks were read through; ``checked``: leaves checked already, right after their load."""
     ledger = Ledger(ledger_schema)
@@ -115,8 +142,7 @@ def verify(scur, tcur, selection: Selection, migration_id: str, ledger_schema: s
         leaves = selection.data_sources(table)
         rows, match, leaf_epochs = 0, True, set()
         for leaf in leaves:
-            result = (checked or {}).get(str(leaf.name)) or check_leaf(scur, tcur, leaf, migration_id,
-                                                                       ledger_schema)
+            result = (checked or {}).get(str(leaf.name)) or check_leaf(scur, tcur, leaf, migration_id, ledger_schema)
             rows += result.target_rows
             match = match and result.matches
             leaf_epochs |= set(epochs.get(str(leaf.name), []))
@@ -124,8 +150,9 @@ def verify(scur, tcur, selection: Selection, migration_id: str, ledger_schema: s
         tcur.execute(sql.SQL(_TIMING).format(ledger.table), (ids,))
         nbytes, seconds = tcur.fetchone()
         missing = _missing_objects(scur, tcur, [table, *selection.catalog.partitions_of(table.oid)], left_out)
-        reports.append(TableReport(str(table.name), rows, int(nbytes) / 1e6, float(seconds), match, missing,
-                                   sorted(leaf_epochs)))
+        reports.append(
+            TableReport(str(table.name), rows, int(nbytes) / 1e6, float(seconds), match, missing, sorted(leaf_epochs))
+        )
     all_epochs = {e for r in reports for e in r.snapshot_epochs}
     return MigrationReport(migration_id, reports, len(all_epochs) <= 1, left_out)
 

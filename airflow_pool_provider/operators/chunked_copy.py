@@ -92,8 +92,17 @@ class ChunkedTableCopyOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "source_conn_id", "target_conn_id", "source_table", "target_table", "columns", "where",
-        "chunk_size", "parallelism", "mode", "copy_id", "ledger_schema",
+        "source_conn_id",
+        "target_conn_id",
+        "source_table",
+        "target_table",
+        "columns",
+        "where",
+        "chunk_size",
+        "parallelism",
+        "mode",
+        "copy_id",
+        "ledger_schema",
     )
     template_fields_renderers = {"where": "sql", "columns": "json"}
     ui_color = "#c8e6ff"
@@ -156,15 +165,17 @@ class ChunkedTableCopyOperator(BaseOperator):
     def partial(cls, **kwargs: Any) -> Any:
         """The same defaults for mapped copies: the scheduler reads pool_slots and the label here."""
         kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
-        kwargs.setdefault("pool_slots", _default_pool_slots(_as_int("parallelism", kwargs.get(
-            "parallelism", DEFAULT_PARALLELISM))))
+        kwargs.setdefault(
+            "pool_slots", _default_pool_slots(_as_int("parallelism", kwargs.get("parallelism", DEFAULT_PARALLELISM)))
+        )
         return super().partial(**kwargs)
 
     def _spec(self, parse_time: bool = False) -> CopySpec:
         values = {
             "source_table": self.source_table,
             "target_table": self.target_table,
-            "columns": list(self.columns) if self.columns is not None and not isinstance(self.columns, str)
+            "columns": list(self.columns)
+            if self.columns is not None and not isinstance(self.columns, str)
             else self.columns,
             "where": self.where,
             "chunk_size": _as_int("chunk_size", self.chunk_size),
@@ -179,8 +190,16 @@ class ChunkedTableCopyOperator(BaseOperator):
         }
         if parse_time:
             # Stand-ins for values only known at run time, so the rest is still checked now.
-            stand_ins = {"chunk_size": 1, "parallelism": 1, "source_table": "t", "target_table": "t",
-                         "columns": None, "where": None, "mode": "append", "ledger_schema": None}
+            stand_ins = {
+                "chunk_size": 1,
+                "parallelism": 1,
+                "source_table": "t",
+                "target_table": "t",
+                "columns": None,
+                "where": None,
+                "mode": "append",
+                "ledger_schema": None,
+            }
             values = {k: stand_ins.get(k) if _templated(v) else v for k, v in values.items()}
         return CopySpec(**values)
 
@@ -192,7 +211,12 @@ class ChunkedTableCopyOperator(BaseOperator):
         except (ValueError, AirflowNotFoundException) as exc:
             raise AirflowFailException(str(exc)) from exc
         self._copy = TableCopy(
-            source, target, spec, self._copy_id(context), log=self.log, metrics=AirflowMetrics(),
+            source,
+            target,
+            spec,
+            self._copy_id(context),
+            log=self.log,
+            metrics=AirflowMetrics(),
             connection_limit=self.pool_slots,
             ledger_retention_days=config_number("ledger_retention_days", 30.0, float),
         )
@@ -232,6 +256,9 @@ class ChunkedTableCopyOperator(BaseOperator):
         for conn_id, table in zip((self.source_conn_id, self.target_conn_id), self._tables, strict=True):
             hook = PooledPostgresHook(conn_id)
             info = hook.get_openlineage_database_info(hook.connection)
-            datasets.append(Dataset(namespace=f"{info.scheme}://{info.authority}",
-                                    name=f"{info.database}.{table.schema}.{table.name}"))
+            datasets.append(
+                Dataset(
+                    namespace=f"{info.scheme}://{info.authority}", name=f"{info.database}.{table.schema}.{table.name}"
+                )
+            )
         return OperatorLineage(inputs=[datasets[0]], outputs=[datasets[1]])

@@ -43,6 +43,7 @@ def _as_int(value: Any) -> Any:
 #: How a copy task instance is named in the UI: "batch 2/5: orders chunks 21-40".
 BATCH_LABEL = "{{ task.batch['label'] }}"
 
+
 class MigrationStageOperator(BaseOperator):
     """Base of the stages: the migration's description, its request and its ledger.
 
@@ -69,18 +70,43 @@ class MigrationStageOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        "source_conn_id", "target_conn_id", "schemas", "tables", "exclude_tables", "chunk_size", "parallelism",
-        "mode", "migration_id", "dry_run", "ledger_schema", "pg_bin_dir", "keep_owners",
+        "source_conn_id",
+        "target_conn_id",
+        "schemas",
+        "tables",
+        "exclude_tables",
+        "chunk_size",
+        "parallelism",
+        "mode",
+        "migration_id",
+        "dry_run",
+        "ledger_schema",
+        "pg_bin_dir",
+        "keep_owners",
         "index_build_memory",
     )
     ui_color = "#d8f0d8"
 
-    def __init__(self, *, source_conn_id: str, target_conn_id: str, schemas: Any = ("public",), tables: Any = (),
-                 exclude_tables: Any = (), chunk_size: Any = DEFAULT_CHUNK_SIZE,
-                 parallelism: Any = DEFAULT_PARALLELISM, mode: str = "resume", migration_id: str | None = None,
-                 dry_run: Any = False, ledger_schema: str = DEFAULT_LEDGER_SCHEMA, pg_bin_dir: str | None = None,
-                 snapshot_max_seconds: float = DEFAULT_SNAPSHOT_MAX_SECONDS, keep_owners: Any = False,
-                 index_build_memory: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        source_conn_id: str,
+        target_conn_id: str,
+        schemas: Any = ("public",),
+        tables: Any = (),
+        exclude_tables: Any = (),
+        chunk_size: Any = DEFAULT_CHUNK_SIZE,
+        parallelism: Any = DEFAULT_PARALLELISM,
+        mode: str = "resume",
+        migration_id: str | None = None,
+        dry_run: Any = False,
+        ledger_schema: str = DEFAULT_LEDGER_SCHEMA,
+        pg_bin_dir: str | None = None,
+        snapshot_max_seconds: float = DEFAULT_SNAPSHOT_MAX_SECONDS,
+        keep_owners: Any = False,
+        index_build_memory: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.index_build_memory = index_build_memory
         self.keep_owners = keep_owners
@@ -102,13 +128,19 @@ class MigrationStageOperator(BaseOperator):
         return MigrationRequest(
             schemas=tuple(self.schemas) if not isinstance(self.schemas, str) else self.schemas,
             tables=tuple(self.tables or ()) if not isinstance(self.tables, str) else self.tables,
-            exclude_tables=tuple(self.exclude_tables or ()) if not isinstance(self.exclude_tables, str)
+            exclude_tables=tuple(self.exclude_tables or ())
+            if not isinstance(self.exclude_tables, str)
             else self.exclude_tables,
-            chunk_size=_as_int(self.chunk_size), parallelism=_as_int(self.parallelism), mode=self.mode,
-            migration_id=self.migration_id or None, dry_run=_as_bool(self.dry_run),
+            chunk_size=_as_int(self.chunk_size),
+            parallelism=_as_int(self.parallelism),
+            mode=self.mode,
+            migration_id=self.migration_id or None,
+            dry_run=_as_bool(self.dry_run),
             ledger_schema=self.ledger_schema or DEFAULT_LEDGER_SCHEMA,
-            pg_bin_dir=self.pg_bin_dir or config_text("pg_bin_dir"), keep_owners=_as_bool(self.keep_owners),
-            index_memory=config_text("index_build_memory", DEFAULT_INDEX_MEMORY) if self.index_build_memory is None
+            pg_bin_dir=self.pg_bin_dir or config_text("pg_bin_dir"),
+            keep_owners=_as_bool(self.keep_owners),
+            index_memory=config_text("index_build_memory", DEFAULT_INDEX_MEMORY)
+            if self.index_build_memory is None
             else self.index_build_memory.strip() or None,
         )
 
@@ -125,15 +157,28 @@ class MigrationStageOperator(BaseOperator):
                 raise AirflowFailException(f"{exc} (not retried: trying again cannot help)") from exc
             raise
 
-    def run_stage(self, context: Context, request: MigrationRequest, migration_id: str,
-                  source: PooledPostgresHook, target: PooledPostgresHook) -> Any:
+    def run_stage(
+        self,
+        context: Context,
+        request: MigrationRequest,
+        migration_id: str,
+        source: PooledPostgresHook,
+        target: PooledPostgresHook,
+    ) -> Any:
         raise NotImplementedError
 
-    def migration(self, request: MigrationRequest, migration_id: str, source: PooledPostgresHook,
-                  target: PooledPostgresHook) -> stages.Migration:
+    def migration(
+        self, request: MigrationRequest, migration_id: str, source: PooledPostgresHook, target: PooledPostgresHook
+    ) -> stages.Migration:
         return stages.Migration(
-            request, migration_id, source.get_pool(), target.get_pool(), source.connect_kwargs(), self.log,
-            snapshot_max_seconds=self.snapshot_max_seconds, metrics=AirflowMetrics(),
+            request,
+            migration_id,
+            source.get_pool(),
+            target.get_pool(),
+            source.connect_kwargs(),
+            self.log,
+            snapshot_max_seconds=self.snapshot_max_seconds,
+            metrics=AirflowMetrics(),
             connection_limit=self.pool_slots if self.pool_slots > 1 else None,
         )
 
@@ -176,8 +221,13 @@ class MigrationPreDataOperator(MigrationStageOperator):
     def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
         self.skip_if_dry_run(request)
         result = stages.pre_data(self.migration(request, migration_id, source, target))
-        return {"restored": result.restored, "reused": result.reused, "dropped": result.dropped,
-                "tables": result.tables, "skipped": result.skipped}
+        return {
+            "restored": result.restored,
+            "reused": result.reused,
+            "dropped": result.dropped,
+            "tables": result.tables,
+            "skipped": result.skipped,
+        }
 
 
 class MigrationDataPlanOperator(MigrationStageOperator):
@@ -217,8 +267,13 @@ class MigrationCopyBatchOperator(MigrationStageOperator):
         batch = data.Batch.from_xcom(self.batch)
         self.log.info("%s: %d row(s) planned in %d table(s)", batch.label, batch.rows, len(batch.parts))
         result = stages.copy_data(self.migration(request, migration_id, source, target), batch)
-        return {"rows": result.rows, "chunks": result.chunks, "bytes": result.bytes, "seconds": result.seconds,
-                "tables": result.tables}
+        return {
+            "rows": result.rows,
+            "chunks": result.chunks,
+            "bytes": result.bytes,
+            "seconds": result.seconds,
+            "tables": result.tables,
+        }
 
 
 class MigrationPostDataOperator(MigrationStageOperator):
@@ -228,9 +283,13 @@ class MigrationPostDataOperator(MigrationStageOperator):
     def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
         self.skip_if_dry_run(request)
         result = stages.post_data(self.migration(request, migration_id, source, target))
-        return {"indexes_built": result.indexes_built, "foreign_keys": result.foreign_keys,
-                "foreign_keys_left_out": result.foreign_keys_left_out, "restored": result.restored,
-                "sequences": result.sequences}
+        return {
+            "indexes_built": result.indexes_built,
+            "foreign_keys": result.foreign_keys,
+            "foreign_keys_left_out": result.foreign_keys_left_out,
+            "restored": result.restored,
+            "sequences": result.sequences,
+        }
 
 
 class MigrationVerifyOperator(MigrationStageOperator):
@@ -283,7 +342,10 @@ def migration_stages(*, copy_tasks: int = 2, **description: Any) -> dict[str, An
     pre = MigrationPreDataOperator(task_id="pre_data", **description)
     batches = MigrationDataPlanOperator(task_id="plan_data", **description)
     copy = MigrationCopyBatchOperator.partial(
-        task_id="copy_data", max_active_tis_per_dagrun=copy_tasks, pool_slots=slots, map_index_template=BATCH_LABEL,
+        task_id="copy_data",
+        max_active_tis_per_dagrun=copy_tasks,
+        pool_slots=slots,
+        map_index_template=BATCH_LABEL,
         **description,
     ).expand(batch=batches.output)
     post = MigrationPostDataOperator(task_id="post_data", trigger_rule="none_failed", **description)
@@ -292,5 +354,13 @@ def migration_stages(*, copy_tasks: int = 2, **description: Any) -> dict[str, An
     # success does not make a failed migration's run look successful.
     release = MigrationReleaseOperator(task_id="release_snapshot", **description).as_teardown(setups=snapshot)
     plan >> snapshot >> pre >> batches >> copy >> post >> check >> release
-    return {"plan": plan, "snapshot": snapshot, "pre_data": pre, "plan_data": batches, "copy_data": copy,
-            "post_data": post, "verify": check, "release_snapshot": release}
+    return {
+        "plan": plan,
+        "snapshot": snapshot,
+        "pre_data": pre,
+        "plan_data": batches,
+        "copy_data": copy,
+        "post_data": post,
+        "verify": check,
+        "release_snapshot": release,
+    }

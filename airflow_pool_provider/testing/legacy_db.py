@@ -24,8 +24,7 @@ import psycopg2
 from psycopg2 import sql
 
 #: Rows per table at scale 1.0 (payments are about a quarter of the orders).
-ROWS = {"customers": 50_000, "products": 5_000, "orders": 250_000, "order_items": 500_000,
-        "events": 200_000}
+ROWS = {"customers": 50_000, "products": 5_000, "orders": 250_000, "order_items": 500_000, "events": 200_000}
 TABLES = ("customers", "products", "orders", "order_items", "events", "payments")
 #: Written as the database's comment: a database seeded with the same definition and scale is kept.
 MARKER = "airflow_pool_provider legacy demo database v1, scale {scale}"
@@ -228,8 +227,9 @@ def _counts(conn) -> dict[str, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the legacy demo database.")
-    parser.add_argument("dsn", nargs="?", default="",
-                        help="libpq DSN or URI of the database to fill; default: libpq's PG* environment")
+    parser.add_argument(
+        "dsn", nargs="?", default="", help="libpq DSN or URI of the database to fill; default: libpq's PG* environment"
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="1.0 is about 1,000,000 rows")
     args = parser.parse_args()
     conn = psycopg2.connect(args.dsn)
@@ -238,8 +238,10 @@ def main() -> None:
     finally:
         conn.close()
     what = "built" if report.created else "already there"
-    print(f"legacy database {what}: {report.total_rows:,} rows in {report.seconds:.1f} s "
-          + ", ".join(f"{t} {n:,}" for t, n in report.rows.items()))
+    print(
+        f"legacy database {what}: {report.total_rows:,} rows in {report.seconds:.1f} s "
+        + ", ".join(f"{t} {n:,}" for t, n in report.rows.items())
+    )
 
 
 if __name__ == "__main__":

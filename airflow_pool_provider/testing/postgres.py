@@ -38,8 +38,14 @@ class Server:
     admin_db: str = "postgres"
 
     def dsn(self, dbname: str | None = None, **extra: Any) -> str:
-        params = {"host": self.host, "port": self.port, "user": self.user,
-                  "dbname": dbname or self.admin_db, "password": self.password, **extra}
+        params = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "dbname": dbname or self.admin_db,
+            "password": self.password,
+            **extra,
+        }
         return " ".join(f"{k}={_quote(v)}" for k, v in params.items() if v is not None)
 
     def uri(self, dbname: str) -> str:
@@ -51,12 +57,17 @@ class Server:
         conn.autocommit = True
         return conn
 
-    def airflow_connection(self, dbname: str, extra: dict[str, Any] | None = None,
-                           password: str | None = None) -> str:
+    def airflow_connection(self, dbname: str, extra: dict[str, Any] | None = None, password: str | None = None) -> str:
         """An Airflow postgres connection to ``dbname`` as the JSON of an ``AIRFLOW_CONN_*``
         variable (``password``: instead of the server's)."""
-        spec: dict[str, Any] = {"conn_type": "postgres", "host": self.host, "port": self.port, "login": self.user,
-                                "password": password if password is not None else self.password, "schema": dbname}
+        spec: dict[str, Any] = {
+            "conn_type": "postgres",
+            "host": self.host,
+            "port": self.port,
+            "login": self.user,
+            "password": password if password is not None else self.password,
+            "schema": dbname,
+        }
         if extra:
             spec["extra"] = extra
         return json.dumps(spec)
@@ -77,8 +88,9 @@ class Server:
     def drop_database(self, name: str) -> None:
         self.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
-    def execute(self, statement: sql.Composable | str, params: Any = None,
-                dbname: str | None = None) -> list[tuple] | None:
+    def execute(
+        self, statement: sql.Composable | str, params: Any = None, dbname: str | None = None
+    ) -> list[tuple] | None:
         """Run one statement as the superuser (in ``dbname``, default the admin database), outside
         a transaction; rows if it returns any."""
         conn = self.admin(dbname)
@@ -158,19 +170,35 @@ class TemporaryPostgres:
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(self.bin / args[0]), *args[1:]], check=check, text=True, user=self._user,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=self.base,
+            [str(self.bin / args[0]), *args[1:]],
+            check=check,
+            text=True,
+            user=self._user,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=self.base,
         )
 
     def start(self) -> Server:
         if not (self.data / "PG_VERSION").exists():
-            self._run("initdb", "--auth=trust", "--encoding=utf8", "--no-sync", "-U", "postgres",
-                      "-D", str(self.data))
+            self._run("initdb", "--auth=trust", "--encoding=utf8", "--no-sync", "-U", "postgres", "-D", str(self.data))
         options = f"-h 127.0.0.1 -p {self.port} -k {self.base}" + "".join(
             f" -c {k}={v}" for k, v in self.settings.items()
         )
-        result = self._run("pg_ctl", "-w", "-t", "30", "-D", str(self.data), "-l",
-                           str(self.base / "server.log"), "-o", options, "start", check=False)
+        result = self._run(
+            "pg_ctl",
+            "-w",
+            "-t",
+            "30",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.base / "server.log"),
+            "-o",
+            options,
+            "start",
+            check=False,
+        )
         if result.returncode != 0:
             log = (self.base / "server.log").read_text() if (self.base / "server.log").exists() else ""
             raise RuntimeError(f"could not start a throwaway PostgreSQL: {result.stdout}\n{log}")

@@ -118,15 +118,18 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], logs: Path) -> Proce
     """``argv`` in a new session (its own process group), output to ``logs/<name>.log``."""
     log = logs / f"{name}.log"
     with open(log, "ab") as out:
-        child = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        child = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     return Process(name=name, pid=child.pid, started=_start_time(child.pid) or 0, log=str(log))
 
 
 def group_alive(pgid: int) -> bool:
     """Whether a process of group ``pgid`` still runs (zombies waiting for their parent do not)."""
-    return any(fields is not None and int(fields[2]) == pgid
-               for fields in map(_running_stat, Path("/proc").glob("[0-9]*/stat")))
+    return any(
+        fields is not None and int(fields[2]) == pgid
+        for fields in map(_running_stat, Path("/proc").glob("[0-9]*/stat"))
+    )
 
 
 def _reap(pid: int) -> None:
@@ -173,8 +176,19 @@ def _start_redis(home: Path, logs: Path) -> tuple[str, Process | None]:
     if given:
         return given, None
     port = free_port()
-    argv = [str(_redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(home)]
+    argv = [
+        str(_redis_server_binary()),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(home),
+    ]
     process = _spawn("redis", argv, dict(os.environ), logs)
     _wait_for(lambda: _port_open(port), 20, "redis-server did not start", process)
     return f"redis://127.0.0.1:{port}/0", process
@@ -194,12 +208,23 @@ def _wait_for(ready, timeout: float, failure: str, *watched: Process) -> None:
             if not _alive(process):
                 raise RuntimeError(f"{failure}: {process.name} exited; see {process.log}")
         time.sleep(0.5)
-    raise RuntimeError(f"{failure} within {timeout:.0f} s; see the logs in {Path(watched[0].log).parent}"
-                       if watched else f"{failure} within {timeout:.0f} s")
+    raise RuntimeError(
+        f"{failure} within {timeout:.0f} s; see the logs in {Path(watched[0].log).parent}"
+        if watched
+        else f"{failure} within {timeout:.0f} s"
+    )
 
 
-def airflow_env(state: StackState, home: Path, *, fernet_key: str, jwt_secret: str, pool_slots: int,
-                batch_rows: int | None, worker_concurrency: int) -> dict[str, str]:
+def airflow_env(
+    state: StackState,
+    home: Path,
+    *,
+    fernet_key: str,
+    jwt_secret: str,
+    pool_slots: int,
+    batch_rows: int | None,
+    worker_concurrency: int,
+) -> dict[str, str]:
     """The environment every Airflow process of the stack shares (written to ``airflow.env``)."""
     server = state.postgres()
     api = state.api_url
@@ -212,8 +237,7 @@ def airflow_env(state: StackState, home: Path, *, fernet_key: str, jwt_secret: s
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__FERNET_KEY": fernet_key,
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "airflow_pool_provider.testing.stack.hostname",
-        "AIRFLOW__CORE__AUTH_MANAGER":
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{state.user}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
@@ -271,16 +295,25 @@ def _healthy(api_url: str) -> bool:
     health = _api_health(api_url)
     return bool(health) and all(
         health.get(part, {}).get("status") == "healthy"
-        for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+        for part in ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    )
 
 
 def _worker_ready(process: Process) -> bool:
     return " ready." in Path(process.log).read_text(errors="replace")
 
 
-def up(home: Path, *, name: str = "pool_provider_stack", scale: float = 0.1, workers: int = 2,
-       worker_concurrency: int = 2, pool_slots: int = 18, batch_rows: int | None = None,
-       server: Server | None = None) -> StackState:
+def up(
+    home: Path,
+    *,
+    name: str = "pool_provider_stack",
+    scale: float = 0.1,
+    workers: int = 2,
+    worker_concurrency: int = 2,
+    pool_slots: int = 18,
+    batch_rows: int | None = None,
+    server: Server | None = None,
+) -> StackState:
     """Start the stack (once: a running one is reported, not started twice). ``server``: the
     PostgreSQL for its databases; default AIRFLOW_POOL_PROVIDER_PG_DSN's, else an embedded one."""
     home = home.resolve()
@@ -293,22 +326,45 @@ def up(home: Path, *, name: str = "pool_provider_stack", scale: float = 0.1, wor
     if server is None:
         embedded = TemporaryPostgres(base=home / "postgres")
         server = embedded.start()
-    state = StackState(home=str(home), name=name, api_url=f"http://127.0.0.1:{free_port()}", user="admin",
-                       password=secrets.token_urlsafe(12), server=asdict(server),
-                       embedded_postgres=str(home / "postgres") if embedded else None,
-                       databases={role: f"{name}_{role}" for role in ("metadata", "source", "target")})
+    state = StackState(
+        home=str(home),
+        name=name,
+        api_url=f"http://127.0.0.1:{free_port()}",
+        user="admin",
+        password=secrets.token_urlsafe(12),
+        server=asdict(server),
+        embedded_postgres=str(home / "postgres") if embedded else None,
+        databases={role: f"{name}_{role}" for role in ("metadata", "source", "target")},
+    )
     state.save()
     try:
-        _start(state, home, logs, scale=scale, workers=workers, worker_concurrency=worker_concurrency,
-               pool_slots=pool_slots, batch_rows=batch_rows)
+        _start(
+            state,
+            home,
+            logs,
+            scale=scale,
+            workers=workers,
+            worker_concurrency=worker_concurrency,
+            pool_slots=pool_slots,
+            batch_rows=batch_rows,
+        )
     except BaseException:
         down(home)
         raise
     return state
 
 
-def _start(state: StackState, home: Path, logs: Path, *, scale: float, workers: int, worker_concurrency: int,
-           pool_slots: int, batch_rows: int | None) -> None:
+def _start(
+    state: StackState,
+    home: Path,
+    logs: Path,
+    *,
+    scale: float,
+    workers: int,
+    worker_concurrency: int,
+    pool_slots: int,
+    batch_rows: int | None,
+) -> None:
     state.redis_url, redis = _start_redis(home, logs)
     if redis:
         state.processes.append(redis)
@@ -317,17 +373,28 @@ def _start(state: StackState, home: Path, logs: Path, *, scale: float, workers: 
     _write_private(home / "passwords.json", json.dumps({state.user: state.password}))
     # Nothing of the caller's Airflow configuration leaks in (a test session's, say).
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env = {**inherited, **airflow_env(
-        state, home, fernet_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-        jwt_secret=secrets.token_urlsafe(32), pool_slots=pool_slots, batch_rows=batch_rows,
-        worker_concurrency=worker_concurrency)}
-    _write_private(home / "airflow.env", "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()
-                                                 if k.startswith(("AIRFLOW", "MIGRATE"))))
+    env = {
+        **inherited,
+        **airflow_env(
+            state,
+            home,
+            fernet_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+            jwt_secret=secrets.token_urlsafe(32),
+            pool_slots=pool_slots,
+            batch_rows=batch_rows,
+            worker_concurrency=worker_concurrency,
+        ),
+    }
+    _write_private(
+        home / "airflow.env",
+        "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if k.startswith(("AIRFLOW", "MIGRATE"))),
+    )
     _prepare_metadata(env, pool_slots)
     _start_services(state, env, logs)
     started = [_start_worker(state, env, logs, n, worker_concurrency) for n in range(1, workers + 1)]
-    _wait_for(lambda: _healthy(state.api_url), READY_TIMEOUT, "the Airflow services did not become healthy",
-              *state.processes)
+    _wait_for(
+        lambda: _healthy(state.api_url), READY_TIMEOUT, "the Airflow services did not become healthy", *state.processes
+    )
     for worker in started:
         _wait_for(lambda w=worker: _worker_ready(w), READY_TIMEOUT, f"{worker.name} did not become ready", worker)
 
@@ -342,14 +409,22 @@ def _write_private(path: Path, text: str) -> None:
 def _prepare_metadata(env: dict[str, str], pool_slots: int) -> None:
     """The metadata DB migrated (a no-op when it is) and the migrations pool sized."""
     subprocess.run(_airflow("db", "migrate"), env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(_airflow("pools", "set", POOL, str(pool_slots), "migrate_tables: one slot per connection"),
-                   env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        _airflow("pools", "set", POOL, str(pool_slots), "migrate_tables: one slot per connection"),
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _start_services(state: StackState, env: dict[str, str], logs: Path) -> None:
     port = state.api_url.rsplit(":", 1)[1]
-    services = {"api-server": ["api-server", "-p", port, "-H", "127.0.0.1", "-w", "1"],
-                "scheduler": ["scheduler"], "dag-processor": ["dag-processor"], "triggerer": ["triggerer"]}
+    services = {
+        "api-server": ["api-server", "-p", port, "-H", "127.0.0.1", "-w", "1"],
+        "scheduler": ["scheduler"],
+        "dag-processor": ["dag-processor"],
+        "triggerer": ["triggerer"],
+    }
     for service, args in services.items():
         state.processes.append(_spawn(service, _airflow(*args), env, logs))
         state.save()
@@ -401,12 +476,19 @@ def main() -> None:
     parser.add_argument("--purge", action="store_true", help="down: also drop the stack's databases")
     args = parser.parse_args()
     if args.command == "up":
-        state = up(args.home, scale=args.scale, workers=args.workers, worker_concurrency=args.worker_concurrency,
-                   pool_slots=args.pool_slots)
-        print(f"Airflow is up: {state.api_url}  (log in as {state.user}, password in "
-              f"{Path(state.home) / 'passwords.json'})\n"
-              f"the airflow CLI against it: source {Path(state.home) / 'airflow.env'}\n"
-              f"stop it: ./dev stack down")
+        state = up(
+            args.home,
+            scale=args.scale,
+            workers=args.workers,
+            worker_concurrency=args.worker_concurrency,
+            pool_slots=args.pool_slots,
+        )
+        print(
+            f"Airflow is up: {state.api_url}  (log in as {state.user}, password in "
+            f"{Path(state.home) / 'passwords.json'})\n"
+            f"the airflow CLI against it: source {Path(state.home) / 'airflow.env'}\n"
+            f"stop it: ./dev stack down"
+        )
     elif args.command == "down":
         stopped = down(args.home, purge=args.purge)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}")

@@ -33,9 +33,7 @@ def shared_pool_dag() -> None:
         hook.run(_INSERT, parameters=(label, pid, pool_id, os.getpid()))
         return {"pid": pid, "pool_id": pool_id}
 
-    record_backend.override(task_id="first")("first") >> record_backend.override(task_id="second")(
-        "second"
-    )
+    record_backend.override(task_id="first")("first") >> record_backend.override(task_id="second")("second")
 
 
 shared_pool_dag()
