@@ -316,7 +316,7 @@ def test_index_builds_run_with_the_given_memory(legacy):
     from airflow_pool_provider.copy.names import TableName
     from airflow_pool_provider.copy.stopping import StopSignal
     from airflow_pool_provider.migration import postdata
-    from airflow_pool_provider.migration.ledger import MigrationLedger
+    from airflow_pool_provider.migration.ledger import MigrationLedger, Stage
     from airflow_pool_provider.pool import ConnectionPool
 
     src, dst = legacy
@@ -349,4 +349,4 @@ def test_index_builds_run_with_the_given_memory(legacy):
     finally:
         pool.close()
     with dst.cursor() as cur:
-        assert not ledger.done(cur, postdata.STAGE_NAME, index.object)
+        assert not ledger.is_done(cur, Stage.POST_DATA, index.key)

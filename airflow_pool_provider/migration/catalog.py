@@ -90,12 +90,17 @@ class SourceCatalog:
     def partitions_of(self, oid: int) -> list[Relation]:
         return [r for r in self.relations.values() if r.parent == oid]
 
+    def descendants(self, oid: int) -> list[Relation]:
+        """Every partition under a table, at any depth, each after its own partitions (a
+        partitioned table's keys reuse its leaves', so they are built first)."""
+        return [d for child in self.partitions_of(oid) for d in (*self.descendants(child.oid), child)]
+
     def leaves(self, oid: int) -> list[Relation]:
         """Where a table's rows are: itself, or the leaf partitions under it."""
         relation = self.relations[oid]
         if relation.kind != "p":
             return [relation]
-        return [leaf for child in self.partitions_of(oid) for leaf in self.leaves(child.oid)]
+        return [r for r in self.descendants(oid) if r.kind != "p"]
 
 
 def load(cur, schemas: tuple[str, ...]) -> SourceCatalog:

@@ -12,7 +12,6 @@ one pass over the loaded table checks them all.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,9 +20,9 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.metrics import Metrics
 from airflow_pool_provider.migration.request import MigrationRequest
 from airflow_pool_provider.migration.selection import Selection
+from airflow_pool_provider.migration.snapshots import MigrationSnapshots
 from airflow_pool_provider.pool import ConnectionPool
 
-STAGE_NAME = "data"
 #: Rows a batch aims at: enough to amortize a task's start, few enough to spread over workers.
 DEFAULT_BATCH_ROWS = 1_000_000
 
@@ -69,8 +68,13 @@ class Batch:
         return cls(value["number"], value["of"], [BatchPart(**p) for p in value["parts"]])
 
 
+def copy_id_prefix(migration_id: str) -> str:
+    """What the copy ids of a migration's leaves start with, in the chunk ledger."""
+    return f"{migration_id}:"
+
+
 def copy_id(migration_id: str, leaf: str) -> str:
-    return f"{migration_id}:{leaf}"
+    return copy_id_prefix(migration_id) + leaf
 
 
 def leaf_spec(leaf: str, request: MigrationRequest) -> CopySpec:
@@ -89,30 +93,29 @@ def leaf_spec(leaf: str, request: MigrationRequest) -> CopySpec:
 
 @dataclass(frozen=True)
 class CopyContext:
-    """What every copy of the stage needs: pools, the shared snapshot, budget, log, metrics."""
+    """What every copy of the stage needs: the request, pools, the shared snapshot (the task's
+    view of it, replaced for everyone when lost), budget, log, metrics."""
 
+    request: MigrationRequest  # its migration_id resolved
     source_pool: ConnectionPool
     target_pool: ConnectionPool
-    snapshot: str
-    replace_snapshot: Callable[[str], str]
+    snapshots: MigrationSnapshots
     connection_limit: int | None
     log: logging.Logger | logging.LoggerAdapter
     metrics: Metrics | None = None
 
-    def table_copy(
-        self, leaf: str, request: MigrationRequest, migration_id: str, only_chunks: list[int] | None = None
-    ) -> TableCopy:
+    def table_copy(self, leaf: str, only_chunks: list[int] | None = None) -> TableCopy:
         return TableCopy(
             self.source_pool,
             self.target_pool,
-            leaf_spec(leaf, request),
-            copy_id(migration_id, leaf),
+            leaf_spec(leaf, self.request),
+            copy_id(self.request.id, leaf),
             self.log,
             metrics=self.metrics,
             connection_limit=self.connection_limit,
             ledger_retention_days=None,
-            snapshot=self.snapshot,
-            replace_snapshot=self.replace_snapshot,
+            snapshot=self.snapshots.current().snapshot,
+            replace_snapshot=self.snapshots.replace,
             only_chunks=only_chunks,
         )
 
@@ -132,23 +135,18 @@ class PendingChunks:
     rows: list[int]
 
 
-def plan_batches(
-    selection: Selection,
-    request: MigrationRequest,
-    migration_id: str,
-    context: CopyContext,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-) -> list[Batch]:
+def plan_batches(selection: Selection, context: CopyContext, batch_rows: int = DEFAULT_BATCH_ROWS) -> list[Batch]:
     """Plan every leaf's chunks (stored in the ledger) and pack the pending ones into batches."""
+    request = context.request
     pending = []
     for leaf in leaves(selection):
-        prepared = context.table_copy(leaf, request, migration_id).plan()
+        prepared = context.table_copy(leaf).plan()
         todo = [c for c in prepared.chunks if c.no not in prepared.done]
         if todo:
             pending.append(
                 PendingChunks(
                     leaf,
-                    copy_id(migration_id, leaf),
+                    copy_id(request.id, leaf),
                     [c.no for c in todo],
                     [c.expected_rows or request.chunk_size for c in todo],
                 )
@@ -186,17 +184,3 @@ class BatchResult:
     bytes: int
     seconds: float
     tables: list[str]  # leaves this batch worked on
-    snapshots: int  # snapshot renewals + 1 seen by this batch's copies
-
-
-def copy_batch(batch: Batch, request: MigrationRequest, migration_id: str, context: CopyContext) -> BatchResult:
-    """Copy the batch's chunks, part by part."""
-    rows = chunks = nbytes = 0
-    seconds = 0.0
-    snapshots = 1
-    for part in batch.parts:
-        summary = context.table_copy(part.table, request, migration_id, only_chunks=part.chunks).run()
-        rows, chunks, nbytes = rows + summary.rows, chunks + summary.chunks, nbytes + summary.bytes
-        seconds += summary.seconds
-        snapshots = max(snapshots, summary.snapshots)
-    return BatchResult(rows, chunks, nbytes, round(seconds, 3), [p.table for p in batch.parts], snapshots)

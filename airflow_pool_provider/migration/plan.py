@@ -16,14 +16,16 @@ import psycopg2
 
 from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy.budget import connections_for, read_slots
+from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.snapshot import WHERE_AM_I
 from airflow_pool_provider.errors import CatalogError, CopyMistake, first_line
 from airflow_pool_provider.migration import catalog
 from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.ledger import MigrationLedger
 from airflow_pool_provider.migration.postdata import set_index_memory
+from airflow_pool_provider.migration.records import previous_run
 from airflow_pool_provider.migration.report import render
-from airflow_pool_provider.migration.request import MigrationRequest
+from airflow_pool_provider.migration.request import MigrationRequest, Mode
 from airflow_pool_provider.migration.selection import Selection, select
 from airflow_pool_provider.migration.tools import PgTools, find_tools, server_major
 
@@ -141,7 +143,7 @@ class MigrationPlan:
         )
 
 
-def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tasks: int) -> MigrationPlan:
+def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> MigrationPlan:
     """The plan, or a CopyMistake listing everything that stops it."""
     source_major, target_major = server_major(scur), server_major(tcur)
     tools = find_tools(source_major, target_major, request.pg_bin_dir)
@@ -150,10 +152,9 @@ def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tas
     if missing_schemas:
         raise CopyMistake(f"schemas {missing_schemas} do not exist in the source")
     selection = select(source, request.tables, request.exclude_tables)
-    ledger = MigrationLedger(request.ledger_schema, migration_id)
-    created = _created_by(tcur, ledger)
+    earlier = previous_run(MigrationLedger(request.ledger_schema, request.id), tcur)
     problems: list[str] = []
-    tables = _table_plans(scur, tcur, selection, request, created, problems)
+    tables = _table_plans(scur, tcur, selection, request, earlier.created_tables, problems)
     extensions = catalog.extensions_used(scur, sorted(selection.restored))
     lacking = sorted(set(extensions) - catalog.installed_extensions(tcur))
     if lacking:
@@ -169,15 +170,10 @@ def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tas
             "concurrency, or raise max_connections"
         )
     if problems:
-        raise CopyMistake(f"migration {migration_id} cannot run:\n  - " + "\n  - ".join(problems))
-    stages = (
-        sorted({r.stage for r in ledger.records(tcur) if r.object == "*" and r.status == "done"})
-        if ledger.exists(tcur)
-        else []
-    )
+        raise CopyMistake(f"migration {request.id} cannot run:\n  - " + "\n  - ".join(problems))
     return MigrationPlan(
-        migration_id=migration_id,
-        mode=request.mode,
+        migration_id=request.id,
+        mode=request.mode.value,
         dry_run=request.dry_run,
         source_version=source_major,
         target_version=target_major,
@@ -189,7 +185,7 @@ def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tas
         sequences=[str(s.name) for s in selection.sequences],
         extensions=extensions,
         budget=budget,
-        resumed_stages=stages,
+        resumed_stages=[stage.value for stage in earlier.stages_done],
     )
 
 
@@ -212,14 +208,8 @@ def tools_for(scur, tcur, request: MigrationRequest) -> PgTools:
     return find_tools(server_major(scur), server_major(tcur), request.pg_bin_dir)
 
 
-def _created_by(tcur, ledger: MigrationLedger) -> set[str]:
-    if not ledger.exists(tcur):
-        return set()
-    return {r.object for r in ledger.records(tcur, "pre_data") if r.object != "*" and r.status == "done"}
-
-
 def _table_plans(
-    scur, tcur, selection: Selection, request: MigrationRequest, created: set[str], problems: list[str]
+    scur, tcur, selection: Selection, request: MigrationRequest, created: frozenset[TableName], problems: list[str]
 ) -> list[TablePlan]:
     scur.execute(_INDEXES, ([t.oid for t in selection.tables],))
     indexes: dict[int, list[str]] = {}
@@ -251,7 +241,7 @@ def _table_plans(
                 differences,
             )
         )
-    if request.mode == "replace":
+    if request.mode is Mode.REPLACE:
         tcur.execute(_TARGET_TABLES, {"names": [str(v.name) for v in selection.views]})
         views = [oid for _, oid, _ in tcur.fetchall()]  # they come along: dropped and made again too
         _check_dependents(tcur, [oid for oid, _ in in_target.values()] + views, problems)
@@ -259,13 +249,13 @@ def _table_plans(
 
 
 def _state_in_target(
-    scur, tcur, table: Relation, found: tuple[int, str] | None, request: MigrationRequest, created: set[str]
+    scur, tcur, table: Relation, found: tuple[int, str] | None, request: MigrationRequest, created: frozenset[TableName]
 ) -> tuple[str, list[str]]:
     if found is None:
         return "no", []
-    if request.mode == "replace":
+    if request.mode is Mode.REPLACE:
         return "will be replaced", []
-    if str(table.name) not in created:
+    if table.name not in created:
         return "exists", []
     return "created by this migration", _differences(scur, tcur, table)
 

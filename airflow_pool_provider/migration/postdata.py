@@ -25,10 +25,8 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.workers import run_workers
 from airflow_pool_provider.errors import CopyError, first_line
-from airflow_pool_provider.migration.ledger import MigrationLedger
+from airflow_pool_provider.migration.ledger import MigrationLedger, ObjectKey, ObjectKind, Stage
 from airflow_pool_provider.pool import ConnectionPool
-
-STAGE_NAME = "post_data"
 
 # Read with an empty search_path, so every name in a definition comes schema-qualified.
 # The cost of a build, roughly: comparing numerics or collated text is slower than integers.
@@ -68,8 +66,14 @@ class IndexDef:
     cost: int = 1  # relative: the costliest are built first, so that they do not end last
 
     @property
-    def object(self) -> str:
-        return f"index {self.table.schema}.{self.name}"
+    def key(self) -> ObjectKey:
+        return ObjectKey.on_table(ObjectKind.INDEX, self.table, self.name)
+
+    @property
+    def constraint_key(self) -> ObjectKey | None:
+        return (
+            None if self.constraint is None else ObjectKey.on_table(ObjectKind.CONSTRAINT, self.table, self.constraint)
+        )
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,8 @@ class ForeignKey:
     partitioned: bool
 
     @property
-    def object(self) -> str:
-        return f"foreign key {self.table}.{self.name}"
+    def key(self) -> ObjectKey:
+        return ObjectKey.on_table(ObjectKind.FOREIGN_KEY, self.table, self.name)
 
 
 def read_indexes(scur, oid: int, table: TableName) -> list[IndexDef]:
@@ -127,24 +131,23 @@ def build_indexes(
     how many objects were built (the others were done already). ``alongside`` runs on a builder
     that has no index left to build, while the others still build (a read of the table).
     ``memory``: each build's ``maintenance_work_mem``."""
-    built: list[str] = []
+    built: list[ObjectKey] = []
 
-    def once(what: str, statements: list[sql.Composable]) -> None:
+    def once(key: ObjectKey, statement: sql.Composable) -> None:
         with stop.checkout(target_pool) as tconn, tconn.cursor() as tcur:
-            if ledger.done(tcur, STAGE_NAME, what):
+            if ledger.is_done(tcur, Stage.POST_DATA, key):
                 tconn.rollback()
                 return
             set_index_memory(tcur, memory)
-            for statement in statements:
-                tcur.execute(statement)
-            ledger.record(tcur, STAGE_NAME, what)
+            tcur.execute(statement)
+            ledger.record(tcur, Stage.POST_DATA, key)
             tconn.commit()
-            built.append(what.split(" ", 1)[1])
+            built.append(key)
 
     # The costliest first: with fewer builders than indexes, the longest build starts at once.
     plain = sorted((i for i in indexes if _index_statement(i) is not None), key=lambda i: -i.cost)
     jobs: list[tuple[str, Callable[[], None]]] = [
-        (i.object, lambda i=i: once(i.object, [_index_statement(i)])) for i in plain
+        (i.key.describe(), lambda i=i: once(i.key, _index_statement(i))) for i in plain
     ]
     if alongside is not None:
         jobs.append(("the table's check", alongside))
@@ -162,10 +165,10 @@ def build_indexes(
         ) from outcome.failure
     for index in indexes:
         statement = _constraint_statement(index)
-        if statement is not None:
-            once(f"constraint {index.table.schema}.{index.table.name}.{index.constraint}", [statement])
+        if statement is not None and index.constraint_key is not None:
+            once(index.constraint_key, statement)
     if built:
-        log.info("post-data %s: built %s", indexes[0].table, ", ".join(sorted(built)))
+        log.info("post-data %s: built %s", indexes[0].table, ", ".join(f"{k.kind.value} {k.name}" for k in built))
     return len(built)
 
 
@@ -196,7 +199,7 @@ def _constraint_statement(index: IndexDef) -> sql.Composable | None:
 @dataclass(frozen=True)
 class ForeignKeysAdded:
     added: int
-    left_out: list[str]  # to tables outside the migration
+    left_out: tuple[ObjectKey, ...]  # to tables outside the migration
 
 
 def add_foreign_keys(
@@ -206,11 +209,11 @@ def add_foreign_keys(
     log: logging.Logger | logging.LoggerAdapter,
 ) -> ForeignKeysAdded:
     """Add and validate the foreign keys between selected tables (those not added yet)."""
-    left_out = [f"{k.table}.{k.name}" for k in keys if k.references is None]
+    left_out = tuple(k.key for k in keys if k.references is None)
     added = 0
     for key in (k for k in keys if k.references is not None):
         with target_pool.connection() as tconn, tconn.cursor() as tcur:
-            if ledger.done(tcur, STAGE_NAME, key.object):
+            if ledger.is_done(tcur, Stage.POST_DATA, key.key):
                 tconn.rollback()
                 continue
             table, name = key.table.identifier(), sql.Identifier(key.name)
@@ -224,11 +227,14 @@ def add_foreign_keys(
             if deferred_check:
                 tconn.commit()  # the key holds for new rows from now on; the check reads without blocking
                 tcur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, name))
-            ledger.record(tcur, STAGE_NAME, key.object)
+            ledger.record(tcur, Stage.POST_DATA, key.key)
             tconn.commit()
             added += 1
     if left_out:
-        log.warning("post-data: foreign keys to tables outside the migration were left out: %s", left_out)
+        log.warning(
+            "post-data: foreign keys to tables outside the migration were left out: %s",
+            [k.describe() for k in left_out],
+        )
     return ForeignKeysAdded(added, left_out)
 
 

@@ -21,12 +21,12 @@ from psycopg2 import sql
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.migration import catalog, schema, toc
-from airflow_pool_provider.migration.ledger import STAGE, MigrationLedger
-from airflow_pool_provider.migration.request import MigrationRequest
+from airflow_pool_provider.migration.data import copy_id_prefix
+from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, ObjectKey, Stage
+from airflow_pool_provider.migration.records import PreDataRecord
+from airflow_pool_provider.migration.request import MigrationRequest, Mode
 from airflow_pool_provider.migration.selection import Selection
 from airflow_pool_provider.migration.tools import PgTools
-
-STAGE_NAME = "pre_data"
 
 #: How to ask the target whether a schema-level object exists already, by TOC kind.
 _LOOKUPS = {
@@ -57,22 +57,17 @@ def run(
     snapshot: str | None,
     log: logging.Logger | logging.LoggerAdapter,
 ) -> PreDataResult:
-    tables = [str(t.name) for t in selection.tables]
+    tables = [t.name for t in selection.tables]
     with tconn.cursor() as tcur:
         ledger.ensure(tcur)
-        done = next((r for r in ledger.records(tcur, STAGE_NAME) if r.object == STAGE), None)
-        if done is not None and (request.mode != "replace" or done.detail.get("run") == request.run_id):
+        earlier = ledger.read(tcur, Stage.PRE_DATA, WHOLE_STAGE, PreDataRecord)
+        if earlier is not None and (request.mode is not Mode.REPLACE or earlier.run == request.run_id):
             tconn.rollback()
             log.info("pre-data: done by an earlier run of migration %s; nothing to do", ledger.migration_id)
-            return PreDataResult(0, [], [], tables, skipped=True)
-        if done is not None:  # replace, in a new run: everything recorded of the earlier one goes
-            ledger.forget(tcur, keep=("snapshot",))
-            Ledger(request.ledger_schema).forget_prefix(tcur, f"{ledger.migration_id}:")
-            log.info(
-                "pre-data: mode=replace: the earlier run's records of migration %s are cleared; it starts over",
-                ledger.migration_id,
-            )
-        dropped = _drop_selected(tcur, selection) if request.mode == "replace" else []
+            return PreDataResult(0, [], [], [str(t) for t in tables], skipped=True)
+        if earlier is not None:  # replace, in a new run: everything recorded of the earlier one goes
+            _start_over(tcur, ledger, request, log)
+        dropped = _drop_selected(tcur, selection) if request.mode is Mode.REPLACE else []
         with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
             archive = schema.dump(tools, source_connect, request.schemas, snapshot, Path(folder))
             existing = catalog.existing_schemas(tcur, request.schemas)
@@ -81,27 +76,28 @@ def run(
             entries = [e for e in entries if e.dump_id not in reused]
             schema.apply(tcur, schema.script(tools, archive, entries, request.keep_owners))
         for table in tables:
-            ledger.record(tcur, STAGE_NAME, table)
-        ledger.record(
-            tcur,
-            STAGE_NAME,
-            STAGE,
-            detail={
-                "entries": len(entries),
-                "reused": sorted(reused.values()),
-                "run": request.run_id,
-                "dropped": dropped,
-            },
-        )
+            ledger.record(tcur, Stage.PRE_DATA, ObjectKey.of_table(table))
+        record = PreDataRecord(len(entries), tuple(sorted(reused.values())), request.run_id, tuple(dropped))
+        ledger.record(tcur, Stage.PRE_DATA, WHOLE_STAGE, record)
     tconn.commit()
     log.info(
         "pre-data: %d object(s) restored in one transaction (%d table(s)); reused as they were: %s%s",
         len(entries),
         len(tables),
-        sorted(reused.values()) or "none",
+        list(record.reused) or "none",
         f"; dropped first (mode=replace): {dropped}" if dropped else "",
     )
-    return PreDataResult(len(entries), sorted(reused.values()), dropped, tables, skipped=False)
+    return PreDataResult(len(entries), list(record.reused), dropped, [str(t) for t in tables], skipped=False)
+
+
+def _start_over(tcur, ledger: MigrationLedger, request: MigrationRequest, log) -> None:
+    """Forget an earlier run's records (but the snapshot) and its chunks."""
+    ledger.forget(tcur, keep=(Stage.SNAPSHOT,))
+    Ledger(request.ledger_schema).forget_prefix(tcur, copy_id_prefix(ledger.migration_id))
+    log.info(
+        "pre-data: mode=replace: the earlier run's records of migration %s are cleared; it starts over",
+        ledger.migration_id,
+    )
 
 
 def _drop_selected(tcur, selection: Selection) -> list[str]:

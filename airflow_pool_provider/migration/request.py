@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE, MAX_PARALLELISM
 from airflow_pool_provider.errors import CopyMistake
 
-MODES = ("resume", "replace")
+
+class Mode(str, enum.Enum):
+    """``resume`` starts a new migration or continues the one of the same id, and refuses target
+    tables it did not create; ``replace`` drops the selected tables in the target first (never
+    anything outside the selection)."""
+
+    RESUME = "resume"
+    REPLACE = "replace"
+
+
 DEFAULT_LEDGER_SCHEMA = "public"
 DEFAULT_INDEX_MEMORY = "1GB"  # maintenance_work_mem of an index build, as pgcopydb sets it
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
@@ -19,17 +29,15 @@ _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 
 @dataclass(frozen=True)
 class MigrationRequest:
-    """``mode``: ``resume`` starts a new migration or continues the one of the same id, and
-    refuses target tables it did not create; ``replace`` drops the selected tables in the target
-    first (never anything outside the selection). ``migration_id`` None: derived from the
-    connections and the selection, so the same migration run again resumes or confirms it."""
+    """``mode``: see :class:`Mode`. ``migration_id`` None: derived from the connections and the
+    selection (:meth:`resolved`), so the same migration run again resumes or confirms it."""
 
     schemas: tuple[str, ...] = ("public",)
     tables: tuple[str, ...] = ()
     exclude_tables: tuple[str, ...] = ()
     chunk_size: int = DEFAULT_CHUNK_SIZE
     parallelism: int = DEFAULT_PARALLELISM
-    mode: str = "resume"
+    mode: Mode = Mode.RESUME
     migration_id: str | None = None
     dry_run: bool = False
     ledger_schema: str = DEFAULT_LEDGER_SCHEMA
@@ -51,8 +59,9 @@ class MigrationRequest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
                 raise CopyMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
-        if self.mode not in MODES:
-            raise CopyMistake(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in {m.value for m in Mode}:
+            raise CopyMistake(f"mode must be one of {', '.join(m.value for m in Mode)}, got {self.mode!r}")
+        set_(self, "mode", Mode(self.mode))
         if self.migration_id is not None and (
             not self.migration_id or not set(self.migration_id) <= _ID_CHARS or len(self.migration_id) > 100
         ):
@@ -60,12 +69,18 @@ class MigrationRequest:
         if not isinstance(self.ledger_schema, str) or not self.ledger_schema:
             raise CopyMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
 
-    def resolved_id(self, source: str, target: str) -> str:
-        """The given id, or one derived from where from, where to and what."""
+    def resolved(self, source: str, target: str) -> MigrationRequest:
+        """This request with its id: the given one, or one derived from where from, where to and what."""
         if self.migration_id:
-            return self.migration_id
+            return self
         what = json.dumps([source, target, list(self.schemas), sorted(self.tables), sorted(self.exclude_tables)])
-        return "migration-" + hashlib.sha256(what.encode()).hexdigest()[:12]
+        return replace(self, migration_id="migration-" + hashlib.sha256(what.encode()).hexdigest()[:12])
+
+    @property
+    def id(self) -> str:
+        """The migration's id, once :meth:`resolved`."""
+        assert self.migration_id, "a request's migration_id is resolved before any stage runs"
+        return self.migration_id
 
 
 def _names(field: str, value: Sequence[str] | str | None) -> tuple[str, ...]:

@@ -49,7 +49,7 @@ def select(catalog: SourceCatalog, tables: tuple[str, ...] = (), exclude: tuple[
         raise CopyMistake(
             f"no table selected in schemas {list(catalog.schemas)}: check schemas, tables and exclude_tables"
         )
-    restored = {r.oid for t in picked for r in _with_partitions(catalog, t)}
+    restored = {r.oid for t in picked for r in (t, *catalog.descendants(t.oid))}
     sequences = [r for r in catalog.relations.values() if r.kind == "S" and _sequence_comes_along(catalog, r, restored)]
     restored |= {s.oid for s in sequences}
     views = _views_reading_only(catalog, restored)
@@ -63,11 +63,6 @@ def _sequence_comes_along(catalog: SourceCatalog, sequence: Relation, restored: 
     """A standalone sequence always; one owned by a column only with its table."""
     owner = catalog.owner.get((PG_CLASS, sequence.oid))
     return owner is None or owner in restored
-
-
-def _with_partitions(catalog: SourceCatalog, table: Relation) -> list[Relation]:
-    children = catalog.partitions_of(table.oid)
-    return [table] + [d for c in children for d in _with_partitions(catalog, c)]
 
 
 def _views_reading_only(catalog: SourceCatalog, relations: set[int]) -> list[Relation]:

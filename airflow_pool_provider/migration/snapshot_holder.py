@@ -39,9 +39,6 @@ class HeldSnapshot:
     pid: int  # the holder process
     backend_pid: int  # its backend on the source
 
-    def to_detail(self) -> dict[str, Any]:
-        return {"snapshot": self.snapshot, "pid": self.pid, "backend_pid": self.backend_pid}
-
 
 def application_name(migration_id: str) -> str:
     return (APP_PREFIX + migration_id)[:63]

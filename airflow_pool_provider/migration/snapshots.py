@@ -13,13 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from airflow_pool_provider.migration import snapshot_holder
-from airflow_pool_provider.migration.ledger import STAGE, MigrationLedger
+from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, Stage
+from airflow_pool_provider.migration.records import SnapshotRecord
 from airflow_pool_provider.pool import ConnectionPool
-
-STAGE_NAME = "snapshot"
 
 
 class MigrationSnapshots:
+    """The snapshot as one task sees it: read from the ledger once, then kept, and replaced (for
+    everyone) when a read finds it gone."""
+
     def __init__(
         self,
         ledger: MigrationLedger,
@@ -35,16 +37,23 @@ class MigrationSnapshots:
         self.source_connect = source_connect
         self.max_seconds = max_seconds
         self.log = log
+        self._current: SnapshotRecord | None = None
 
-    def recorded(self) -> dict[str, Any] | None:
-        """Snapshot id, holder and epoch, as the ledger has them."""
+    def current(self) -> SnapshotRecord:
+        """The migration's snapshot: the recorded one (read once per task), else a new one."""
+        if self._current is None:
+            self._current = self._recorded()
+        if self._current is None:
+            self.ensure()
+        assert self._current is not None
+        return self._current
+
+    def _recorded(self) -> SnapshotRecord | None:
         with self.target_pool.connection() as tconn, tconn.cursor() as tcur:
-            records = self.ledger.records(tcur, STAGE_NAME) if self.ledger.exists(tcur) else []
+            exists = self.ledger.exists(tcur)
+            recorded = self.ledger.read(tcur, Stage.SNAPSHOT, WHOLE_STAGE, SnapshotRecord) if exists else None
             tconn.rollback()
-        return records[0].detail if records else None
-
-    def epoch(self) -> int:
-        return (self.recorded() or {}).get("epoch", 1)
+        return recorded
 
     def ensure(self) -> str:
         """The snapshot to use: the recorded one while its holder lives, else a new one."""
@@ -60,36 +69,40 @@ class MigrationSnapshots:
 
     def _current_or_new(self, tcur, lost: str | None, tconn) -> str:
         tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"snapshot {self.ledger.migration_id}",))
-        records = self.ledger.records(tcur, STAGE_NAME)
-        current = records[0].detail if records else None
-        if current and current["snapshot"] != lost and self._held():
+        current = self.ledger.read(tcur, Stage.SNAPSHOT, WHOLE_STAGE, SnapshotRecord)
+        if current and current.snapshot != lost and self._held():
             tconn.rollback()
-            return current["snapshot"]
+            self._current = current
+            return current.snapshot
         held = snapshot_holder.start(self.source_connect, self.ledger.migration_id, self.max_seconds)
-        epoch = current.get("epoch", 1) + 1 if current else 1
-        self.ledger.record(tcur, STAGE_NAME, STAGE, detail={**held.to_detail(), "epoch": epoch})
+        taken = SnapshotRecord(held.snapshot, held.pid, held.backend_pid, current.epoch + 1 if current else 1)
+        self.ledger.record(tcur, Stage.SNAPSHOT, WHOLE_STAGE, taken)
         tconn.commit()
+        self._current = taken
+        self._log_taken(taken, lost)
+        return taken.snapshot
+
+    def _log_taken(self, taken: SnapshotRecord, lost: str | None) -> None:
         if lost is not None:
             self.log.warning(
                 "migration %s: its source snapshot %s is gone; tables read from now on are read as of a NEW "
                 "instant (snapshot %s, epoch %d), and the report will say which",
                 self.ledger.migration_id,
                 lost,
-                held.snapshot,
-                epoch,
+                taken.snapshot,
+                taken.epoch,
             )
         else:
             self.log.info(
                 "migration %s: source snapshot %s (epoch %d) held by process %d (backend %d) until the migration "
                 "ends; while it is held, vacuum on the source keeps rows deleted since%s",
                 self.ledger.migration_id,
-                held.snapshot,
-                epoch,
-                held.pid,
-                held.backend_pid,
-                "; the tables copied by an earlier run keep the epoch they were read at" if epoch > 1 else "",
+                taken.snapshot,
+                taken.epoch,
+                taken.pid,
+                taken.backend_pid,
+                "; the tables copied by an earlier run keep the epoch they were read at" if taken.epoch > 1 else "",
             )
-        return held.snapshot
 
     def _held(self) -> bool:
         with self.source_pool.connection() as sconn:

@@ -1,35 +1,60 @@
-"""A migration's stages, each a function of :class:`Migration` (what every stage needs), so that
-the operators stay thin and each stage can run, and be retried, in a task of its own."""
+"""A migration's stages, in the order they run (:class:`Step`), each a function of
+:class:`Migration` (what every stage needs), so that the operators stay thin and each stage can
+run, and be retried, in a task of its own."""
 
 from __future__ import annotations
 
+import enum
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from airflow_pool_provider.copy import snapshot as copy_snapshot
 from airflow_pool_provider.copy.ledger import Ledger
+from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.metrics import Metrics
 from airflow_pool_provider.migration import catalog, data, postdata, predata, schema, toc, verify
 from airflow_pool_provider.migration.catalog import Relation
-from airflow_pool_provider.migration.ledger import STAGE, MigrationLedger
-from airflow_pool_provider.migration.plan import tools_for
+from airflow_pool_provider.migration.ledger import RESTORE, WHOLE_STAGE, MigrationLedger, ObjectKey, Stage, Status
+from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, tools_for
+from airflow_pool_provider.migration.records import (
+    CheckRecord,
+    DataRecord,
+    PostDataRecord,
+    RestoreRecord,
+    previous_run,
+)
 from airflow_pool_provider.migration.request import MigrationRequest
 from airflow_pool_provider.migration.selection import Selection, select
 from airflow_pool_provider.migration.snapshots import MigrationSnapshots
 from airflow_pool_provider.pool import ConnectionPool
 
 
+class Step(str, enum.Enum):
+    """The migration's tasks, in the order they run (their values are the task ids)."""
+
+    PLAN = "plan"
+    SNAPSHOT = "snapshot"
+    PRE_DATA = "pre_data"
+    PLAN_DATA = "plan_data"
+    COPY_DATA = "copy_data"
+    POST_DATA = "post_data"
+    VERIFY = "verify"
+    RELEASE_SNAPSHOT = "release_snapshot"
+
+
 @dataclass(frozen=True)
 class Migration:
+    """What every stage needs, made once per task. ``request`` has its id resolved; the snapshot
+    is read from the ledger once and kept (:class:`MigrationSnapshots`)."""
+
     request: MigrationRequest
-    migration_id: str
     source_pool: ConnectionPool
     target_pool: ConnectionPool
     source_connect: Mapping[str, Any]  # libpq keywords for pg_dump and the snapshot holder
@@ -37,6 +62,10 @@ class Migration:
     snapshot_max_seconds: float
     metrics: Metrics | None = None
     connection_limit: int | None = None
+
+    @property
+    def migration_id(self) -> str:
+        return self.request.id
 
     @cached_property
     def ledger(self) -> MigrationLedger:
@@ -51,9 +80,9 @@ class Migration:
     @contextmanager
     def source_reading(self) -> Iterator[Any]:
         """A source cursor in a read-only transaction on the migration's snapshot (a new one if
-        the recorded one is gone: the snapshot stage's retry, or an earlier loss)."""
+        that one is gone: the snapshot stage's retry, or an earlier loss)."""
         with self.source_pool.connection() as conn, conn.cursor() as cur:
-            snapshot = self.current_snapshot()
+            snapshot = self.snapshots.current().snapshot
             try:
                 copy_snapshot.join(cur, snapshot)
             except Exception:  # noqa: BLE001 - the holder is gone: take a new one, and say so
@@ -64,23 +93,35 @@ class Migration:
             finally:
                 conn.rollback()
 
-    def current_snapshot(self) -> str:
-        recorded = self.snapshots.recorded()
-        return recorded["snapshot"] if recorded else self.snapshots.ensure()
-
     def selection(self, scur) -> Selection:
         return select(catalog.load(scur, self.request.schemas), self.request.tables, self.request.exclude_tables)
 
     def copy_context(self) -> data.CopyContext:
         return data.CopyContext(
+            self.request,
             self.source_pool,
             self.target_pool,
-            self.current_snapshot(),
-            self.snapshots.replace,
+            self.snapshots,
             self.connection_limit,
             self.log,
             self.metrics,
         )
+
+
+@contextmanager
+def reading(pool: ConnectionPool) -> Iterator[Any]:
+    """A cursor in a read-only REPEATABLE READ transaction of its own."""
+    with pool.connection() as conn, conn.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        try:
+            yield cur
+        finally:
+            conn.rollback()
+
+
+def plan(m: Migration, copy_tasks: int) -> MigrationPlan:
+    with reading(m.source_pool) as scur, reading(m.target_pool) as tcur:
+        return make_plan(scur, tcur, m.request, copy_tasks)
 
 
 def pre_data(m: Migration) -> predata.PreDataResult:
@@ -89,13 +130,14 @@ def pre_data(m: Migration) -> predata.PreDataResult:
         with tconn.cursor() as tcur:
             tools = tools_for(scur, tcur, m.request)
         tconn.rollback()
-        return predata.run(tconn, chosen, m.request, m.ledger, tools, m.source_connect, m.current_snapshot(), m.log)
+        snapshot = m.snapshots.current().snapshot
+        return predata.run(tconn, chosen, m.request, m.ledger, tools, m.source_connect, snapshot, m.log)
 
 
 def plan_data(m: Migration, batch_rows: int = data.DEFAULT_BATCH_ROWS) -> list[data.Batch]:
     with m.source_reading() as scur:
         chosen = m.selection(scur)
-    batches = data.plan_batches(chosen, m.request, m.migration_id, m.copy_context(), batch_rows)
+    batches = data.plan_batches(chosen, m.copy_context(), batch_rows)
     rows = sum(b.rows for b in batches)
     m.log.info(
         "data: %d batch(es), %d chunk(s), about %s rows to copy%s",
@@ -108,34 +150,36 @@ def plan_data(m: Migration, batch_rows: int = data.DEFAULT_BATCH_ROWS) -> list[d
 
 
 def copy_data(m: Migration, batch: data.Batch) -> data.BatchResult:
-    """Copy one batch; a table whose last chunk it copied gets its indexes and keys right away."""
+    """Copy one batch, part by part; a table whose last chunk it copied gets its indexes and keys
+    right away."""
     with m.source_reading() as scur:
         chosen = m.selection(scur)
     context = m.copy_context()
-    rows = chunks = nbytes = 0
-    seconds = 0.0
+    summaries = []
     for part in batch.parts:
-        epoch_before = m.snapshots.epoch()
-        summary = context.table_copy(part.table, m.request, m.migration_id, only_chunks=part.chunks).run()
-        rows, chunks, nbytes, seconds = (
-            rows + summary.rows,
-            chunks + summary.chunks,
-            nbytes + summary.bytes,
-            seconds + summary.seconds,
-        )
-        _record_epochs(m, part.table, {epoch_before, m.snapshots.epoch()})
+        epoch_before = m.snapshots.current().epoch
+        summaries.append(context.table_copy(part.table, only_chunks=part.chunks).run())
+        _record_epochs(m, part.table, {epoch_before, m.snapshots.current().epoch})
         if _loaded(m, part.table):
             _finish_loaded(m, chosen, part.table)
-    return data.BatchResult(rows, chunks, nbytes, round(seconds, 3), [p.table for p in batch.parts], 1)
+    return data.BatchResult(
+        rows=sum(s.rows for s in summaries),
+        chunks=sum(s.chunks for s in summaries),
+        bytes=sum(s.bytes for s in summaries),
+        seconds=round(sum(s.seconds for s in summaries), 3),
+        tables=[p.table for p in batch.parts],
+    )
 
 
 def _record_epochs(m: Migration, leaf: str, epochs: set[int]) -> None:
+    """Add the snapshot epochs a part of ``leaf`` was read through to the leaf's data record
+    (locked: copy tasks of other parts of the leaf add theirs)."""
+    key = ObjectKey.of_table(TableName.parse(leaf))
     with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{m.migration_id} data {leaf}",))
-        known = next(
-            (r.detail.get("epochs", []) for r in m.ledger.records(tcur, data.STAGE_NAME) if r.object == leaf), []
-        )
-        m.ledger.record(tcur, data.STAGE_NAME, leaf, status="pending", detail={"epochs": sorted(set(known) | epochs)})
+        known = m.ledger.read(tcur, Stage.DATA, key, DataRecord)
+        merged = DataRecord(tuple(sorted(set(known.epochs if known else ()) | epochs)))
+        m.ledger.record(tcur, Stage.DATA, key, merged, status=Status.PENDING)
         tconn.commit()
 
 
@@ -148,8 +192,7 @@ def _loaded(m: Migration, leaf: str) -> bool:
 
 def _finish_loaded(m: Migration, chosen: Selection, leaf: str) -> None:
     """A leaf's rows are all in: its indexes now; its partitioned table's once all its leaves are."""
-    by_name = {str(r.name): r for r in chosen.catalog.relations.values()}
-    relation = by_name[leaf]
+    relation = chosen.catalog.by_name()[TableName.parse(leaf)]
     build_table(m, relation, alongside=lambda: check_loaded(m, relation))
     parent = chosen.catalog.relations.get(relation.parent) if relation.parent else None
     while parent is not None:
@@ -177,8 +220,8 @@ def check_loaded(m: Migration, leaf: Relation) -> None:
     """Check a loaded table against what was read (one pass), and record the result for the
     verify stage: done here, it reads the table while its slowest index still builds."""
     with m.source_reading() as scur, m.target_pool.connection() as tconn, tconn.cursor() as tcur:
-        result = verify.check_leaf(scur, tcur, leaf, m.migration_id, m.request.ledger_schema)
-        m.ledger.record(tcur, verify.STAGE_NAME, str(leaf.name), detail=asdict(result))
+        result = verify.check_leaf(scur, tcur, leaf, m.request)
+        m.ledger.record(tcur, Stage.VERIFY, ObjectKey.of_table(leaf.name), CheckRecord(result))
         tconn.commit()
 
 
@@ -204,7 +247,7 @@ def post_data(m: Migration) -> PostDataResult:
     moved = _move_sequences(m, chosen)
     with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         postdata.analyze(tcur, [t.name for t in chosen.tables])
-        m.ledger.record(tcur, postdata.STAGE_NAME, STAGE, detail={"left_out": foreign.left_out})
+        m.ledger.record(tcur, Stage.POST_DATA, WHOLE_STAGE, PostDataRecord(foreign.left_out))
         tconn.commit()
     m.log.info(
         "post-data: %d index(es) and key(s) built now, %d foreign key(s) added and validated, %d "
@@ -214,35 +257,28 @@ def post_data(m: Migration) -> PostDataResult:
         restored,
         len(moved),
     )
-    return PostDataResult(built, foreign.added, foreign.left_out, restored, moved)
+    return PostDataResult(built, foreign.added, [k.describe() for k in foreign.left_out], restored, moved)
 
 
 def _tables_leaves_first(chosen: Selection) -> list[Relation]:
     """Every table, its partitions before it (a partitioned table's keys reuse its leaves')."""
-    return [r for table in chosen.tables for r in (*_descendants(chosen, table), table)]
-
-
-def _descendants(chosen: Selection, table: Relation) -> list[Relation]:
-    out = []
-    for child in chosen.catalog.partitions_of(table.oid):
-        out += _descendants(chosen, child)
-        out.append(child)
-    return out
+    return [r for table in chosen.tables for r in (*chosen.catalog.descendants(table.oid), table)]
 
 
 def _restore_post_data(m: Migration, chosen: Selection) -> int:
     """Triggers, rules, policies: from a dump of the schema, in one transaction with its record."""
     with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
-        if m.ledger.done(tcur, postdata.STAGE_NAME, "restore"):
+        if m.ledger.is_done(tcur, Stage.POST_DATA, RESTORE):
             tconn.rollback()
             return 0
         with m.source_reading() as scur:
             tools = tools_for(scur, tcur, m.request)
         with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
-            archive = schema.dump(tools, m.source_connect, m.request.schemas, m.current_snapshot(), Path(folder))
+            snapshot = m.snapshots.current().snapshot
+            archive = schema.dump(tools, m.source_connect, m.request.schemas, snapshot, Path(folder))
             entries = toc.post_data(list(archive.entries), chosen)
             schema.apply(tcur, schema.script(tools, archive, entries))
-        m.ledger.record(tcur, postdata.STAGE_NAME, "restore", detail={"entries": len(entries)})
+        m.ledger.record(tcur, Stage.POST_DATA, RESTORE, RestoreRecord(len(entries)))
         tconn.commit()
     return len(entries)
 
@@ -261,16 +297,6 @@ def _move_sequences(m: Migration, chosen: Selection) -> dict[str, int]:
 def verify_and_report(m: Migration) -> verify.MigrationReport:
     with m.source_reading() as scur, m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         chosen = m.selection(scur)
-        records = m.ledger.records(tcur, data.STAGE_NAME)
-        epochs = {r.object: r.detail.get("epochs", []) for r in records}
-        checked = {
-            r.object: verify.TableCheck(**r.detail)
-            for r in m.ledger.records(tcur, verify.STAGE_NAME)
-            if r.object != STAGE
-        }
-        left_out = next(
-            (r.detail.get("left_out", []) for r in m.ledger.records(tcur, postdata.STAGE_NAME) if r.object == STAGE), []
-        )
-        report = verify.verify(scur, tcur, chosen, m.migration_id, m.request.ledger_schema, epochs, left_out, checked)
+        report = verify.verify(scur, tcur, chosen, m.request, previous_run(m.ledger, tcur))
         tconn.rollback()
     return report

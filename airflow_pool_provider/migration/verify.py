@@ -17,21 +17,25 @@ from psycopg2 import sql
 from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy import checksum
 from airflow_pool_provider.copy.ledger import Ledger
+from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.verify import TableCheck, check_table
 from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.data import copy_id
+from airflow_pool_provider.migration.ledger import ObjectKey, ObjectKind
+from airflow_pool_provider.migration.records import PreviousRunState
 from airflow_pool_provider.migration.report import render
+from airflow_pool_provider.migration.request import MigrationRequest
 from airflow_pool_provider.migration.selection import Selection
 
-STAGE_NAME = "verify"
-
+# Each object as its ledger kind and name.
 _OBJECTS = """
-SELECT 'index ' || c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+SELECT 'index', c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = to_regclass(%(t)s)
 UNION ALL
-SELECT 'constraint ' || conname FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype <> 't'
+SELECT CASE contype WHEN 'f' THEN 'foreign key' ELSE 'constraint' END, conname
+  FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype <> 't'
 UNION ALL
-SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal
+SELECT 'trigger', tgname FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal
 """
 _TIMING = """
 SELECT coalesce(sum(bytes_copied), 0),
@@ -109,7 +113,7 @@ class MigrationReport:
         return "\n".join(lines)
 
 
-def check_leaf(scur, tcur, leaf: Relation, migration_id: str, ledger_schema: str) -> TableCheck:
+def check_leaf(scur, tcur, leaf: Relation, request: MigrationRequest) -> TableCheck:
     """One pass over a loaded leaf in the target, against the ledger's sums of what was read."""
     source = copy_catalog.load_table(scur, leaf.name, "source")
     target = copy_catalog.load_table(tcur, leaf.name, "target")
@@ -119,51 +123,46 @@ def check_leaf(scur, tcur, leaf: Relation, migration_id: str, ledger_schema: str
         target,
         columns,
         checksum.method(source, target, columns),
-        Ledger(ledger_schema),
-        [copy_id(migration_id, str(leaf.name))],
+        Ledger(request.ledger_schema),
+        [copy_id(request.id, str(leaf.name))],
     )
 
 
-def verify(
-    scur,
-    tcur,
-    selection: Selection,
-    migration_id: str,
-    ledger_schema: str,
-    epochs: dict[str, list[int]],
-    left_out: list[str],
-    checked: dict[str, TableCheck] | None = None,
-) -> MigrationReport:
-    """``scur``: a source transaction (the catalog); ``epochs``: per leaf, the snapshot epochs its
-    chunks were read through; ``checked``: leaves checked already, right after their load."""
-    ledger = Ledger(ledger_schema)
+def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier: PreviousRunState) -> MigrationReport:
+    """``scur``: a source transaction (the catalog); ``earlier``: the ledger's records, with each
+    leaf's snapshot epochs and the leaves checked already, right after their load."""
+    ledger = Ledger(request.ledger_schema)
+    left_out = earlier.post_data.foreign_keys_left_out if earlier.post_data else ()
     reports = []
     for table in selection.tables:
         leaves = selection.data_sources(table)
         rows, match, leaf_epochs = 0, True, set()
         for leaf in leaves:
-            result = (checked or {}).get(str(leaf.name)) or check_leaf(scur, tcur, leaf, migration_id, ledger_schema)
+            result = earlier.checked.get(leaf.name) or check_leaf(scur, tcur, leaf, request)
             rows += result.target_rows
             match = match and result.matches
-            leaf_epochs |= set(epochs.get(str(leaf.name), []))
-        ids = [copy_id(migration_id, str(leaf.name)) for leaf in leaves]
+            leaf_epochs |= set(earlier.epochs.get(leaf.name, ()))
+        ids = [copy_id(request.id, str(leaf.name)) for leaf in leaves]
         tcur.execute(sql.SQL(_TIMING).format(ledger.table), (ids,))
         nbytes, seconds = tcur.fetchone()
-        missing = _missing_objects(scur, tcur, [table, *selection.catalog.partitions_of(table.oid)], left_out)
+        missing = _missing_objects(scur, tcur, [table, *selection.catalog.descendants(table.oid)], left_out)
         reports.append(
             TableReport(str(table.name), rows, int(nbytes) / 1e6, float(seconds), match, missing, sorted(leaf_epochs))
         )
     all_epochs = {e for r in reports for e in r.snapshot_epochs}
-    return MigrationReport(migration_id, reports, len(all_epochs) <= 1, left_out)
+    return MigrationReport(request.id, reports, len(all_epochs) <= 1, [k.describe() for k in left_out])
 
 
-def _missing_objects(scur, tcur, relations, left_out: list[str]) -> list[str]:
-    missing = []
+def _missing_objects(scur, tcur, relations: list[Relation], left_out: tuple[ObjectKey, ...]) -> list[str]:
+    """The source's indexes, constraints and triggers of ``relations`` that the target lacks,
+    but the foreign keys left out on purpose."""
+    missing: list[ObjectKey] = []
     for relation in relations:
-        names = {}
-        for side, cur in (("source", scur), ("target", tcur)):
-            cur.execute(_OBJECTS, {"t": str(relation.name)})
-            names[side] = {row[0] for row in cur.fetchall()}
-        expected = {n for n in names["source"] if f"{relation.name}.{n.split(' ', 1)[1]}" not in left_out}
-        missing += [f"{n} on {relation.name.name}" for n in sorted(expected - names["target"])]
-    return missing
+        source, target = (_objects(cur, relation.name) for cur in (scur, tcur))
+        missing += sorted(source - target - set(left_out))
+    return [k.describe() for k in missing]
+
+
+def _objects(cur, table: TableName) -> set[ObjectKey]:
+    cur.execute(_OBJECTS, {"t": str(table)})
+    return {ObjectKey.on_table(ObjectKind(kind), table, name) for kind, name in cur.fetchall()}

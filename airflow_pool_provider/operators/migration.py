@@ -7,13 +7,12 @@ the stage ledger in the target database rather than in XCom.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowNotFoundException, AirflowSkipException
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import BaseOperator, Context, chain
 
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy.budget import connections_for
@@ -21,7 +20,6 @@ from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLEL
 from airflow_pool_provider.errors import is_mistake
 from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_text
 from airflow_pool_provider.migration import data, stages
-from airflow_pool_provider.migration.plan import make_plan
 from airflow_pool_provider.migration.request import DEFAULT_INDEX_MEMORY, DEFAULT_LEDGER_SCHEMA, MigrationRequest
 
 #: The largest parallelism the example form allows: a templated parallelism reserves its slots.
@@ -147,9 +145,8 @@ class MigrationStageOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         try:
             request = replace(self.request(), run_id=context["run_id"])
-            source, target = PooledPostgresHook(self.source_conn_id), PooledPostgresHook(self.target_conn_id)
-            migration_id = request.resolved_id(self.source_conn_id, self.target_conn_id)
-            return self.run_stage(context, request, migration_id, source, target)
+            request = request.resolved(self.source_conn_id, self.target_conn_id)
+            return self.run_stage(context, self.migration(request))
         except AirflowNotFoundException as exc:
             raise AirflowFailException(str(exc)) from exc
         except Exception as exc:
@@ -157,22 +154,13 @@ class MigrationStageOperator(BaseOperator):
                 raise AirflowFailException(f"{exc} (not retried: trying again cannot help)") from exc
             raise
 
-    def run_stage(
-        self,
-        context: Context,
-        request: MigrationRequest,
-        migration_id: str,
-        source: PooledPostgresHook,
-        target: PooledPostgresHook,
-    ) -> Any:
+    def run_stage(self, context: Context, m: stages.Migration) -> Any:
         raise NotImplementedError
 
-    def migration(
-        self, request: MigrationRequest, migration_id: str, source: PooledPostgresHook, target: PooledPostgresHook
-    ) -> stages.Migration:
+    def migration(self, request: MigrationRequest) -> stages.Migration:
+        source, target = PooledPostgresHook(self.source_conn_id), PooledPostgresHook(self.target_conn_id)
         return stages.Migration(
             request,
-            migration_id,
             source.get_pool(),
             target.get_pool(),
             source.connect_kwargs(),
@@ -197,11 +185,10 @@ class MigrationPlanOperator(MigrationStageOperator):
         super().__init__(**kwargs)
         self.copy_tasks = copy_tasks
 
-    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
-        with _reading(source) as scur, _reading(target) as tcur:
-            plan = make_plan(scur, tcur, request, migration_id, self.copy_tasks)
+    def run_stage(self, context, m) -> dict[str, Any]:
+        plan = stages.plan(m, self.copy_tasks)
         self.log.info("%s", plan.table())
-        if request.dry_run:
+        if m.request.dry_run:
             self.log.info("dry run: stopping after the plan; nothing was written")
         return plan.to_xcom()
 
@@ -210,24 +197,17 @@ class MigrationSnapshotOperator(MigrationStageOperator):
     """Stage 2: one snapshot of the source for the whole migration, held by a process of its own
     (see :mod:`airflow_pool_provider.migration.snapshot_holder`); recorded in the stage ledger."""
 
-    def run_stage(self, context, request, migration_id, source, target) -> str:
-        self.skip_if_dry_run(request)
-        return self.migration(request, migration_id, source, target).snapshots.ensure()
+    def run_stage(self, context, m) -> str:
+        self.skip_if_dry_run(m.request)
+        return m.snapshots.ensure()
 
 
 class MigrationPreDataOperator(MigrationStageOperator):
     """Stage 3: schemas, types, functions, sequences, tables and views, in one transaction."""
 
-    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
-        self.skip_if_dry_run(request)
-        result = stages.pre_data(self.migration(request, migration_id, source, target))
-        return {
-            "restored": result.restored,
-            "reused": result.reused,
-            "dropped": result.dropped,
-            "tables": result.tables,
-            "skipped": result.skipped,
-        }
+    def run_stage(self, context, m) -> dict[str, Any]:
+        self.skip_if_dry_run(m.request)
+        return asdict(stages.pre_data(m))
 
 
 class MigrationDataPlanOperator(MigrationStageOperator):
@@ -242,10 +222,9 @@ class MigrationDataPlanOperator(MigrationStageOperator):
         super().__init__(**kwargs)
         self.batch_rows = batch_rows or int(config_text("migration_batch_rows", str(data.DEFAULT_BATCH_ROWS)))
 
-    def run_stage(self, context, request, migration_id, source, target) -> list[dict[str, Any]]:
-        self.skip_if_dry_run(request)
-        migration = self.migration(request, migration_id, source, target)
-        return [b.to_xcom() for b in stages.plan_data(migration, self.batch_rows)]
+    def run_stage(self, context, m) -> list[dict[str, Any]]:
+        self.skip_if_dry_run(m.request)
+        return [b.to_xcom() for b in stages.plan_data(m, self.batch_rows)]
 
 
 class MigrationCopyBatchOperator(MigrationStageOperator):
@@ -263,45 +242,31 @@ class MigrationCopyBatchOperator(MigrationStageOperator):
         super().__init__(**kwargs)
         self.batch = batch
 
-    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
+    def run_stage(self, context, m) -> dict[str, Any]:
         batch = data.Batch.from_xcom(self.batch)
         self.log.info("%s: %d row(s) planned in %d table(s)", batch.label, batch.rows, len(batch.parts))
-        result = stages.copy_data(self.migration(request, migration_id, source, target), batch)
-        return {
-            "rows": result.rows,
-            "chunks": result.chunks,
-            "bytes": result.bytes,
-            "seconds": result.seconds,
-            "tables": result.tables,
-        }
+        return asdict(stages.copy_data(m, batch))
 
 
 class MigrationPostDataOperator(MigrationStageOperator):
     """Stage 5: the indexes and keys not built yet, foreign keys, triggers and the rest, sequences,
     ANALYZE."""
 
-    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
-        self.skip_if_dry_run(request)
-        result = stages.post_data(self.migration(request, migration_id, source, target))
-        return {
-            "indexes_built": result.indexes_built,
-            "foreign_keys": result.foreign_keys,
-            "foreign_keys_left_out": result.foreign_keys_left_out,
-            "restored": result.restored,
-            "sequences": result.sequences,
-        }
+    def run_stage(self, context, m) -> dict[str, Any]:
+        self.skip_if_dry_run(m.request)
+        return asdict(stages.post_data(m))
 
 
 class MigrationVerifyOperator(MigrationStageOperator):
     """Stage 6: every table's rows and checksums, and its objects, source against target; the
     report. A failed check fails the task (without retries: checking again cannot help)."""
 
-    def run_stage(self, context, request, migration_id, source, target) -> dict[str, Any]:
-        self.skip_if_dry_run(request)
-        report = stages.verify_and_report(self.migration(request, migration_id, source, target))
+    def run_stage(self, context, m) -> dict[str, Any]:
+        self.skip_if_dry_run(m.request)
+        report = stages.verify_and_report(m)
         self.log.info("%s", report.table())
         if not report.verified:
-            raise AirflowFailException(f"migration {migration_id} is not verified:\n{report.table()}")
+            raise AirflowFailException(f"migration {m.migration_id} is not verified:\n{report.table()}")
         return report.to_xcom()
 
 
@@ -309,58 +274,50 @@ class MigrationReleaseOperator(MigrationStageOperator):
     """The last task, whatever happened before (a teardown of the snapshot task): ends the source
     snapshot's holder."""
 
-    def run_stage(self, context, request, migration_id, source, target) -> int:
-        released = self.migration(request, migration_id, source, target).snapshots.release()
-        self.log.info("migration %s: released %d source snapshot holder(s)", migration_id, released)
+    def run_stage(self, context, m) -> int:
+        released = m.snapshots.release()
+        self.log.info("migration %s: released %d source snapshot holder(s)", m.migration_id, released)
         return released
 
 
-@contextmanager
-def _reading(hook: PooledPostgresHook, snapshot: str | None = None) -> Iterator[Any]:
-    """A cursor in a read-only REPEATABLE READ transaction (on ``snapshot`` when given)."""
-    with hook.get_pool().connection() as conn, conn.cursor() as cur:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        if snapshot:
-            cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-        try:
-            yield cur
-        finally:
-            conn.rollback()
-
-
 def migration_stages(*, copy_tasks: int = 2, **description: Any) -> dict[str, Any]:
-    """The migration's tasks, chained in order, each given the same ``description`` (the
-    arguments of :class:`MigrationStageOperator`). Call it inside a DAG or a TaskGroup.
+    """The migration's tasks, chained in the order of :class:`~airflow_pool_provider.migration.stages.Step`,
+    each given the same ``description`` (the arguments of :class:`MigrationStageOperator`). Call it
+    inside a DAG or a TaskGroup. Returns the tasks by task id.
 
     ``copy_tasks``: copy batches that may run at once (``max_active_tis_per_dagrun``); each holds
     ``2 x parallelism + 1`` connections (its ``pool_slots``).
     """
     parallelism = description.get("parallelism", 2)
     slots = connections_for(parallelism if isinstance(parallelism, int) else MAX_FORM_PARALLELISM)
-    plan = MigrationPlanOperator(task_id="plan", copy_tasks=copy_tasks, **description)
-    snapshot = MigrationSnapshotOperator(task_id="snapshot", **description)
-    pre = MigrationPreDataOperator(task_id="pre_data", **description)
-    batches = MigrationDataPlanOperator(task_id="plan_data", **description)
-    copy = MigrationCopyBatchOperator.partial(
-        task_id="copy_data",
-        max_active_tis_per_dagrun=copy_tasks,
-        pool_slots=slots,
-        map_index_template=BATCH_LABEL,
-        **description,
-    ).expand(batch=batches.output)
-    post = MigrationPostDataOperator(task_id="post_data", trigger_rule="none_failed", **description)
-    check = MigrationVerifyOperator(task_id="verify", **description)
+    # Post-data also runs when no copy task was mapped (every chunk done already: the copy is skipped).
+    arguments = {stages.Step.PLAN: {"copy_tasks": copy_tasks}, stages.Step.POST_DATA: {"trigger_rule": "none_failed"}}
+    tasks: dict[stages.Step, Any] = {}
+    for step in stages.Step:
+        if step is stages.Step.COPY_DATA:
+            tasks[step] = MigrationCopyBatchOperator.partial(
+                task_id=step.value,
+                max_active_tis_per_dagrun=copy_tasks,
+                pool_slots=slots,
+                map_index_template=BATCH_LABEL,
+                **description,
+            ).expand(batch=tasks[stages.Step.PLAN_DATA].output)
+        else:
+            tasks[step] = _OPERATORS[step](task_id=step.value, **arguments.get(step, {}), **description)
     # A teardown: it runs once the snapshot was taken, whatever the stages after it did, and its
     # success does not make a failed migration's run look successful.
-    release = MigrationReleaseOperator(task_id="release_snapshot", **description).as_teardown(setups=snapshot)
-    plan >> snapshot >> pre >> batches >> copy >> post >> check >> release
-    return {
-        "plan": plan,
-        "snapshot": snapshot,
-        "pre_data": pre,
-        "plan_data": batches,
-        "copy_data": copy,
-        "post_data": post,
-        "verify": check,
-        "release_snapshot": release,
-    }
+    tasks[stages.Step.RELEASE_SNAPSHOT].as_teardown(setups=tasks[stages.Step.SNAPSHOT])
+    chain(*tasks.values())
+    return {step.value: task for step, task in tasks.items()}
+
+
+_OPERATORS: dict[stages.Step, type[MigrationStageOperator]] = {
+    stages.Step.PLAN: MigrationPlanOperator,
+    stages.Step.SNAPSHOT: MigrationSnapshotOperator,
+    stages.Step.PRE_DATA: MigrationPreDataOperator,
+    stages.Step.PLAN_DATA: MigrationDataPlanOperator,
+    stages.Step.COPY_DATA: MigrationCopyBatchOperator,
+    stages.Step.POST_DATA: MigrationPostDataOperator,
+    stages.Step.VERIFY: MigrationVerifyOperator,
+    stages.Step.RELEASE_SNAPSHOT: MigrationReleaseOperator,
+}
