@@ -7,6 +7,7 @@ belongs to, and which relations each view reads.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from airflow_pool_provider.copy.names import TableName
@@ -61,18 +62,37 @@ SELECT DISTINCT e.extname
 """
 
 
+class RelKind(str, enum.Enum):
+    """``pg_class.relkind`` of the relations a migration reads."""
+
+    TABLE = "r"
+    PARTITIONED = "p"
+    VIEW = "v"
+    MATERIALIZED_VIEW = "m"
+    SEQUENCE = "S"
+    FOREIGN_TABLE = "f"
+
+
 @dataclass(frozen=True, slots=True)
 class Relation:
     oid: int
     name: TableName
-    kind: str  # r table, p partitioned table, v view, m materialized view, S sequence, f foreign table
+    kind: RelKind
     parent: int | None  # the partitioned table of a partition
     estimated_rows: int
     bytes: int
 
     @property
     def is_table(self) -> bool:
-        return self.kind in ("r", "p")
+        return self.kind in (RelKind.TABLE, RelKind.PARTITIONED)
+
+    @property
+    def is_partitioned(self) -> bool:
+        return self.kind is RelKind.PARTITIONED
+
+    @property
+    def is_view(self) -> bool:
+        return self.kind in (RelKind.VIEW, RelKind.MATERIALIZED_VIEW)
 
 
 @dataclass(frozen=True)
@@ -98,21 +118,21 @@ class SourceCatalog:
     def leaves(self, oid: int) -> list[Relation]:
         """Where a table's rows are: itself, or the leaf partitions under it."""
         relation = self.relations[oid]
-        if relation.kind != "p":
+        if not relation.is_partitioned:
             return [relation]
-        return [r for r in self.descendants(oid) if r.kind != "p"]
+        return [r for r in self.descendants(oid) if not r.is_partitioned]
 
 
 def load(cur, schemas: tuple[str, ...]) -> SourceCatalog:
     cur.execute(_RELATIONS, {"schemas": list(schemas)})
     relations = {
-        oid: Relation(oid, TableName(schema, name), kind, parent if is_partition else None, rows, size)
+        oid: Relation(oid, TableName(schema, name), RelKind(kind), parent if is_partition else None, rows, size)
         for oid, schema, name, kind, parent, is_partition, rows, size in cur.fetchall()
     }
     tables = [r.oid for r in relations.values() if r.is_table]
     cur.execute(_OWNED, {"oids": tables})
     owner = {(catalog, oid): table for catalog, oid, table in cur.fetchall()}
-    views = [r.oid for r in relations.values() if r.kind in ("v", "m")]
+    views = [r.oid for r in relations.values() if r.is_view]
     cur.execute(_VIEW_READS, {"views": views})
     reads: dict[int, set[int]] = {}
     for view, relation in cur.fetchall():

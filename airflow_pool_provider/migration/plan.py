@@ -8,6 +8,8 @@ connection budget the servers cannot hold.
 
 from __future__ import annotations
 
+import enum
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -59,6 +61,15 @@ ORDER BY 1
 """
 
 
+class InTarget(str, enum.Enum):
+    """What the target holds under a selected table's name."""
+
+    NO = "no"
+    CREATED = "created by this migration"
+    REPLACED = "will be replaced"
+    EXISTS = "exists"  # not by this migration: refused in resume mode
+
+
 @dataclass(frozen=True)
 class TablePlan:
     name: str
@@ -67,7 +78,7 @@ class TablePlan:
     bytes: int
     chunks: int  # estimated from the statistics; the data stage plans them exactly
     indexes: list[str]
-    in_target: str  # "no", "created by this migration", "will be replaced", "exists"
+    in_target: InTarget
     differences: list[str] = field(default_factory=list)
 
 
@@ -109,7 +120,8 @@ class MigrationPlan:
         return sum(t.estimated_rows for t in self.tables)
 
     def to_xcom(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON values (the enums as their values)."""
+        return json.loads(json.dumps(asdict(self)))
 
     def table(self) -> str:
         rows = [
@@ -120,7 +132,7 @@ class MigrationPlan:
                 round(t.bytes / 1e6, 1),
                 t.chunks,
                 len(t.indexes),
-                t.in_target,
+                t.in_target.value,
                 "; ".join(t.differences) or "-",
             )
             for t in self.tables
@@ -223,7 +235,7 @@ def _table_plans(
         rows = sum(leaf.estimated_rows for leaf in leaves)
         chunks = sum(max(1, math.ceil(leaf.estimated_rows / request.chunk_size)) for leaf in leaves)
         state, differences = _state_in_target(scur, tcur, table, in_target.get(str(table.name)), request, created)
-        if state == "exists":
+        if state is InTarget.EXISTS:
             problems.append(
                 f"target table {table.name} exists and this migration did not create it: use "
                 "mode='replace' to drop and recreate it, or leave it out with exclude_tables"
@@ -232,7 +244,7 @@ def _table_plans(
         plans.append(
             TablePlan(
                 str(table.name),
-                len(leaves) if table.kind == "p" else 0,
+                len(leaves) if table.is_partitioned else 0,
                 rows,
                 size,
                 chunks,
@@ -250,14 +262,14 @@ def _table_plans(
 
 def _state_in_target(
     scur, tcur, table: Relation, found: tuple[int, str] | None, request: MigrationRequest, created: frozenset[TableName]
-) -> tuple[str, list[str]]:
+) -> tuple[InTarget, list[str]]:
     if found is None:
-        return "no", []
+        return InTarget.NO, []
     if request.mode is Mode.REPLACE:
-        return "will be replaced", []
+        return InTarget.REPLACED, []
     if table.name not in created:
-        return "exists", []
-    return "created by this migration", _differences(scur, tcur, table)
+        return InTarget.EXISTS, []
+    return InTarget.CREATED, _differences(scur, tcur, table)
 
 
 def _differences(scur, tcur, table: Relation) -> list[str]:

@@ -14,6 +14,7 @@ builds exactly what is missing.
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,14 @@ SELECT c.conname, c.conrelid, c.confrelid, pg_get_constraintdef(c.oid), c.conval
 """
 
 
+class KeyKind(str, enum.Enum):
+    """``pg_constraint.contype`` of the constraints an index backs."""
+
+    PRIMARY_KEY = "p"
+    UNIQUE = "u"
+    EXCLUSION = "x"
+
+
 @dataclass(frozen=True)
 class IndexDef:
     """An index of a source relation, and the constraint it backs, if any."""
@@ -58,7 +67,7 @@ class IndexDef:
     name: str
     definition: str  # CREATE [UNIQUE] INDEX ... ON schema.table ...
     constraint: str | None
-    kind: str | None  # p, u, x
+    kind: KeyKind | None
     deferrable: bool
     deferred: bool
     constraint_definition: str | None
@@ -94,7 +103,18 @@ def read_indexes(scur, oid: int, table: TableName) -> list[IndexDef]:
     scur.execute("SET LOCAL search_path = ''")
     scur.execute(_INDEXES, (oid,))
     return [
-        IndexDef(table, name, definition, conname, kind, bool(deferrable), bool(deferred), condef, relkind == "I", cost)
+        IndexDef(
+            table,
+            name,
+            definition,
+            conname,
+            KeyKind(kind) if kind else None,
+            bool(deferrable),
+            bool(deferred),
+            condef,
+            relkind == "I",  # a partitioned index
+            cost,
+        )
         for name, definition, conname, kind, deferrable, deferred, condef, relkind, cost in scur.fetchall()
     ]
 
@@ -175,7 +195,7 @@ def build_indexes(
 def _index_statement(index: IndexDef) -> sql.Composable | None:
     """The index on its own, or None where the constraint builds it (exclusion constraints, and
     the keys of a partitioned table, which reuse the leaves' indexes)."""
-    if index.kind == "x" or (index.partitioned and index.kind in ("p", "u")):
+    if index.kind is KeyKind.EXCLUSION or (index.partitioned and index.kind is not None):
         return None
     # Not ON ONLY: on a partitioned table, the index reuses the leaves' matching indexes.
     return sql.SQL(index.definition.replace(" ON ONLY ", " ON ", 1) if index.partitioned else index.definition)
@@ -185,11 +205,11 @@ def _constraint_statement(index: IndexDef) -> sql.Composable | None:
     if index.kind is None:
         return None
     table, constraint = index.table.identifier(), sql.Identifier(index.constraint)
-    if index.kind == "x" or index.partitioned:
+    if index.kind is KeyKind.EXCLUSION or index.partitioned:
         return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
             table, constraint, sql.SQL(index.constraint_definition)
         )
-    key = "PRIMARY KEY" if index.kind == "p" else "UNIQUE"
+    key = "PRIMARY KEY" if index.kind is KeyKind.PRIMARY_KEY else "UNIQUE"
     timing = " DEFERRABLE" + (" INITIALLY DEFERRED" if index.deferred else "") if index.deferrable else ""
     return sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} " + key + " USING INDEX {}" + timing).format(
         table, constraint, sql.Identifier(index.name)

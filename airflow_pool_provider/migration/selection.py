@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.errors import CopyMistake
-from airflow_pool_provider.migration.catalog import Relation, SourceCatalog
+from airflow_pool_provider.migration.catalog import Relation, RelKind, SourceCatalog
 
 PG_CLASS = 1259  # pg_class's OID: the catalog of tables, views, sequences and indexes
 
@@ -50,7 +50,11 @@ def select(catalog: SourceCatalog, tables: tuple[str, ...] = (), exclude: tuple[
             f"no table selected in schemas {list(catalog.schemas)}: check schemas, tables and exclude_tables"
         )
     restored = {r.oid for t in picked for r in (t, *catalog.descendants(t.oid))}
-    sequences = [r for r in catalog.relations.values() if r.kind == "S" and _sequence_comes_along(catalog, r, restored)]
+    sequences = [
+        r
+        for r in catalog.relations.values()
+        if r.kind is RelKind.SEQUENCE and _sequence_comes_along(catalog, r, restored)
+    ]
     restored |= {s.oid for s in sequences}
     views = _views_reading_only(catalog, restored)
     restored |= {v.oid for v in views}
@@ -68,7 +72,7 @@ def _sequence_comes_along(catalog: SourceCatalog, sequence: Relation, restored: 
 def _views_reading_only(catalog: SourceCatalog, relations: set[int]) -> list[Relation]:
     """Views whose every read relation is restored, views over such views included."""
     readable, views = set(relations), []
-    pending = sorted((r for r in catalog.relations.values() if r.kind in ("v", "m")), key=lambda r: str(r.name))
+    pending = sorted((r for r in catalog.relations.values() if r.is_view), key=lambda r: str(r.name))
     progress = True
     while progress:
         progress = False
