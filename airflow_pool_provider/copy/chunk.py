@@ -9,12 +9,12 @@ that disagrees) or other faults (disk full, a statement timeout), which end the 
 from __future__ import annotations
 
 import logging
-import random
 import time
 
 import psycopg2
 from psycopg2 import sql
 
+from airflow_pool_provider.backoff import Backoff
 from airflow_pool_provider.copy import checksum, plan
 from airflow_pool_provider.copy.ledger import ChunkResult
 from airflow_pool_provider.copy.plan import Chunk
@@ -36,6 +36,9 @@ from airflow_pool_provider.errors import (
     first_line,
 )
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
+
+#: Waits before retrying a chunk that hit a transient fault.
+CHUNK_RETRY_BACKOFF = Backoff(first=0.2, cap=5.0)
 
 
 class ChunkCopier:
@@ -94,7 +97,7 @@ class ChunkCopier:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _back_off(self, chunk: Chunk, exc: BaseException, attempt: int, attempts: int) -> None:
-        delay = min(0.2 * 2 ** (attempt - 1), 5.0) * random.uniform(0.8, 1.2)
+        delay = CHUNK_RETRY_BACKOFF.delay(attempt)
         reason = (
             "the source snapshot was lost"
             if isinstance(exc, SnapshotLost)
