@@ -190,7 +190,12 @@ class TableCopy:
 
     def _budget(self, source_slots: ServerSlots, target_slots: ServerSlots | None) -> WorkerBudget:
         budget = plan_workers(
-            self.spec.parallelism, self.source_pool, self.target_pool, source_slots, target_slots, self.connection_limit
+            self.spec.parallelism,
+            self.source_pool,
+            self.target_pool,
+            source_slots,
+            target_slots,
+            connection_limit=self.connection_limit,
         )
         if budget.limits:
             self.log.warning("copy %s runs %s", self.copy_id, budget.describe())
