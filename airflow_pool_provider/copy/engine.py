@@ -225,7 +225,7 @@ class TableCopy:
             copy_id=self.copy_id,
             source=str(prepared.source.name),
             target=str(prepared.target.name),
-            mode=self.spec.mode,
+            mode=self.spec.mode.value,
             key="ctid" if prepared.keyset.kind == "ctid" else list(prepared.keyset.columns),
             format="binary" if prepared.binary else "text",
             rows=progress.rows_this_run,

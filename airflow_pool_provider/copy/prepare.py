@@ -22,7 +22,7 @@ from airflow_pool_provider.copy.plan import Chunk, Keyset
 from airflow_pool_provider.copy.sequences import SequencePair
 from airflow_pool_provider.copy.server import ServerIdentity, server_identity
 from airflow_pool_provider.copy.snapshot import SourceSnapshot
-from airflow_pool_provider.copy.spec import CopySpec
+from airflow_pool_provider.copy.spec import CopyMode, CopySpec, TargetChecksum
 from airflow_pool_provider.errors import CatalogError, CopyMistake
 
 
@@ -178,7 +178,7 @@ def _new_plan(
     source, target = sides.source, sides.target
     keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
     chunks = plan.plan(scur, source, keyset, spec.row_filter, spec.chunk_size, snapshot.stop.raise_if_stopped)
-    if spec.mode == "replace":
+    if spec.mode is CopyMode.REPLACE:
         tcur.execute(sql.SQL("TRUNCATE {}").format(target.ident))
     ledger.save_plan(tcur, copy_id, str(source.name), str(target.name), keyset, chunks)
     log.info(
@@ -192,7 +192,7 @@ def _new_plan(
         keyset.reason,
         snapshot.id,
         ledger,
-        "; target truncated (mode=replace)" if spec.mode == "replace" else "",
+        "; target truncated (mode=replace)" if spec.mode is CopyMode.REPLACE else "",
     )
     return StoredPlan(keyset, chunks, frozenset())
 
@@ -208,7 +208,7 @@ def _binary_format(sides: _Sides, copy_id: str, log: Log) -> bool:
 
 def _warn_target_scans(spec: CopySpec, copy_id: str, keyset: Keyset, in_range: bool, log: Log) -> None:
     """Say so when each chunk's check must scan all the target's new rows, not its key range."""
-    if not (spec.verify_checksums and spec.target_checksum == "per_chunk" and not in_range):
+    if not (spec.verify_checksums and spec.target_checksum is TargetChecksum.PER_CHUNK and not in_range):
         return
     why = (
         "the table has no unique key"
@@ -229,11 +229,11 @@ def _resumable_plan(
 ) -> StoredPlan | None:
     """The stored plan of ``copy_id`` if the copy can resume from it exactly once."""
     stored = ledger.load_plan(tcur, copy_id, str(source.name), str(target.name))
-    if stored is None or stored.keyset.kind != "ctid" or not stored.done or spec.mode == "upsert":
+    if stored is None or stored.keyset.kind != "ctid" or not stored.done or spec.mode is CopyMode.UPSERT:
         return stored
     # Page ranges are only stable within one snapshot: rows updated since may have moved into a
     # chunk not yet copied. Resuming could double or lose them.
-    if spec.mode == "append":
+    if spec.mode is CopyMode.APPEND:
         raise CopyMistake(
             f"copy {copy_id} of {source.name} (no unique key, so chunked by ctid) cannot resume exactly "
             f"once: rows may have moved since the first attempt. Delete its rows from {target.name} and "
@@ -249,7 +249,7 @@ def _resumable_plan(
 
 
 def _conflict_columns(spec: CopySpec, target: Table, columns: tuple[str, ...]) -> tuple[str, ...]:
-    if spec.mode != "upsert":
+    if spec.mode is not CopyMode.UPSERT:
         return ()
     conflict = tuple(spec.conflict_columns or target.primary_key or ())
     if not conflict:
