@@ -25,12 +25,14 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from types import FrameType
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions as ext
 
+from airflow_pool_provider.backoff import Backoff
 from airflow_pool_provider.errors import (
     CheckoutCancelled,
     ConnectFailed,
@@ -45,6 +47,9 @@ from airflow_pool_provider.errors import (
 
 #: How often a cancellable wait for a connection looks at its cancel.
 _CANCEL_POLL = 0.05
+
+#: Waits between connect attempts while the server is unreachable.
+CONNECT_BACKOFF = Backoff(first=0.01, cap=2.0)
 
 __all__ = ["ConnectionPool", "PoolClosed", "PoolError", "PoolStats", "PoolTimeout", "PooledConnection"]
 
@@ -67,6 +72,37 @@ class _Slot:
     holder: weakref.ref | None = None
     taken_at_line: int = 0
     leak_reported: bool = False
+
+
+@dataclass(slots=True)
+class _Checkout:
+    """One ``getconn`` call: its deadline starts with its first wait or its first connect."""
+
+    timeout: float
+    cancel: threading.Event | None
+    deadline: float | None = None
+    waited: bool = False
+
+    def start_clock(self, now: float) -> float:
+        """The deadline, fixed the first time it is asked for."""
+        if self.deadline is None:
+            self.deadline = now + self.timeout
+        return self.deadline
+
+    def seconds_left(self) -> float:
+        return self.start_clock(time.monotonic()) - time.monotonic()
+
+    def first_wait(self) -> bool:
+        """True the first time only: a checkout counts as one wait however often it waits."""
+        first, self.waited = not self.waited, True
+        return first
+
+
+class _Unusable(Enum):
+    """Why a connection is not handed out, as counted in the stats."""
+
+    BROKEN = "broken"
+    EXPIRED = "expired"
 
 
 @dataclass(slots=True)
@@ -230,46 +266,45 @@ class ConnectionPool:
     def getconn(self, timeout: float | None = None, cancel: threading.Event | None = None) -> PooledConnection:
         """Check out a healthy connection, waiting up to ``timeout`` (default: the pool's); a set
         ``cancel`` ends the wait at once with :class:`CheckoutCancelled`."""
-        timeout = self.timeout if timeout is None else timeout
-        deadline = None
         taker = sys._getframe(1) if self.leak_threshold is not None else None
-        waited = False
+        checkout = _Checkout(self.timeout if timeout is None else timeout, cancel)
+        while True:
+            slot = self._take_idle_or_reserve(checkout)
+            if slot is None:
+                return PooledConnection(self, self._open(checkout), taker)
+            if self._healthy(slot, slot.checked_out_at):
+                return PooledConnection(self, slot, taker)
+            self._discard_checked_out(slot)
+
+    def _take_idle_or_reserve(self, checkout: _Checkout) -> _Slot | None:
+        """Check out the most recently used idle connection, or reserve a place to open one (None),
+        waiting while neither is free."""
         while True:
             with self._lock:
-                if self._closed:
-                    raise PoolClosed(f"pool {self.name!r} is closed")
+                self._raise_if_closed()
                 now = time.monotonic()
-                if self.leak_threshold is not None and self._in_use:
-                    self._report_leaks(now)
-                stale = self._take_stale_idle(now) if self.max_idle is not None and self._idle else None
+                self._report_leaks(now)
+                stale = self._take_stale_idle(now)
                 if self._idle:
                     slot = self._idle.pop()
                     self._check_out(slot, now)
-                elif len(self._in_use) + self._opening + self._resetting < self.max_size:
+                    break
+                if self._has_room():
                     self._opening += 1
                     slot = None
-                else:
-                    if deadline is None:
-                        deadline = now + timeout
-                    if not waited:
-                        self._stats.waits += 1
-                        waited = True
-                    self._wait_for_return(deadline, now, timeout, cancel)
-                    continue
-            if stale:
-                for old in stale:
-                    _close_quietly(old.conn)
-            if slot is None:
-                if deadline is None:
-                    deadline = time.monotonic() + timeout
-                slot = self._open(deadline, timeout, cancel)
-                return PooledConnection(self, slot, taker)
-            if self._healthy(slot, now):
-                return PooledConnection(self, slot, taker)
-            with self._lock:
-                self._in_use.pop(id(slot.conn), None)
-                self._available.notify()
-            _close_quietly(slot.conn)
+                    break
+                self._wait_for_return(checkout, now)
+        for old in stale:
+            _close_quietly(old.conn)
+        return slot
+
+    def _raise_if_closed(self) -> None:
+        if self._closed:
+            raise PoolClosed(f"pool {self.name!r} is closed")
+
+    def _has_room(self) -> bool:
+        """Whether one more connection fits within ``max_size`` (lock held)."""
+        return len(self._in_use) + self._opening + self._resetting < self.max_size
 
     def _take_stale_idle(self, now: float) -> list[_Slot]:
         """Remove idle connections past ``max_idle``, oldest first, keeping ``min_size`` (lock held).
@@ -277,7 +312,9 @@ class ConnectionPool:
         Checkout takes the most recently used connection, so the oldest ones would otherwise
         never be looked at when load is low.
         """
-        stale = []
+        stale: list[_Slot] = []
+        if self.max_idle is None:
+            return stale
         idle = self._idle
         while (
             idle
@@ -298,15 +335,24 @@ class ConnectionPool:
         if len(self._in_use) > stats.peak_in_use:
             stats.peak_in_use = len(self._in_use)
 
-    def _wait_for_return(self, deadline: float, now: float, timeout: float, cancel: threading.Event | None) -> None:
-        """Block until a connection is given back or the deadline passes (lock held)."""
-        if cancel is not None and cancel.is_set():
+    def _discard_checked_out(self, slot: _Slot) -> None:
+        """Close a connection that failed its checkout check, freeing its place for a waiter."""
+        with self._lock:
+            self._in_use.pop(id(slot.conn), None)
+            self._available.notify()
+        _close_quietly(slot.conn)
+
+    def _wait_for_return(self, checkout: _Checkout, now: float) -> None:
+        """Block until a connection is given back or the checkout's deadline passes (lock held)."""
+        remaining = checkout.start_clock(now) - now
+        if checkout.first_wait():
+            self._stats.waits += 1
+        if checkout.cancel is not None and checkout.cancel.is_set():
             raise CheckoutCancelled(f"pool {self.name!r}: the wait for a connection was cancelled")
-        remaining = deadline - now
         if remaining <= 0:
             self._stats.timeouts += 1
             raise PoolTimeout(
-                f"pool {self.name!r}: no connection free after {timeout:g} s "
+                f"pool {self.name!r}: no connection free after {checkout.timeout:g} s "
                 f"(max_size={self.max_size}, in use={len(self._in_use)}, "
                 f"opening={self._opening}, waiting={self._waiting}). Give connections back "
                 f"sooner (close() them), raise pool_max_size, or raise pool_timeout."
@@ -314,36 +360,42 @@ class ConnectionPool:
         self._waiting += 1
         try:
             # In slices when it can be cancelled: nothing notifies the condition of a cancel.
-            self._available.wait(remaining if cancel is None else min(remaining, _CANCEL_POLL))
+            self._available.wait(remaining if checkout.cancel is None else min(remaining, _CANCEL_POLL))
         finally:
             self._waiting -= 1
             self._stats.wait_time += time.monotonic() - now
 
     def _healthy(self, slot: _Slot, now: float) -> bool:
         """Decide whether an idle connection may be handed out; count why not."""
-        conn = slot.conn
-        reason = None
-        if conn.closed:
-            reason = "broken"
-        elif now >= slot.expires:
-            reason = "expired"
-        elif (
-            self.max_idle is not None
-            and now - slot.last_used > self.max_idle
-            and len(self._in_use) + len(self._idle) > self.min_size
-        ):
-            reason = "expired"
-        elif now - slot.last_used > self.ping_after or _readable(conn):
-            reason = None if self._ping(conn) else "broken"
-        if reason is None:
+        unusable = self._why_unusable(slot, now)
+        if unusable is None:
             return True
         with self._lock:
-            if reason == "broken":
+            if unusable is _Unusable.BROKEN:
                 self._stats.discarded_broken += 1
             else:
                 self._stats.discarded_expired += 1
-        log.debug("pool %r: discarding a %s connection at checkout", self.name, reason)
+        log.debug("pool %r: discarding a %s connection at checkout", self.name, unusable.value)
         return False
+
+    def _why_unusable(self, slot: _Slot, now: float) -> _Unusable | None:
+        """Why an idle connection may not be handed out; None if it may. Pings only when in doubt."""
+        conn = slot.conn
+        if conn.closed:
+            return _Unusable.BROKEN
+        if now >= slot.expires or self._idle_too_long(slot, now):
+            return _Unusable.EXPIRED
+        if now - slot.last_used > self.ping_after or _readable(conn):
+            return None if self._ping(conn) else _Unusable.BROKEN
+        return None
+
+    def _idle_too_long(self, slot: _Slot, now: float) -> bool:
+        """Idle past ``max_idle`` while the pool holds more than ``min_size``."""
+        return (
+            self.max_idle is not None
+            and now - slot.last_used > self.max_idle
+            and len(self._in_use) + len(self._idle) > self.min_size
+        )
 
     def _ping(self, conn: ext.connection) -> bool:
         with self._lock:
@@ -358,40 +410,54 @@ class ConnectionPool:
         except psycopg2.Error:
             return False
 
-    def _open(self, deadline: float, timeout: float, cancel: threading.Event | None = None) -> _Slot:
-        """Make a new connection, retrying with backoff while the server is unreachable."""
-        delay = 0.01
+    def _open(self, checkout: _Checkout) -> _Slot:
+        """Make a new connection in the place reserved for it; the place is freed if that fails."""
+        checkout.start_clock(time.monotonic())
         try:
-            while True:
-                try:
-                    conn = self._connect()
-                    break
-                except psycopg2.OperationalError as exc:
-                    with self._lock:
-                        self._stats.connection_errors += 1
-                    left = deadline - time.monotonic()
-                    if not is_transient(exc, connecting=True):
-                        if classify(exc, connecting=True) is Kind.MISTAKE:
-                            raise ConnectFailed(
-                                f"pool {self.name!r}: could not connect: {str(exc).strip()}. Check the "
-                                "connection's host, port, database, login and password."
-                            ) from exc
-                        raise
-                    if left <= 0:
-                        with self._lock:
-                            self._stats.timeouts += 1
-                        raise PoolTimeout(
-                            f"pool {self.name!r}: could not connect within {timeout:g} s: "
-                            f"{str(exc).strip()}. Check that the server is up and reachable."
-                        ) from exc
-                    log.warning("pool %r: cannot connect (%s); retrying in %.2f s", self.name, first_line(exc), delay)
-                    self._back_off(min(delay, left), cancel)
-                    delay = min(delay * 2, 2.0) * random.uniform(0.8, 1.2)
+            conn = self._connect_retrying(checkout)
         except BaseException:
             with self._lock:
                 self._opening -= 1
                 self._available.notify()
             raise
+        return self._admit(conn)
+
+    def _connect_retrying(self, checkout: _Checkout) -> ext.connection:
+        """Connect, retrying with backoff while the server is unreachable, up to the checkout's deadline."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._connect()
+            except psycopg2.OperationalError as exc:
+                left = self._time_left_to_retry(exc, checkout)
+                delay = CONNECT_BACKOFF.delay(attempt)
+                log.warning("pool %r: cannot connect (%s); retrying in %.2f s", self.name, first_line(exc), delay)
+                self._back_off(min(delay, left), checkout.cancel)
+
+    def _time_left_to_retry(self, exc: psycopg2.OperationalError, checkout: _Checkout) -> float:
+        """Count a failed connect; the seconds left to retry it, or the error that ends the checkout."""
+        with self._lock:
+            self._stats.connection_errors += 1
+        left = checkout.seconds_left()
+        if not is_transient(exc, connecting=True):
+            if classify(exc, connecting=True) is Kind.MISTAKE:
+                raise ConnectFailed(
+                    f"pool {self.name!r}: could not connect: {str(exc).strip()}. Check the "
+                    "connection's host, port, database, login and password."
+                ) from exc
+            raise exc
+        if left <= 0:
+            with self._lock:
+                self._stats.timeouts += 1
+            raise PoolTimeout(
+                f"pool {self.name!r}: could not connect within {checkout.timeout:g} s: "
+                f"{str(exc).strip()}. Check that the server is up and reachable."
+            ) from exc
+        return left
+
+    def _admit(self, conn: ext.connection) -> _Slot:
+        """Check out a new connection in the place reserved for it, unless the pool closed meanwhile."""
         now = time.monotonic()
         lifetime = self.max_lifetime
         expires = now + lifetime * random.uniform(0.95, 1.0) if lifetime else float("inf")
@@ -505,7 +571,10 @@ class ConnectionPool:
     # -- leaks, stats, close ----------------------------------------------------------------
 
     def _report_leaks(self, now: float) -> None:
+        """Warn once about each connection held past ``leak_threshold``, with where it was taken (lock held)."""
         threshold = self.leak_threshold
+        if threshold is None:
+            return
         for slot in self._in_use.values():
             if slot.leak_reported or now - slot.checked_out_at < threshold:
                 continue
@@ -525,8 +594,7 @@ class ConnectionPool:
     def stats(self) -> dict[str, Any]:
         """Gauges and counters; safe to log (no connection parameters)."""
         with self._lock:
-            if self.leak_threshold is not None and self._in_use:
-                self._report_leaks(time.monotonic())
+            self._report_leaks(time.monotonic())
             s = self._stats
             in_use = len(self._in_use)
             return {

@@ -15,7 +15,7 @@ import psycopg2
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
-from airflow_pool_provider.copy.ledger import LEDGER_TABLE
+from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE
 from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.postgres import Server
 
@@ -93,7 +93,7 @@ class CopyEnv:
         schemas = [
             r[0]
             for r in self.rows(
-                side, "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s", (LEDGER_TABLE,)
+                side, "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s", (CHUNK_LEDGER_TABLE,)
             )
         ]
         found: list[dict[str, Any]] = []
@@ -101,7 +101,7 @@ class CopyEnv:
             with self.conn(side).cursor() as cur:
                 cur.execute(
                     sql.SQL("SELECT * FROM {}.{} WHERE copy_id = %s ORDER BY chunk_no").format(
-                        sql.SQL(schema), sql.Identifier(LEDGER_TABLE)
+                        sql.SQL(schema), sql.Identifier(CHUNK_LEDGER_TABLE)
                     ),
                     (copy_id,),
                 )

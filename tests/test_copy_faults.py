@@ -10,7 +10,7 @@ import pytest
 from dag_process import DagTestProcess
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
-from airflow_pool_provider.copy.ledger import LEDGER_TABLE
+from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE
 from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.data import create_events, table_digest
 
@@ -35,7 +35,7 @@ def _ledger(conn, copy_id):
     with conn.cursor() as cur:
         cur.execute(
             f"SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*), coalesce(sum(rows_copied), 0) "
-            f"FROM {LEDGER_TABLE} WHERE copy_id = %s",
+            f"FROM {CHUNK_LEDGER_TABLE} WHERE copy_id = %s",
             (copy_id,),
         )
         row = cur.fetchone()
@@ -184,7 +184,7 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
 
 def _table_exists(conn) -> bool:
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,))
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (CHUNK_LEDGER_TABLE,))
         exists = cur.fetchone()[0]
     conn.commit()
     return exists

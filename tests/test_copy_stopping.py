@@ -19,7 +19,7 @@ from dag_process import DagTestProcess
 from observe import wait_until
 
 from airflow_pool_provider.copy import CopySpec, CopyStopped, TableCopy
-from airflow_pool_provider.copy.ledger import LEDGER_TABLE
+from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE
 from airflow_pool_provider.errors import ChunkFailed
 from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.data import create_events, table_digest
@@ -53,10 +53,10 @@ def tables(pg_server, make_database):
 def _done_chunks(dst, copy_id: str) -> int:
     """Chunks the ledger records as done (0 before the ledger exists)."""
     with dst.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,))
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (CHUNK_LEDGER_TABLE,))
         if not cur.fetchone()[0]:
             return 0
-        cur.execute(f"SELECT count(finished_at) FROM {LEDGER_TABLE} WHERE copy_id = %s", (copy_id,))
+        cur.execute(f"SELECT count(finished_at) FROM {CHUNK_LEDGER_TABLE} WHERE copy_id = %s", (copy_id,))
         return cur.fetchone()[0]
 
 
@@ -304,7 +304,7 @@ def test_a_stop_between_many_short_planning_queries_commits_no_truncate(pg_serve
     with dst.cursor() as cur:
         cur.execute("SELECT note FROM events")
         assert cur.fetchall() == [("keep me",)]  # replace's TRUNCATE was not committed
-        cur.execute("SELECT to_regclass(%s)", (LEDGER_TABLE,))
+        cur.execute("SELECT to_regclass(%s)", (CHUNK_LEDGER_TABLE,))
         assert cur.fetchone()[0] is None or _done_chunks(dst, "short-probes") == 0
     src.close()
     dst.close()

@@ -15,7 +15,7 @@ from copy_helpers import CopyEnv
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
-from airflow_pool_provider.copy.ledger import LEDGER_TABLE, Ledger
+from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE, Ledger
 from airflow_pool_provider.errors import ChunkFailed, CopyMistake
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -71,7 +71,7 @@ def _ledger_schemas(env: CopyEnv) -> list[str]:
         for r in env.rows(
             "dst",
             "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s ORDER BY 1",
-            (LEDGER_TABLE,),
+            (CHUNK_LEDGER_TABLE,),
         )
     ]
 
@@ -85,7 +85,7 @@ def test_a_target_role_that_owns_its_schema_keeps_the_ledger_there(env, make_rol
 
     summary = _copy(env, reader, owner, CopySpec("t", target_table="loader.t", chunk_size=200))
 
-    assert summary.rows == 1000 and summary.ledger == f'"loader"."{LEDGER_TABLE}"'
+    assert summary.rows == 1000 and summary.ledger == f'"loader"."{CHUNK_LEDGER_TABLE}"'
     assert _ledger_schemas(env) == ["loader"]
     assert env.digest("dst", "loader.t", "id") == env.digest("src", "t", "id")
 
@@ -119,11 +119,12 @@ def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):
         Ledger("public").ensure(cur)
     admin.close()
     env.sql(
-        "dst", sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(LEDGER_TABLE), sql.Identifier(writer))
+        "dst",
+        sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(CHUNK_LEDGER_TABLE), sql.Identifier(writer)),
     )
     with pytest.raises(CopyMistake, match="lacks UPDATE, DELETE on it") as caught:
         _copy(env, reader, writer, CopySpec("t", chunk_size=200))
-    assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON "public"."{LEDGER_TABLE}" TO "{writer}"' in str(caught.value)
+    assert f'GRANT SELECT, INSERT, UPDATE, DELETE ON "public"."{CHUNK_LEDGER_TABLE}" TO "{writer}"' in str(caught.value)
 
 
 def test_a_copy_recorded_in_a_public_ledger_resumes_from_there(env):
@@ -146,7 +147,7 @@ def test_a_copy_recorded_in_a_public_ledger_resumes_from_there(env):
 
     summary = env.copy(spec, copy_id="upgrade")  # the default would be "loader"
 
-    assert summary["chunks_skipped"] == 7 and summary["ledger"] == f'"public"."{LEDGER_TABLE}"'
+    assert summary["chunks_skipped"] == 7 and summary["ledger"] == f'"public"."{CHUNK_LEDGER_TABLE}"'
     assert _ledger_schemas(env) == ["public"]
     assert env.digest("dst", "loader.t", "id") == env.digest("src", "t", "id")
 
@@ -155,7 +156,7 @@ def test_finished_copies_are_pruned_after_the_retention(env):
     with env.pools() as (src, dst):
         for copy_id in ("old-finished", "old-unfinished", "recent"):
             TableCopy(src, dst, CopySpec("t", chunk_size=500, mode="replace"), copy_id=copy_id).run()
-    ledger = f"public.{LEDGER_TABLE}"
+    ledger = f"public.{CHUNK_LEDGER_TABLE}"
     env.sql(
         "dst",
         f"UPDATE {ledger} SET finished_at = now() - interval '40 days' "

@@ -6,7 +6,7 @@ all (and of one pool, when both sides use one connection id). Three limits apply
 smallest wins; each one that cuts the requested parallelism is named in the log:
 
 - the pools' ``max_size``: a hard cap, never grown by a copy;
-- ``max_connections``: the connections the caller allows the copy in all (the operator passes its
+- ``connection_limit``: the connections the caller allows the copy in all (the operator passes its
   Airflow ``pool_slots``, so an Airflow pool sized in connections bounds every copy in it);
 - each server's free slots: ``max_connections`` minus reserved slots minus client backends,
   keeping a tenth of ``max_connections`` (at least two) free for everyone else.
@@ -83,7 +83,7 @@ def plan_workers(
     target_pool: ConnectionPool,
     source_slots: ServerSlots,
     target_slots: ServerSlots | None,
-    max_connections: int | None = None,
+    connection_limit: int | None = None,
 ) -> WorkerBudget:
     """The largest worker count within every limit. ``target_slots`` None: one server for both."""
     limits: list[str] = []
@@ -113,10 +113,10 @@ def plan_workers(
             f"target pool {target_pool.name!r} has max_size={target_pool.max_size}; raise "
             "[pooled_postgres] max_size for more",
         )
-    if max_connections is not None:
+    if connection_limit is not None:
         cut(
-            (max_connections - 1) // 2,
-            f"the task may hold {max_connections} connection(s) (pool_slots), and each worker needs two "
+            (connection_limit - 1) // 2,
+            f"the task may hold {connection_limit} connection(s) (pool_slots), and each worker needs two "
             "plus one for the snapshot",
         )
     if workers < 1:

@@ -9,19 +9,19 @@ that disagrees) or other faults (disk full, a statement timeout), which end the 
 from __future__ import annotations
 
 import logging
-import random
 import time
 
 import psycopg2
 from psycopg2 import sql
 
+from airflow_pool_provider.backoff import Backoff
 from airflow_pool_provider.copy import checksum, plan
 from airflow_pool_provider.copy.ledger import ChunkResult
 from airflow_pool_provider.copy.plan import Chunk
 from airflow_pool_provider.copy.prepare import PreparedCopy
 from airflow_pool_provider.copy.progress import Progress
 from airflow_pool_provider.copy.snapshot import SourceSnapshot
-from airflow_pool_provider.copy.spec import CopySpec
+from airflow_pool_provider.copy.spec import CopyMode, CopySpec, TargetChecksum
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.stream import pipe
 from airflow_pool_provider.errors import (
@@ -36,6 +36,9 @@ from airflow_pool_provider.errors import (
     first_line,
 )
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
+
+#: Waits before retrying a chunk that hit a transient fault.
+CHUNK_RETRY_BACKOFF = Backoff(first=0.2, cap=5.0)
 
 
 class ChunkCopier:
@@ -94,7 +97,7 @@ class ChunkCopier:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _back_off(self, chunk: Chunk, exc: BaseException, attempt: int, attempts: int) -> None:
-        delay = min(0.2 * 2 ** (attempt - 1), 5.0) * random.uniform(0.8, 1.2)
+        delay = CHUNK_RETRY_BACKOFF.delay(attempt)
         reason = (
             "the source snapshot was lost"
             if isinstance(exc, SnapshotLost)
@@ -165,7 +168,7 @@ class ChunkCopier:
                 cols, run.source.ident, selected, fmt
             )
             into = run.target.ident
-            if spec.mode == "upsert":
+            if spec.mode is CopyMode.UPSERT:
                 into = sql.Identifier(f"pool_provider_stage_{chunk.no}")
                 tcur.execute(
                     sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
@@ -185,10 +188,10 @@ class ChunkCopier:
                     f"loaded {streamed.target_rows}; rolled back. Check for triggers or rules on "
                     f"{run.target.name} that drop or add rows"
                 )
-            if spec.mode == "upsert":
+            if spec.mode is CopyMode.UPSERT:
                 self._merge(tcur, into, cols)
             digest = None
-            if spec.verify_checksums and spec.target_checksum == "per_chunk":
+            if spec.verify_checksums and spec.target_checksum is TargetChecksum.PER_CHUNK:
                 digest = self._verify(tcur, chunk, into, streamed.after_source)
             elif spec.verify_checksums:  # the table is checked as a whole after its load
                 digest = source_digest(run.checksum, streamed.after_source)
@@ -225,7 +228,7 @@ class ChunkCopier:
     def _verify(self, tcur, chunk: Chunk, stage: sql.Identifier, source_sum: tuple[int, str]) -> str:
         """Hash the rows this chunk left in the target and compare with the source's hash."""
         run = self.prepared
-        if self.spec.mode == "upsert":
+        if self.spec.mode is CopyMode.UPSERT:
             # The chunk's rows are the target rows whose key is in the staging table.
             keys = sql.SQL(" AND ").join(
                 sql.SQL("{} = {}").format(sql.Identifier("t", c), sql.Identifier("s", c)) for c in run.conflict

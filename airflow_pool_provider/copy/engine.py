@@ -190,7 +190,12 @@ class TableCopy:
 
     def _budget(self, source_slots: ServerSlots, target_slots: ServerSlots | None) -> WorkerBudget:
         budget = plan_workers(
-            self.spec.parallelism, self.source_pool, self.target_pool, source_slots, target_slots, self.connection_limit
+            self.spec.parallelism,
+            self.source_pool,
+            self.target_pool,
+            source_slots,
+            target_slots,
+            connection_limit=self.connection_limit,
         )
         if budget.limits:
             self.log.warning("copy %s runs %s", self.copy_id, budget.describe())
@@ -220,7 +225,7 @@ class TableCopy:
             copy_id=self.copy_id,
             source=str(prepared.source.name),
             target=str(prepared.target.name),
-            mode=self.spec.mode,
+            mode=self.spec.mode.value,
             key="ctid" if prepared.keyset.kind == "ctid" else list(prepared.keyset.columns),
             format="binary" if prepared.binary else "text",
             rows=progress.rows_this_run,

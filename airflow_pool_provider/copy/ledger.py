@@ -23,7 +23,7 @@ from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.copy.plan import Chunk, Keyset
 from airflow_pool_provider.errors import CopyMistake, first_line
 
-LEDGER_TABLE = "airflow_pool_provider_copy_chunks"
+CHUNK_LEDGER_TABLE = "airflow_pool_provider_copy_chunks"
 LEGACY_SCHEMA = "public"
 RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 
@@ -74,10 +74,10 @@ class Ledger:
 
     def __init__(self, schema: str) -> None:
         self.schema = schema
-        self.table = sql.Identifier(schema, LEDGER_TABLE)
+        self.table = sql.Identifier(schema, CHUNK_LEDGER_TABLE)
 
     def __str__(self) -> str:
-        return f"{quote_ident(self.schema)}.{quote_ident(LEDGER_TABLE)}"
+        return f"{quote_ident(self.schema)}.{quote_ident(CHUNK_LEDGER_TABLE)}"
 
     @classmethod
     def locate(cls, cur, copy_id: str, target_schema: str, schema: str | None = None) -> Ledger:
@@ -94,7 +94,7 @@ class Ledger:
 
     def ensure(self, cur) -> None:
         """Create the ledger table once, or say what to grant; copies starting together wait here."""
-        ensure_table(cur, self.schema, LEDGER_TABLE, _DDL, "the copy's ledger")
+        ensure_table(cur, self.schema, CHUNK_LEDGER_TABLE, _DDL, "the copy's ledger")
 
     def load_plan(self, cur, copy_id: str, source: str, target: str) -> StoredPlan | None:
         """The stored plan of ``copy_id`` and the chunks already done, or None for a new copy."""
@@ -241,7 +241,7 @@ def ensure_table(cur, schema: str, table: str, ddl: str, what: str) -> None:
         )
 
 
-def _exists(cur, schema: str, table: str = LEDGER_TABLE) -> bool:
+def _exists(cur, schema: str, table: str = CHUNK_LEDGER_TABLE) -> bool:
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(table)}",))
     return cur.fetchone()[0]
 

@@ -20,8 +20,9 @@ from airflow_pool_provider.copy.catalog import Table
 from airflow_pool_provider.copy.ledger import Ledger, StoredPlan
 from airflow_pool_provider.copy.plan import Chunk, Keyset
 from airflow_pool_provider.copy.sequences import SequencePair
-from airflow_pool_provider.copy.snapshot import WHERE_AM_I, SourceSnapshot
-from airflow_pool_provider.copy.spec import CopySpec
+from airflow_pool_provider.copy.server import ServerIdentity, server_identity
+from airflow_pool_provider.copy.snapshot import SourceSnapshot
+from airflow_pool_provider.copy.spec import CopyMode, CopySpec, TargetChecksum
 from airflow_pool_provider.errors import CatalogError, CopyMistake
 
 
@@ -52,6 +53,23 @@ class PreparedCopy:
 #: Decides the workers from both servers' slots (the target's None when it is the source's server).
 BudgetCheck = Callable[[ServerSlots, "ServerSlots | None"], WorkerBudget]
 
+Log = logging.Logger | logging.LoggerAdapter
+
+
+@dataclass(frozen=True, slots=True)
+class _Sides:
+    """Both tables, the servers they are on, and the columns copied between them."""
+
+    source: Table
+    target: Table
+    source_server: ServerIdentity
+    target_server: ServerIdentity
+    columns: tuple[str, ...]
+
+    @property
+    def one_server(self) -> bool:
+        return self.source_server.same_server(self.target_server)
+
 
 def prepare(
     scur,
@@ -60,105 +78,144 @@ def prepare(
     copy_id: str,
     snapshot: SourceSnapshot,
     check_budget: BudgetCheck,
-    log: logging.Logger | logging.LoggerAdapter,
+    log: Log,
 ) -> PreparedCopy:
     """``scur``: a cursor in ``snapshot``'s own transaction. ``check_budget`` runs before anything
     is written, so a copy refused for lack of connections leaves no trace."""
-    source = catalog.load_table(scur, spec.source_name, "source")
-    spec.row_filter.check(scur, source.ident)
-    scur.execute("SELECT " + WHERE_AM_I)
-    source_server = tuple(scur.fetchone())
-    source_slots = read_slots(scur, "source")
     with tconn.cursor() as tcur:
-        target = catalog.load_table(tcur, spec.target_name, "target")
-        tcur.execute("SELECT " + WHERE_AM_I)
-        target_server = tuple(tcur.fetchone())
-        same_server = target_server[1:] == source_server[1:]
-        target_slots = None if same_server else read_slots(tcur, "target")
-        if target_server == source_server and target.oid == source.oid:
-            raise CatalogError(
-                f"source and target are the same table ({source.name} in database {source_server[0]}): "
-                "name another target_table or another target connection"
-            )
-        columns = tuple(spec.columns) if spec.columns else source.copyable_columns()
-        catalog.check_compatible(source, target, columns)
-        conflict = _conflict_columns(spec, target, columns)
-        pairs = sequences.pair(scur, tcur, source, target, columns) if spec.sync_sequences else []
-        budget = check_budget(source_slots, target_slots)
+        sides = _load_sides(scur, tcur, spec)
+        conflict = _conflict_columns(spec, sides.target, sides.columns)
+        pairs = sequences.pair(scur, tcur, sides.source, sides.target, sides.columns) if spec.sync_sequences else []
+        budget = check_budget(*_server_slots(scur, tcur, sides))
         _warn_sequence_rights(scur, tcur, pairs, log)
-        ledger = Ledger.locate(tcur, copy_id, target.name.schema, spec.ledger_schema)
-        ledger.ensure(tcur)
-        tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (copy_id,))
-        stored = _resumable_plan(tcur, ledger, spec, copy_id, source, target, log)
-        if stored is None:
-            keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
-            chunks = plan.plan(scur, source, keyset, spec.row_filter, spec.chunk_size, snapshot.stop.raise_if_stopped)
-            if spec.mode == "replace":
-                tcur.execute(sql.SQL("TRUNCATE {}").format(target.ident))
-            ledger.save_plan(tcur, copy_id, str(source.name), str(target.name), keyset, chunks)
-            stored = StoredPlan(keyset, chunks, frozenset())
-            log.info(
-                "copy %s: %s -> %s, %d chunk(s) of up to %d rows by %s; all workers read one snapshot of "
-                "the source (%s); ledger %s%s",
-                copy_id,
-                source.name,
-                target.name,
-                len(chunks),
-                spec.chunk_size,
-                keyset.reason,
-                snapshot.id,
-                ledger,
-                "; target truncated (mode=replace)" if spec.mode == "replace" else "",
-            )
-        elif snapshot.taken_now:
-            log.info(
-                "copy %s resumes: %d of %d chunk(s) already done (ledger %s); the rest are read from a NEW "
-                "snapshot of the source (%s), taken now - rows changed since the earlier attempt are "
-                "copied as they are now",
-                copy_id,
-                len(stored.done),
-                len(stored.chunks),
-                ledger,
-                snapshot.id,
-            )
-        else:
-            log.info(
-                "copy %s: %d of %d chunk(s) already done (ledger %s); the rest are read through the shared snapshot %s",
-                copy_id,
-                len(stored.done),
-                len(stored.chunks),
-                ledger,
-                snapshot.id,
-            )
+        ledger = _open_ledger(tcur, spec, copy_id, sides.target)
+        stored = _plan_or_resume(scur, tcur, ledger, spec, copy_id, sides, snapshot, log)
     snapshot.stop.raise_if_stopped()  # a stopped copy commits no plan (nor a replace's TRUNCATE)
     tconn.commit()
-    binary = all(source.by_name[c].portable_binary and target.by_name[c].portable_binary for c in columns)
-    if not binary:
-        log.info("copy %s: text COPY format (a column has a user-defined or OID type)", copy_id)
-    in_range = _key_maps_onto_target(stored.keyset, source, target, columns)
-    if spec.verify_checksums and spec.target_checksum == "per_chunk" and not in_range:
-        why = (
-            "the table has no unique key"
-            if stored.keyset.kind == "ctid"
-            else "the chunk key does not map onto the target's (not copied, or another type or collation)"
-        )
-        log.warning("copy %s: %s, so each chunk's check scans the target table's new rows", copy_id, why)
+    in_range = _key_maps_onto_target(stored.keyset, sides)
+    _warn_target_scans(spec, copy_id, stored.keyset, in_range, log)
     return PreparedCopy(
         copy_id=copy_id,
-        source=source,
-        target=target,
-        columns=columns,
+        source=sides.source,
+        target=sides.target,
+        columns=sides.columns,
         conflict=conflict,
         keyset=stored.keyset,
         chunks=tuple(stored.chunks),
         done=stored.done,
         ledger=ledger,
-        binary=binary,
-        checksum=checksum.method(source, target, columns),
+        binary=_binary_format(sides, copy_id, log),
+        checksum=checksum.method(sides.source, sides.target, sides.columns),
         verify_in_range=in_range,
         sequences=tuple(pairs),
         budget=budget,
     )
+
+
+def _load_sides(scur, tcur, spec: CopySpec) -> _Sides:
+    """Read both tables (and check the filter on the source); CatalogError unless they can be copied."""
+    source = catalog.load_table(scur, spec.source_name, "source")
+    spec.row_filter.check(scur, source.ident)
+    target = catalog.load_table(tcur, spec.target_name, "target")
+    columns = tuple(spec.columns) if spec.columns else source.copyable_columns()
+    sides = _Sides(source, target, server_identity(scur), server_identity(tcur), columns)
+    if sides.source_server == sides.target_server and target.oid == source.oid:
+        raise CatalogError(
+            f"source and target are the same table ({source.name} in database {sides.source_server.database}): "
+            "name another target_table or another target connection"
+        )
+    catalog.check_compatible(source, target, columns)
+    return sides
+
+
+def _server_slots(scur, tcur, sides: _Sides) -> tuple[ServerSlots, ServerSlots | None]:
+    """Each server's free slots; the target's None when it is the source's server."""
+    return read_slots(scur, "source"), None if sides.one_server else read_slots(tcur, "target")
+
+
+def _open_ledger(tcur, spec: CopySpec, copy_id: str, target: Table) -> Ledger:
+    """The copy's ledger, made if need be, and locked for ``copy_id`` until the plan commits."""
+    ledger = Ledger.locate(tcur, copy_id, target.name.schema, spec.ledger_schema)
+    ledger.ensure(tcur)
+    tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (copy_id,))
+    return ledger
+
+
+def _plan_or_resume(
+    scur, tcur, ledger: Ledger, spec: CopySpec, copy_id: str, sides: _Sides, snapshot: SourceSnapshot, log: Log
+) -> StoredPlan:
+    """The plan stored by an earlier attempt, or a new one, stored (after a replace's TRUNCATE)."""
+    stored = _resumable_plan(tcur, ledger, spec, copy_id, sides.source, sides.target, log)
+    if stored is None:
+        return _new_plan(scur, tcur, ledger, spec, copy_id, sides, snapshot, log)
+    if snapshot.taken_now:
+        log.info(
+            "copy %s resumes: %d of %d chunk(s) already done (ledger %s); the rest are read from a NEW "
+            "snapshot of the source (%s), taken now - rows changed since the earlier attempt are "
+            "copied as they are now",
+            copy_id,
+            len(stored.done),
+            len(stored.chunks),
+            ledger,
+            snapshot.id,
+        )
+    else:
+        log.info(
+            "copy %s: %d of %d chunk(s) already done (ledger %s); the rest are read through the shared snapshot %s",
+            copy_id,
+            len(stored.done),
+            len(stored.chunks),
+            ledger,
+            snapshot.id,
+        )
+    return stored
+
+
+def _new_plan(
+    scur, tcur, ledger: Ledger, spec: CopySpec, copy_id: str, sides: _Sides, snapshot: SourceSnapshot, log: Log
+) -> StoredPlan:
+    """Split the source into chunks through the snapshot and store the plan in the ledger."""
+    source, target = sides.source, sides.target
+    keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
+    chunks = plan.plan(scur, source, keyset, spec.row_filter, spec.chunk_size, snapshot.stop.raise_if_stopped)
+    if spec.mode is CopyMode.REPLACE:
+        tcur.execute(sql.SQL("TRUNCATE {}").format(target.ident))
+    ledger.save_plan(tcur, copy_id, str(source.name), str(target.name), keyset, chunks)
+    log.info(
+        "copy %s: %s -> %s, %d chunk(s) of up to %d rows by %s; all workers read one snapshot of "
+        "the source (%s); ledger %s%s",
+        copy_id,
+        source.name,
+        target.name,
+        len(chunks),
+        spec.chunk_size,
+        keyset.reason,
+        snapshot.id,
+        ledger,
+        "; target truncated (mode=replace)" if spec.mode is CopyMode.REPLACE else "",
+    )
+    return StoredPlan(keyset, chunks, frozenset())
+
+
+def _binary_format(sides: _Sides, copy_id: str, log: Log) -> bool:
+    """Binary COPY where every column's binary form means the same on both sides, else text."""
+    source, target = sides.source, sides.target
+    binary = all(source.by_name[c].portable_binary and target.by_name[c].portable_binary for c in sides.columns)
+    if not binary:
+        log.info("copy %s: text COPY format (a column has a user-defined or OID type)", copy_id)
+    return binary
+
+
+def _warn_target_scans(spec: CopySpec, copy_id: str, keyset: Keyset, in_range: bool, log: Log) -> None:
+    """Say so when each chunk's check must scan all the target's new rows, not its key range."""
+    if not (spec.verify_checksums and spec.target_checksum is TargetChecksum.PER_CHUNK and not in_range):
+        return
+    why = (
+        "the table has no unique key"
+        if keyset.kind == "ctid"
+        else "the chunk key does not map onto the target's (not copied, or another type or collation)"
+    )
+    log.warning("copy %s: %s, so each chunk's check scans the target table's new rows", copy_id, why)
 
 
 def _resumable_plan(
@@ -168,15 +225,15 @@ def _resumable_plan(
     copy_id: str,
     source: Table,
     target: Table,
-    log: logging.Logger | logging.LoggerAdapter,
+    log: Log,
 ) -> StoredPlan | None:
     """The stored plan of ``copy_id`` if the copy can resume from it exactly once."""
     stored = ledger.load_plan(tcur, copy_id, str(source.name), str(target.name))
-    if stored is None or stored.keyset.kind != "ctid" or not stored.done or spec.mode == "upsert":
+    if stored is None or stored.keyset.kind != "ctid" or not stored.done or spec.mode is CopyMode.UPSERT:
         return stored
     # Page ranges are only stable within one snapshot: rows updated since may have moved into a
     # chunk not yet copied. Resuming could double or lose them.
-    if spec.mode == "append":
+    if spec.mode is CopyMode.APPEND:
         raise CopyMistake(
             f"copy {copy_id} of {source.name} (no unique key, so chunked by ctid) cannot resume exactly "
             f"once: rows may have moved since the first attempt. Delete its rows from {target.name} and "
@@ -192,7 +249,7 @@ def _resumable_plan(
 
 
 def _conflict_columns(spec: CopySpec, target: Table, columns: tuple[str, ...]) -> tuple[str, ...]:
-    if spec.mode != "upsert":
+    if spec.mode is not CopyMode.UPSERT:
         return ()
     conflict = tuple(spec.conflict_columns or target.primary_key or ())
     if not conflict:
@@ -210,18 +267,19 @@ def _conflict_columns(spec: CopySpec, target: Table, columns: tuple[str, ...]) -
     return conflict
 
 
-def _key_maps_onto_target(keyset: Keyset, source: Table, target: Table, columns: tuple[str, ...]) -> bool:
+def _key_maps_onto_target(keyset: Keyset, sides: _Sides) -> bool:
     """The target-side check can find a chunk's rows by key range only where the range means the
     same there: key copied, same type, same collation."""
+    source, target = sides.source, sides.target
     return keyset.kind == "key" and all(
-        c in columns
+        c in sides.columns
         and (source.by_name[c].type, source.by_name[c].collation)
         == (target.by_name[c].type, target.by_name[c].collation)
         for c in keyset.columns
     )
 
 
-def _warn_sequence_rights(scur, tcur, pairs: list[SequencePair], log: logging.Logger | logging.LoggerAdapter) -> None:
+def _warn_sequence_rights(scur, tcur, pairs: list[SequencePair], log: Log) -> None:
     if not pairs:
         return
     scur.execute("SELECT current_user")

@@ -24,9 +24,6 @@ from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import SnapshotLost, first_line
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
 
-#: Identifies a database on a server: the same values mean the same database.
-WHERE_AM_I = "current_database(), pg_postmaster_start_time(), current_setting('port')"
-
 
 def join(cur, snapshot: str) -> None:
     """Start ``cur``'s transaction on ``snapshot``; SnapshotLost if it is gone."""

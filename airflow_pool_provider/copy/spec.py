@@ -5,15 +5,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.row_filter import RowFilter
 from airflow_pool_provider.errors import CopyMistake
 
-MODES = ("append", "replace", "upsert")
-#: Where the target's side of a checksum is computed: per chunk, before it commits (a scan of the
-#: chunk's key range), or once per table after its load (the ledger keeps each chunk's source
-#: sum), for targets without indexes yet, where a per-chunk scan would read the whole table.
-TARGET_CHECKSUMS = ("per_chunk", "per_table")
+
+class CopyMode(Choice):
+    """What a copy does with the target's rows: add to them, replace them all, or merge by key."""
+
+    APPEND = "append"
+    REPLACE = "replace"
+    UPSERT = "upsert"
+
+
+class TargetChecksum(Choice):
+    """Where the target's side of a checksum is computed: per chunk, before it commits (a scan of
+    the chunk's key range), or once per table after its load (the ledger keeps each chunk's source
+    sum), for targets without indexes yet, where a per-chunk scan would read the whole table."""
+
+    PER_CHUNK = "per_chunk"
+    PER_TABLE = "per_table"
+
 
 #: Upper bounds: a chunk is one target transaction, and every worker holds two connections.
 MAX_CHUNK_SIZE = 10_000_000
@@ -34,14 +47,14 @@ class CopySpec:
     where: str | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
     parallelism: int = DEFAULT_PARALLELISM
-    mode: str = "append"
+    mode: CopyMode = CopyMode.APPEND  # or its word
     conflict_columns: Sequence[str] | None = None
     key: Sequence[str] | None = None
     verify_checksums: bool = True
     max_chunk_retries: int = 3
     ledger_schema: str | None = None
     sync_sequences: bool = True
-    target_checksum: str = "per_chunk"
+    target_checksum: TargetChecksum = TargetChecksum.PER_CHUNK  # or its word
     source_name: TableName = field(init=False, repr=False)
     target_name: TableName = field(init=False, repr=False)
     row_filter: RowFilter = field(init=False, repr=False)
@@ -54,16 +67,12 @@ class CopySpec:
         _check_int("chunk_size", self.chunk_size, 1, MAX_CHUNK_SIZE)
         _check_int("parallelism", self.parallelism, 1, MAX_PARALLELISM)
         _check_int("max_chunk_retries", self.max_chunk_retries, 0, MAX_CHUNK_RETRIES)
-        if self.mode not in MODES:
-            raise CopyMistake(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        set_(self, "mode", CopyMode.parse("mode", self.mode))
         for name in ("columns", "conflict_columns", "key"):
             _check_columns(name, getattr(self, name))
-        if self.conflict_columns and self.mode != "upsert":
+        if self.conflict_columns and self.mode is not CopyMode.UPSERT:
             raise CopyMistake("conflict_columns only applies to mode='upsert'")
-        if self.target_checksum not in TARGET_CHECKSUMS:
-            raise CopyMistake(
-                f"target_checksum must be one of {', '.join(TARGET_CHECKSUMS)}, got {self.target_checksum!r}"
-            )
+        set_(self, "target_checksum", TargetChecksum.parse("target_checksum", self.target_checksum))
         if self.ledger_schema is not None and (not isinstance(self.ledger_schema, str) or not self.ledger_schema):
             raise CopyMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
 

@@ -19,7 +19,7 @@ import psycopg2
 from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy.budget import connections_for, read_slots
 from airflow_pool_provider.copy.names import TableName
-from airflow_pool_provider.copy.snapshot import WHERE_AM_I
+from airflow_pool_provider.copy.server import server_identity
 from airflow_pool_provider.errors import CatalogError, CopyMistake, first_line
 from airflow_pool_provider.migration import catalog
 from airflow_pool_provider.migration.catalog import Relation
@@ -299,9 +299,7 @@ def _budget(scur, tcur, parallelism: int, copy_tasks: int) -> Budget:
     """Copy tasks at once x (2 x parallelism + 1) connections, plus the snapshot holder, against the
     spare slots of both servers (of the one server when they are the same)."""
     source, target = read_slots(scur, "source"), read_slots(tcur, "target")
-    scur.execute("SELECT " + WHERE_AM_I)
-    tcur.execute("SELECT " + WHERE_AM_I)
-    same_server = scur.fetchone()[1:] == tcur.fetchone()[1:]
+    same_server = server_identity(scur).same_server(server_identity(tcur))
     per_task = connections_for(parallelism)
     needed = copy_tasks * per_task + 1
     if same_server:
