@@ -24,6 +24,8 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parent / "dags")
 os.environ["AIRFLOW__OPENLINEAGE__DISABLED"] = "True"  # tests/test_lineage_and_metrics.py enables it
 
+from copy_helpers import CopyEnv  # noqa: E402
+
 from airflow_pool_provider import registry  # noqa: E402
 from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, server_from_env  # noqa: E402
 
@@ -56,12 +58,13 @@ def own_server() -> Iterator[TemporaryPostgres]:
 
 
 @pytest.fixture
-def make_database(pg_server: Server) -> Iterator[Callable[..., str]]:
-    """Create uniquely named databases on the shared server; all are dropped after the test."""
+def make_database(request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """Create uniquely named databases (on the shared server unless given another); all are
+    dropped after the test."""
     made: list[tuple[Server, str]] = []
 
     def make(server: Server | None = None, prefix: str = "t") -> str:
-        server = server or pg_server
+        server = server or request.getfixturevalue("pg_server")
         name = server.create_database(prefix)
         made.append((server, name))
         return name
@@ -78,6 +81,21 @@ def make_database(pg_server: Server) -> Iterator[Callable[..., str]]:
 @pytest.fixture
 def database(make_database: Callable[..., str]) -> str:
     return make_database()
+
+
+@pytest.fixture
+def copy_server(pg_server: Server) -> Server:
+    """The server of the ``env`` fixture's databases; a test module may name another."""
+    return pg_server
+
+
+@pytest.fixture
+def env(copy_server: Server, make_database: Callable[..., str]) -> Iterator[CopyEnv]:
+    """A source and a target database of this test's own (``env.db["src"]``, ``env.db["dst"]``),
+    empty; modules that want a table in them build on this fixture."""
+    e = CopyEnv(copy_server, make_database(copy_server, prefix="src"), make_database(copy_server, prefix="dst"))
+    yield e
+    e.close()
 
 
 @pytest.fixture
