@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 # Airflow reads AIRFLOW_HOME at import time: set it before anything imports airflow.
@@ -27,6 +28,7 @@ os.environ["AIRFLOW__OPENLINEAGE__DISABLED"] = "True"  # tests/test_lineage_and_
 from copy_helpers import CopyEnv  # noqa: E402
 
 from airflow_pool_provider import registry  # noqa: E402
+from airflow_pool_provider.testing.legacy_db import seed  # noqa: E402
 from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, server_from_env  # noqa: E402
 
 FAST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -131,6 +133,39 @@ def make_conn_id(monkeypatch: pytest.MonkeyPatch, pg_server: Server) -> Iterator
 def conn_id(make_conn_id: Callable[..., str], database: str) -> str:
     """A connection to this test's own database on the shared server."""
     return make_conn_id(database)
+
+
+@pytest.fixture
+def migration_databases(pg_server: Server, make_database: Callable[..., str], make_conn_id: Callable[..., str]):
+    """A source and a target database as the example DAGs' connections migration_source and
+    migration_target; yields autocommit connections to them."""
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
+    src.autocommit = dst.autocommit = True
+    make_conn_id(src_db, conn_id="migration_source")
+    make_conn_id(dst_db, conn_id="migration_target")
+    yield src, dst
+    src.close()
+    dst.close()
+
+
+@pytest.fixture
+def legacy_scale() -> float:
+    """The scale the ``legacy`` fixture seeds its source at; a test module may name another."""
+    return 0.01  # about 10,000 rows
+
+
+@pytest.fixture
+def legacy(migration_databases, legacy_scale: float):
+    """The migration's databases: the source seeded with the legacy schema, the target empty."""
+    src, dst = migration_databases
+    seed(src, legacy_scale)
+    yield src, dst
+    with dst.cursor() as cur:  # no snapshot holder may outlive the test (a killed run leaves its own)
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
+            "'pool-provider snapshot %%'"
+        )
 
 
 @pytest.fixture(scope="session")
