@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 # Airflow reads AIRFLOW_HOME at import time: set it before anything imports airflow.
@@ -24,7 +25,10 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).parent / "dags")
 os.environ["AIRFLOW__OPENLINEAGE__DISABLED"] = "True"  # tests/test_lineage_and_metrics.py enables it
 
+from copy_helpers import CopyEnv  # noqa: E402
+
 from airflow_pool_provider import registry  # noqa: E402
+from airflow_pool_provider.testing.legacy_db import seed  # noqa: E402
 from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, server_from_env  # noqa: E402
 
 FAST_SERVER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -56,12 +60,13 @@ def own_server() -> Iterator[TemporaryPostgres]:
 
 
 @pytest.fixture
-def make_database(pg_server: Server) -> Iterator[Callable[..., str]]:
-    """Create uniquely named databases on the shared server; all are dropped after the test."""
+def make_database(request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """Create uniquely named databases (on the shared server unless given another); all are
+    dropped after the test."""
     made: list[tuple[Server, str]] = []
 
     def make(server: Server | None = None, prefix: str = "t") -> str:
-        server = server or pg_server
+        server = server or request.getfixturevalue("pg_server")
         name = server.create_database(prefix)
         made.append((server, name))
         return name
@@ -78,6 +83,21 @@ def make_database(pg_server: Server) -> Iterator[Callable[..., str]]:
 @pytest.fixture
 def database(make_database: Callable[..., str]) -> str:
     return make_database()
+
+
+@pytest.fixture
+def copy_server(pg_server: Server) -> Server:
+    """The server of the ``env`` fixture's databases; a test module may name another."""
+    return pg_server
+
+
+@pytest.fixture
+def env(copy_server: Server, make_database: Callable[..., str]) -> Iterator[CopyEnv]:
+    """A source and a target database of this test's own (``env.db["src"]``, ``env.db["dst"]``),
+    empty; modules that want a table in them build on this fixture."""
+    e = CopyEnv(copy_server, make_database(copy_server, prefix="src"), make_database(copy_server, prefix="dst"))
+    yield e
+    e.close()
 
 
 @pytest.fixture
@@ -113,6 +133,39 @@ def make_conn_id(monkeypatch: pytest.MonkeyPatch, pg_server: Server) -> Iterator
 def conn_id(make_conn_id: Callable[..., str], database: str) -> str:
     """A connection to this test's own database on the shared server."""
     return make_conn_id(database)
+
+
+@pytest.fixture
+def migration_databases(pg_server: Server, make_database: Callable[..., str], make_conn_id: Callable[..., str]):
+    """A source and a target database as the example DAGs' connections migration_source and
+    migration_target; yields autocommit connections to them."""
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
+    src.autocommit = dst.autocommit = True
+    make_conn_id(src_db, conn_id="migration_source")
+    make_conn_id(dst_db, conn_id="migration_target")
+    yield src, dst
+    src.close()
+    dst.close()
+
+
+@pytest.fixture
+def legacy_scale() -> float:
+    """The scale the ``legacy`` fixture seeds its source at; a test module may name another."""
+    return 0.01  # about 10,000 rows
+
+
+@pytest.fixture
+def legacy(migration_databases, legacy_scale: float):
+    """The migration's databases: the source seeded with the legacy schema, the target empty."""
+    src, dst = migration_databases
+    seed(src, legacy_scale)
+    yield src, dst
+    with dst.cursor() as cur:  # no snapshot holder may outlive the test (a killed run leaves its own)
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
+            "'pool-provider snapshot %%'"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -86,6 +86,12 @@ class CopyEnv:
         """All rows, as Python values, sorted by their text form (a multiset compare)."""
         return [r[1:] for r in self.rows(side, f"SELECT x::text, x.* FROM {table} x ORDER BY 1")]
 
+    def note_table(self, rows: int, note: str = "'note ' || g") -> None:
+        """Table ``t (id int PRIMARY KEY, note text)`` on both sides; the source gets ids 1 to
+        ``rows`` with the SQL expression ``note`` (of ``g``, the id) as their note."""
+        self.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
+        self.sql("src", f"INSERT INTO t SELECT g, {note} FROM generate_series(1, %s) g", (rows,))
+
     # -- the ledger -------------------------------------------------------------------------
 
     def ledger(self, copy_id: str, side: str = "dst") -> list[dict[str, Any]]:

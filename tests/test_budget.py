@@ -31,15 +31,14 @@ def small_server():
 
 
 @pytest.fixture
-def env(small_server):
-    src, dst = small_server.create_database("src"), small_server.create_database("dst")
-    e = CopyEnv(small_server, src, dst)
-    e.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
-    e.sql("src", "INSERT INTO t SELECT g, 'n' FROM generate_series(1, 3000) g")
-    yield e
-    e.close()
-    small_server.drop_database(src)
-    small_server.drop_database(dst)
+def copy_server(small_server):
+    return small_server
+
+
+@pytest.fixture
+def env(env: CopyEnv) -> CopyEnv:
+    env.note_table(3000, note="'n'")
+    return env
 
 
 def _hold(server, dbname: str, count: int) -> list:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 
 import psycopg2
@@ -21,14 +20,6 @@ from airflow_pool_provider.copy import CopyError, CopySpec, TableCopy
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.errors import ChunkFailed, ChunkMismatch
 from airflow_pool_provider.pool import ConnectionPool
-
-
-@pytest.fixture
-def env(pg_server, make_database) -> Iterator[CopyEnv]:
-    e = CopyEnv(pg_server, make_database(prefix="src"), make_database(prefix="dst"))
-    yield e
-    e.close()
-
 
 SIMPLE = "CREATE TABLE t (id int PRIMARY KEY, note text, n numeric(12, 2))"
 SIMPLE_ROWS = "INSERT INTO t SELECT g, 'note ' || g, g * 1.25 FROM generate_series(1, %s) g"

@@ -5,7 +5,6 @@ written, column subsets, table name parsing and hostile identifiers against a re
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -17,14 +16,6 @@ from airflow_pool_provider.copy import CopySpec
 from airflow_pool_provider.copy.catalog import CatalogError
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.errors import FilterError
-
-
-@pytest.fixture
-def env(pg_server, make_database) -> Iterator[CopyEnv]:
-    e = CopyEnv(pg_server, make_database(prefix="src"), make_database(prefix="dst"))
-    yield e
-    e.close()
-
 
 # -- spec validation: bad values fail at construction ------------------------------------------
 

@@ -33,12 +33,9 @@ CREATE TRIGGER fail_once BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION fail_o
 
 
 @pytest.fixture
-def env(pg_server, make_database):
-    e = CopyEnv(pg_server, make_database(prefix="src"), make_database(prefix="dst"))
-    e.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
-    e.sql("src", "INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 500) g")
-    yield e
-    e.close()
+def env(env: CopyEnv) -> CopyEnv:
+    env.note_table(500)
+    return env
 
 
 def _attempts(env: CopyEnv) -> int:

@@ -6,8 +6,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import psycopg2
-import pytest
 from dag_runs import load_dag, run_dag
 
 from airflow_pool_provider.testing.data import create_events, table_digest
@@ -17,18 +15,6 @@ CREATE TYPE order_status AS ENUM ('new', 'paid', 'shipped', 'cancelled');
 CREATE TABLE orders (id bigint PRIMARY KEY, status order_status NOT NULL, total numeric(12,2) NOT NULL,
                      updated_at timestamptz NOT NULL);
 """
-
-
-@pytest.fixture
-def databases(pg_server, make_database, make_conn_id):
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
-    src.autocommit = dst.autocommit = True
-    make_conn_id(src_db, conn_id="migration_source")
-    make_conn_id(dst_db, conn_id="migration_target")
-    yield src, dst
-    src.close()
-    dst.close()
 
 
 def test_dag_files_parse_without_touching_a_database(monkeypatch):
@@ -42,8 +28,8 @@ def test_dag_files_parse_without_touching_a_database(monkeypatch):
     assert set(bag.dag_ids) == {"copy_table", "migrate_tables", "incremental_sync"}
 
 
-def test_copy_table_copies_one_table(airflow_db, databases):
-    src, dst = databases
+def test_copy_table_copies_one_table(airflow_db, migration_databases):
+    src, dst = migration_databases
     create_events(src, 3000)
     create_events(dst, 0)
     src.autocommit = dst.autocommit = False
@@ -68,8 +54,8 @@ def _sync(interval_end: datetime) -> tuple:
     return run, XComModel.deserialize_value(row) if row is not None else None
 
 
-def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(airflow_db, databases):
-    src, dst = databases
+def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(airflow_db, migration_databases):
+    src, dst = migration_databases
     for conn in (src, dst):
         with conn.cursor() as cur:
             cur.execute(ORDERS)

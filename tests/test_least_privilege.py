@@ -23,12 +23,9 @@ TABLE = "CREATE TABLE {t} (id int PRIMARY KEY, note text)"
 
 
 @pytest.fixture
-def env(pg_server, make_database):
-    e = CopyEnv(pg_server, make_database(prefix="src"), make_database(prefix="dst"))
-    e.both(TABLE.format(t="t"))
-    e.sql("src", "INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 1000) g")
-    yield e
-    e.close()
+def env(env: CopyEnv) -> CopyEnv:
+    env.note_table(1000)
+    return env
 
 
 @pytest.fixture

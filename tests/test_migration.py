@@ -15,28 +15,6 @@ from airflow_pool_provider.errors import CopyError, CopyMistake, ToolMissing
 from airflow_pool_provider.migration import catalog, selection
 from airflow_pool_provider.migration.tools import find_tools
 from airflow_pool_provider.testing.data import table_digest
-from airflow_pool_provider.testing.legacy_db import seed
-
-SCALE = 0.01  # about 10,000 rows
-
-
-@pytest.fixture
-def legacy(pg_server, make_database, make_conn_id):
-    """A seeded source and an empty target, as the DAG's connections migration_source/target."""
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
-    dst.autocommit = True
-    seed(src, SCALE)
-    make_conn_id(src_db, conn_id="migration_source")
-    make_conn_id(dst_db, conn_id="migration_target")
-    yield src, dst
-    with dst.cursor() as cur:  # no holder may outlive the test
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
-            "'pool-provider snapshot %%'"
-        )
-    src.close()
-    dst.close()
 
 
 @pytest.fixture

@@ -13,27 +13,12 @@ from dag_runs import load_dag, run_dag
 from observe import wait_until
 
 from airflow_pool_provider.testing.data import table_digest
-from airflow_pool_provider.testing.legacy_db import TABLES, seed
-
-SCALE = 0.05  # about 53,000 rows
+from airflow_pool_provider.testing.legacy_db import TABLES
 
 
 @pytest.fixture
-def legacy(pg_server, make_database, make_conn_id):
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
-    src.autocommit = dst.autocommit = True
-    seed(src, SCALE)
-    make_conn_id(src_db, conn_id="migration_source")
-    make_conn_id(dst_db, conn_id="migration_target")
-    yield src, dst
-    with dst.cursor() as cur:  # a killed run leaves its snapshot holder: end it
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
-            "'pool-provider snapshot %%'"
-        )
-    src.close()
-    dst.close()
+def legacy_scale() -> float:
+    return 0.05  # about 53,000 rows
 
 
 def _one(conn, query, params=None):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from copy_helpers import CopyEnv
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import CopySpec
@@ -17,13 +16,6 @@ from airflow_pool_provider.copy.row_filter import RowFilter
 from airflow_pool_provider.errors import FilterError
 
 DAGS = Path(__file__).parent.parent / "dags"
-
-
-@pytest.fixture
-def env(pg_server, make_database):
-    e = CopyEnv(pg_server, make_database(prefix="src"), make_database(prefix="dst"))
-    yield e
-    e.close()
 
 
 @pytest.mark.parametrize(
@@ -123,8 +115,7 @@ def test_a_filter_with_a_semicolon_in_a_literal_copies_exactly_the_matching_rows
     ],
 )
 def test_the_source_checks_the_filter_before_anything_is_written(env, where, message):
-    env.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
-    env.sql("src", "INSERT INTO t SELECT g, 'n' FROM generate_series(1, 100) g")
+    env.note_table(100, note="'n'")
     env.sql("dst", "INSERT INTO t VALUES (1000, 'keep')")
     with pytest.raises(FilterError, match=re.escape(message)) as caught:
         env.copy(CopySpec("t", where=where, mode="replace", chunk_size=10), copy_id="checked")
