@@ -7,9 +7,9 @@ belongs to, and which relations each view reads.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 
 _RELATIONS = """
@@ -62,7 +62,7 @@ SELECT DISTINCT e.extname
 """
 
 
-class RelKind(str, enum.Enum):
+class RelKind(Choice):
     """``pg_class.relkind`` of the relations a migration reads."""
 
     TABLE = "r"

@@ -12,7 +12,6 @@ the typed records of :mod:`airflow_pool_provider.migration.records`.
 
 from __future__ import annotations
 
-import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from psycopg2 import sql
 
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.ledger import ensure_table
 from airflow_pool_provider.copy.names import TableName, quote_ident
 
@@ -36,7 +36,7 @@ _DDL = """CREATE TABLE IF NOT EXISTS {} (
 )"""
 
 
-class Stage(str, enum.Enum):
+class Stage(Choice):
     """The stages that keep records (their values are the ledger's ``stage`` column)."""
 
     SNAPSHOT = "snapshot"
@@ -46,12 +46,12 @@ class Stage(str, enum.Enum):
     VERIFY = "verify"
 
 
-class Status(str, enum.Enum):
+class Status(Choice):
     PENDING = "pending"
     DONE = "done"
 
 
-class ObjectKind(str, enum.Enum):
+class ObjectKind(Choice):
     STAGE = "stage"  # the stage as a whole
     TABLE = "table"  # a table or a partition (a leaf, in the data and verify stages)
     INDEX = "index"

@@ -8,7 +8,6 @@ connection budget the servers cannot hold.
 
 from __future__ import annotations
 
-import enum
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ import psycopg2
 
 from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy.budget import connections_for, read_slots
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
 from airflow_pool_provider.errors import CatalogError, CopyMistake, first_line
@@ -61,7 +61,7 @@ ORDER BY 1
 """
 
 
-class InTarget(str, enum.Enum):
+class InTarget(Choice):
     """What the target holds under a selected table's name."""
 
     NO = "no"

@@ -14,7 +14,6 @@ builds exactly what is missing.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import sequences
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.workers import run_workers
@@ -51,7 +51,7 @@ SELECT c.conname, c.conrelid, c.confrelid, pg_get_constraintdef(c.oid), c.conval
 """
 
 
-class KeyKind(str, enum.Enum):
+class KeyKind(Choice):
     """``pg_constraint.contype`` of the constraints an index backs."""
 
     PRIMARY_KEY = "p"

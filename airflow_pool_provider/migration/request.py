@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE, MAX_PARALLELISM
 from airflow_pool_provider.errors import CopyMistake
 
 
-class Mode(str, enum.Enum):
+class Mode(Choice):
     """``resume`` starts a new migration or continues the one of the same id, and refuses target
     tables it did not create; ``replace`` drops the selected tables in the target first (never
     anything outside the selection)."""
@@ -59,9 +59,7 @@ class MigrationRequest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
                 raise CopyMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
-        if self.mode not in {m.value for m in Mode}:
-            raise CopyMistake(f"mode must be one of {', '.join(m.value for m in Mode)}, got {self.mode!r}")
-        set_(self, "mode", Mode(self.mode))
+        set_(self, "mode", Mode.parse("mode", self.mode))
         if self.migration_id is not None and (
             not self.migration_id or not set(self.migration_id) <= _ID_CHARS or len(self.migration_id) > 100
         ):

@@ -4,7 +4,6 @@ run, and be retried, in a task of its own."""
 
 from __future__ import annotations
 
-import enum
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_pool_provider.copy import snapshot as copy_snapshot
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
@@ -36,7 +36,7 @@ from airflow_pool_provider.migration.snapshots import MigrationSnapshots
 from airflow_pool_provider.pool import ConnectionPool
 
 
-class Step(str, enum.Enum):
+class Step(Choice):
     """The migration's tasks, in the order they run (their values are the task ids)."""
 
     PLAN = "plan"
