@@ -16,6 +16,7 @@ from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
 from airflow_pool_provider import registry
+from airflow_pool_provider.errors import InvalidSetting, UnusableConnection
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
 from airflow_pool_provider.registry import PoolSettings
 
@@ -77,7 +78,7 @@ def config_number(key: str, default: float | None, cast: type) -> Any:
             try:
                 value = cast(text)
             except ValueError:
-                raise ValueError(
+                raise InvalidSetting(
                     f"[{CONFIG_SECTION}] {key} = {text!r} is not a number; fix airflow.cfg or "
                     f"AIRFLOW__{CONFIG_SECTION.upper()}__{key.upper()}"
                 ) from None
@@ -164,7 +165,7 @@ class PooledPostgresHook(PostgresHook):
         resolved["leak_threshold"] = config_number("leak_threshold", defaults.leak_threshold, float)
         for name in ("min_size", "max_size", "timeout"):
             if resolved[name] is None:
-                raise ValueError(
+                raise InvalidSetting(
                     f"[{CONFIG_SECTION}] {name} cannot be 'none': set a number in airflow.cfg or "
                     f"AIRFLOW__{CONFIG_SECTION.upper()}__{name.upper()}"
                 )
@@ -175,7 +176,7 @@ class PooledPostgresHook(PostgresHook):
         conn = self.connection
         extra = conn.extra_dejson
         if extra.get("iam"):
-            raise ValueError(
+            raise UnusableConnection(
                 f"connection {conn.conn_id!r} uses IAM tokens, which expire and change with every "
                 "call; a pool cannot reuse them. Use PostgresHook for this connection."
             )
@@ -196,7 +197,7 @@ class PooledPostgresHook(PostgresHook):
             try:
                 kwargs["cursor_factory"] = _CURSOR_FACTORIES[str(cursor).lower()]
             except KeyError:
-                raise ValueError(
+                raise UnusableConnection(
                     f"connection {conn.conn_id!r}: unknown cursor {cursor!r} in extras; "
                     f"use one of {', '.join(_CURSOR_FACTORIES)}"
                 ) from None

@@ -17,7 +17,7 @@ import psycopg2
 from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy.budget import connections_for, read_slots
 from airflow_pool_provider.copy.snapshot import WHERE_AM_I
-from airflow_pool_provider.errors import CatalogError, CopyMistake, first_line
+from airflow_pool_provider.errors import CatalogError, MigrationMistake, first_line
 from airflow_pool_provider.migration import catalog
 from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.ledger import MigrationLedger
@@ -142,13 +142,13 @@ class MigrationPlan:
 
 
 def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tasks: int) -> MigrationPlan:
-    """The plan, or a CopyMistake listing everything that stops it."""
+    """The plan, or a MigrationMistake listing everything that stops it."""
     source_major, target_major = server_major(scur), server_major(tcur)
     tools = find_tools(source_major, target_major, request.pg_bin_dir)
     source = catalog.load(scur, request.schemas)
     missing_schemas = [s for s in request.schemas if s not in catalog.existing_schemas(scur, request.schemas)]
     if missing_schemas:
-        raise CopyMistake(f"schemas {missing_schemas} do not exist in the source")
+        raise MigrationMistake(f"schemas {missing_schemas} do not exist in the source")
     selection = select(source, request.tables, request.exclude_tables)
     ledger = MigrationLedger(request.ledger_schema, migration_id)
     created = _created_by(tcur, ledger)
@@ -169,7 +169,7 @@ def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tas
             "concurrency, or raise max_connections"
         )
     if problems:
-        raise CopyMistake(f"migration {migration_id} cannot run:\n  - " + "\n  - ".join(problems))
+        raise MigrationMistake(f"migration {migration_id} cannot run:\n  - " + "\n  - ".join(problems))
     stages = (
         sorted({r.stage for r in ledger.records(tcur) if r.object == "*" and r.status == "done"})
         if ledger.exists(tcur)

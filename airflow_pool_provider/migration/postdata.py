@@ -24,7 +24,7 @@ from airflow_pool_provider.copy import sequences
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.workers import run_workers
-from airflow_pool_provider.errors import CopyError, first_line
+from airflow_pool_provider.errors import MigrationError, first_line
 from airflow_pool_provider.migration.ledger import MigrationLedger
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -157,7 +157,7 @@ def build_indexes(
         name="index-builder",
     )
     if outcome.failure is not None:
-        raise CopyError(
+        raise MigrationError(
             f"building the indexes of {indexes[0].table} failed: {first_line(outcome.failure)}"
         ) from outcome.failure
     for index in indexes:

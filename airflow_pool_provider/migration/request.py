@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE, MAX_PARALLELISM
-from airflow_pool_provider.errors import CopyMistake
+from airflow_pool_provider.errors import MigrationMistake
 
 MODES = ("resume", "replace")
 DEFAULT_LEDGER_SCHEMA = "public"
@@ -43,22 +43,22 @@ class MigrationRequest:
         for name in ("schemas", "tables", "exclude_tables"):
             set_(self, name, _names(name, getattr(self, name)))
         if not self.schemas:
-            raise CopyMistake("schemas must name at least one schema")
+            raise MigrationMistake("schemas must name at least one schema")
         for name in ("tables", "exclude_tables"):
             for text in getattr(self, name):
                 TableName.parse(text)  # a clear message for a name that cannot be read
         for name, highest in (("chunk_size", MAX_CHUNK_SIZE), ("parallelism", MAX_PARALLELISM)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
-                raise CopyMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
+                raise MigrationMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
         if self.mode not in MODES:
-            raise CopyMistake(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise MigrationMistake(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.migration_id is not None and (
             not self.migration_id or not set(self.migration_id) <= _ID_CHARS or len(self.migration_id) > 100
         ):
-            raise CopyMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
+            raise MigrationMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
         if not isinstance(self.ledger_schema, str) or not self.ledger_schema:
-            raise CopyMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
+            raise MigrationMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
 
     def resolved_id(self, source: str, target: str) -> str:
         """The given id, or one derived from where from, where to and what."""
@@ -74,8 +74,8 @@ def _names(field: str, value: Sequence[str] | str | None) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value] if value.strip() else []
     if not all(isinstance(v, str) for v in value):
-        raise CopyMistake(f"{field} must be a list of names, got {list(value)!r}")
+        raise MigrationMistake(f"{field} must be a list of names, got {list(value)!r}")
     names = tuple(v.strip() for v in value if v.strip())  # a form's empty lines are no names
     if len(set(names)) != len(names):
-        raise CopyMistake(f"{field} lists a name twice: {list(names)}")
+        raise MigrationMistake(f"{field} lists a name twice: {list(names)}")
     return names

@@ -12,17 +12,18 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException, AirflowNotFoundException, AirflowSkipException
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseOperator, Context
 
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM
-from airflow_pool_provider.errors import is_mistake
 from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_text
 from airflow_pool_provider.migration import data, stages
 from airflow_pool_provider.migration.plan import make_plan
 from airflow_pool_provider.migration.request import DEFAULT_INDEX_MEMORY, DEFAULT_LEDGER_SCHEMA, MigrationRequest
+from airflow_pool_provider.operators.mistakes import mistakes_fail_once
+from airflow_pool_provider.operators.params import as_int
 
 #: The largest parallelism the example form allows: a templated parallelism reserves its slots.
 MAX_FORM_PARALLELISM = 4
@@ -34,10 +35,6 @@ def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes", "on")
     return bool(value)
-
-
-def _as_int(value: Any) -> Any:
-    return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
 
 
 #: How a copy task instance is named in the UI: "batch 2/5: orders chunks 21-40".
@@ -131,8 +128,8 @@ class MigrationStageOperator(BaseOperator):
             exclude_tables=tuple(self.exclude_tables or ())
             if not isinstance(self.exclude_tables, str)
             else self.exclude_tables,
-            chunk_size=_as_int(self.chunk_size),
-            parallelism=_as_int(self.parallelism),
+            chunk_size=as_int("chunk_size", self.chunk_size),
+            parallelism=as_int("parallelism", self.parallelism),
             mode=self.mode,
             migration_id=self.migration_id or None,
             dry_run=_as_bool(self.dry_run),
@@ -145,17 +142,11 @@ class MigrationStageOperator(BaseOperator):
         )
 
     def execute(self, context: Context) -> Any:
-        try:
+        with mistakes_fail_once():
             request = replace(self.request(), run_id=context["run_id"])
             source, target = PooledPostgresHook(self.source_conn_id), PooledPostgresHook(self.target_conn_id)
             migration_id = request.resolved_id(self.source_conn_id, self.target_conn_id)
             return self.run_stage(context, request, migration_id, source, target)
-        except AirflowNotFoundException as exc:
-            raise AirflowFailException(str(exc)) from exc
-        except Exception as exc:
-            if is_mistake(exc):
-                raise AirflowFailException(f"{exc} (not retried: trying again cannot help)") from exc
-            raise
 
     def run_stage(
         self,
