@@ -362,7 +362,9 @@ def test_index_builds_run_with_the_given_memory(legacy):
     pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=2)
     try:
         with pytest.raises(MigrationError, match="built with 3MB"):
-            postdata.build_indexes(pool, [index], ledger, 1, StopSignal(), logging.getLogger(), memory="3MB")
+            postdata.build_indexes(
+                pool, [index], ledger, 1, StopSignal(), logging.getLogger(), index_build_memory="3MB"
+            )
     finally:
         pool.close()
     with dst.cursor() as cur:

@@ -21,7 +21,7 @@ from airflow_pool_provider.errors import CatalogError, MigrationMistake, first_l
 from airflow_pool_provider.migration import catalog
 from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.ledger import MigrationLedger
-from airflow_pool_provider.migration.postdata import set_index_memory
+from airflow_pool_provider.migration.postdata import set_index_build_memory
 from airflow_pool_provider.migration.report import render
 from airflow_pool_provider.migration.request import MigrationRequest
 from airflow_pool_provider.migration.selection import Selection, select
@@ -161,7 +161,7 @@ def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tas
             f"the target lacks the extension(s) {lacking} the tables use: CREATE EXTENSION them in "
             "the target database first (a schema dump does not carry extensions)"
         )
-    _check_index_memory(tcur, request.index_memory, problems)
+    _check_index_build_memory(tcur, request.index_build_memory, problems)
     budget = _budget(scur, tcur, request.parallelism, copy_tasks)
     if not budget.fits:
         problems.append(
@@ -193,19 +193,19 @@ def make_plan(scur, tcur, request: MigrationRequest, migration_id: str, copy_tas
     )
 
 
-def _check_index_memory(tcur, memory: str | None, problems: list[str]) -> None:
+def _check_index_build_memory(tcur, memory: str | None, problems: list[str]) -> None:
     """The index builds' maintenance_work_mem, tried on the target (in a savepoint) before anything runs."""
     if memory is None:
         return
-    tcur.execute("SAVEPOINT index_memory")
+    tcur.execute("SAVEPOINT index_build_memory")
     try:
-        set_index_memory(tcur, memory)
+        set_index_build_memory(tcur, memory)
     except psycopg2.Error as error:
         problems.append(
             f"index_build_memory {memory!r} is not a maintenance_work_mem the target accepts "
             f"({first_line(error)}): give a size such as '512MB' or '2GB', or leave it empty"
         )
-    tcur.execute("ROLLBACK TO SAVEPOINT index_memory")
+    tcur.execute("ROLLBACK TO SAVEPOINT index_build_memory")
 
 
 def tools_for(scur, tcur, request: MigrationRequest) -> PgTools:

@@ -104,7 +104,7 @@ def read_foreign_keys(scur, oids: dict[int, TableName]) -> list[ForeignKey]:
     ]
 
 
-def set_index_memory(tcur, memory: str | None) -> None:
+def set_index_build_memory(tcur, memory: str | None) -> None:
     """The memory of this transaction's index builds (``maintenance_work_mem``): a sort that fits
     in it needs no temporary files, the biggest part of a build's time. None: the server's."""
     if memory is not None:
@@ -119,14 +119,14 @@ def build_indexes(
     stop: StopSignal,
     log: logging.Logger | logging.LoggerAdapter,
     alongside: Callable[[], None] | None = None,
-    memory: str | None = None,
+    index_build_memory: str | None = None,
 ) -> int:
     """Build ``indexes`` (of one table): the indexes on up to ``workers`` connections at once
     (``CREATE INDEX`` locks allow each other), then, one after another, the constraints on them
     (``ADD CONSTRAINT`` takes an exclusive lock, which two at once would deadlock on). Returns
     how many objects were built (the others were done already). ``alongside`` runs on a builder
     that has no index left to build, while the others still build (a read of the table).
-    ``memory``: each build's ``maintenance_work_mem``."""
+    ``index_build_memory``: each build's ``maintenance_work_mem``."""
     built: list[str] = []
 
     def once(what: str, statements: list[sql.Composable]) -> None:
@@ -134,7 +134,7 @@ def build_indexes(
             if ledger.done(tcur, STAGE_NAME, what):
                 tconn.rollback()
                 return
-            set_index_memory(tcur, memory)
+            set_index_build_memory(tcur, index_build_memory)
             for statement in statements:
                 tcur.execute(statement)
             ledger.record(tcur, STAGE_NAME, what)

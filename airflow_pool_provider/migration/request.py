@@ -13,7 +13,7 @@ from airflow_pool_provider.errors import MigrationMistake
 
 MODES = ("resume", "replace")
 DEFAULT_LEDGER_SCHEMA = "public"
-DEFAULT_INDEX_MEMORY = "1GB"  # maintenance_work_mem of an index build, as pgcopydb sets it
+DEFAULT_INDEX_BUILD_MEMORY = "1GB"  # maintenance_work_mem of an index build, as pgcopydb sets it
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 
 
@@ -35,7 +35,9 @@ class MigrationRequest:
     ledger_schema: str = DEFAULT_LEDGER_SCHEMA
     pg_bin_dir: str | None = None
     keep_owners: bool = False  # restore the objects' owners (pg_restore without -O); grants never
-    index_memory: str | None = DEFAULT_INDEX_MEMORY  # maintenance_work_mem of each index build; None: the server's
+    index_build_memory: str | None = (
+        DEFAULT_INDEX_BUILD_MEMORY  # maintenance_work_mem of each index build; None: the server's
+    )
     run_id: str | None = None  # the DAG run: replace starts over in a new run, a retry in the same one resumes
 
     def __post_init__(self) -> None:

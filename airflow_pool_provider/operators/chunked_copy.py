@@ -41,8 +41,10 @@ class ChunkedTableCopyOperator(BaseOperator):
     :param columns: columns to copy; default: all non-generated columns of the source.
     :param where: one SQL condition on source rows, for subset and incremental copies. It runs
         with the source connection's rights (read-only transactions).
-    :param chunk_size: rows per chunk (each chunk is one target transaction), at most 10,000,000.
-    :param parallelism: chunks copied at once inside the task, at most 64; fewer when the pool's
+    :param chunk_size: rows per chunk (each chunk is one target transaction), at most
+        ``MAX_CHUNK_SIZE`` (10,000,000).
+    :param parallelism: chunks copied at once inside the task, at most ``MAX_PARALLELISM`` (32,
+        both of :mod:`airflow_pool_provider.copy.spec`); fewer when the pool's
         ``max_size``, ``pool_slots`` or the servers' free connections do not allow it (logged).
     :param mode: ``append``, ``replace`` (truncate first, once) or ``upsert`` (on the primary key
         or ``conflict_columns``).

@@ -21,12 +21,10 @@ from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLEL
 from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_text
 from airflow_pool_provider.migration import data, stages
 from airflow_pool_provider.migration.plan import make_plan
-from airflow_pool_provider.migration.request import DEFAULT_INDEX_MEMORY, DEFAULT_LEDGER_SCHEMA, MigrationRequest
+from airflow_pool_provider.migration.request import DEFAULT_INDEX_BUILD_MEMORY, DEFAULT_LEDGER_SCHEMA, MigrationRequest
 from airflow_pool_provider.operators.mistakes import mistakes_fail_once
-from airflow_pool_provider.operators.params import as_int
+from airflow_pool_provider.operators.params import FORM_POOL_SLOTS, as_int
 
-#: The largest parallelism the example form allows: a templated parallelism reserves its slots.
-MAX_FORM_PARALLELISM = 4
 #: How long a migration's source snapshot may be held at most, if nothing releases it.
 DEFAULT_SNAPSHOT_MAX_SECONDS = 12 * 3600.0
 
@@ -136,7 +134,7 @@ class MigrationStageOperator(BaseOperator):
             ledger_schema=self.ledger_schema or DEFAULT_LEDGER_SCHEMA,
             pg_bin_dir=self.pg_bin_dir or config_text("pg_bin_dir"),
             keep_owners=_as_bool(self.keep_owners),
-            index_memory=config_text("index_build_memory", DEFAULT_INDEX_MEMORY)
+            index_build_memory=config_text("index_build_memory", DEFAULT_INDEX_BUILD_MEMORY)
             if self.index_build_memory is None
             else self.index_build_memory.strip() or None,
         )
@@ -327,7 +325,7 @@ def migration_stages(*, copy_tasks: int = 2, **description: Any) -> dict[str, An
     ``2 x parallelism + 1`` connections (its ``pool_slots``).
     """
     parallelism = description.get("parallelism", 2)
-    slots = connections_for(parallelism if isinstance(parallelism, int) else MAX_FORM_PARALLELISM)
+    slots = connections_for(parallelism) if isinstance(parallelism, int) else FORM_POOL_SLOTS
     plan = MigrationPlanOperator(task_id="plan", copy_tasks=copy_tasks, **description)
     snapshot = MigrationSnapshotOperator(task_id="snapshot", **description)
     pre = MigrationPreDataOperator(task_id="pre_data", **description)

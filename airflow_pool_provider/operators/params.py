@@ -1,5 +1,5 @@
-"""What the operators' arguments and the example DAGs' trigger forms share: the connection
-fields of a form, and reading back templated values once rendered."""
+"""What the operators' arguments and the example DAGs' trigger forms share: the limits a form
+offers, its connection fields, and reading back templated values once rendered."""
 
 from __future__ import annotations
 
@@ -7,7 +7,26 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from airflow_pool_provider.copy.budget import connections_for
+from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE
 from airflow_pool_provider.errors import InvalidParameter
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_PARALLELISM",
+    "FORM_POOL_SLOTS",
+    "MAX_CHUNK_SIZE",
+    "MAX_FORM_PARALLELISM",
+    "as_int",
+    "connection_params",
+    "templated",
+]
+
+#: The largest parallelism the example forms offer. A templated parallelism is known only when the
+#: task runs, after its pool_slots are fixed, so the task reserves what this many workers hold.
+MAX_FORM_PARALLELISM = 4
+#: The connections of MAX_FORM_PARALLELISM workers (2 each, and 1 for the snapshot).
+FORM_POOL_SLOTS = connections_for(MAX_FORM_PARALLELISM)
 
 
 def connection_params(
