@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, Context
 
+from airflow_pool_provider import settings
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy import CopySpec, TableCopy
 from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_PARALLELISM
 from airflow_pool_provider.errors import InvalidParameter
-from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_number
+from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
 from airflow_pool_provider.operators.mistakes import mistakes_fail_once
 from airflow_pool_provider.operators.params import as_int, templated
 
@@ -200,7 +201,7 @@ class ChunkedTableCopyOperator(BaseOperator):
                 log=self.log,
                 metrics=AirflowMetrics(),
                 connection_limit=self.pool_slots,
-                ledger_retention_days=config_number("ledger_retention_days", 30.0, float),
+                ledger_retention_days=settings.read().ledger_retention_days,
             )
             try:
                 summary = self._copy.run()

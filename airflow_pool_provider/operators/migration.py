@@ -15,13 +15,14 @@ from typing import Any
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseOperator, Context
 
+from airflow_pool_provider import settings
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM
-from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_text
+from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
 from airflow_pool_provider.migration import data, stages
 from airflow_pool_provider.migration.plan import make_plan
-from airflow_pool_provider.migration.request import DEFAULT_INDEX_BUILD_MEMORY, DEFAULT_LEDGER_SCHEMA, MigrationRequest
+from airflow_pool_provider.migration.request import DEFAULT_LEDGER_SCHEMA, MigrationRequest
 from airflow_pool_provider.operators.mistakes import mistakes_fail_once
 from airflow_pool_provider.operators.params import FORM_POOL_SLOTS, as_int
 
@@ -120,6 +121,7 @@ class MigrationStageOperator(BaseOperator):
         self.pg_bin_dir = pg_bin_dir
 
     def request(self) -> MigrationRequest:
+        configured = settings.read()
         return MigrationRequest(
             schemas=tuple(self.schemas) if not isinstance(self.schemas, str) else self.schemas,
             tables=tuple(self.tables or ()) if not isinstance(self.tables, str) else self.tables,
@@ -132,9 +134,9 @@ class MigrationStageOperator(BaseOperator):
             migration_id=self.migration_id or None,
             dry_run=_as_bool(self.dry_run),
             ledger_schema=self.ledger_schema or DEFAULT_LEDGER_SCHEMA,
-            pg_bin_dir=self.pg_bin_dir or config_text("pg_bin_dir"),
+            pg_bin_dir=self.pg_bin_dir or configured.pg_bin_dir,
             keep_owners=_as_bool(self.keep_owners),
-            index_build_memory=config_text("index_build_memory", DEFAULT_INDEX_BUILD_MEMORY)
+            index_build_memory=configured.index_build_memory
             if self.index_build_memory is None
             else self.index_build_memory.strip() or None,
         )
@@ -224,17 +226,18 @@ class MigrationDataPlanOperator(MigrationStageOperator):
     which the copy task is mapped over.
 
     :param batch_rows: rows a batch (one copy task) aims at; default ``[pooled_postgres]
-        migration_batch_rows`` (1,000,000).
+        migration_batch_rows`` (1,000,000), read when the task runs, as every setting is.
     """
 
     def __init__(self, *, batch_rows: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.batch_rows = batch_rows or int(config_text("migration_batch_rows", str(data.DEFAULT_BATCH_ROWS)))
+        self.batch_rows = batch_rows
 
     def run_stage(self, context, request, migration_id, source, target) -> list[dict[str, Any]]:
         self.skip_if_dry_run(request)
         migration = self.migration(request, migration_id, source, target)
-        return [b.to_xcom() for b in stages.plan_data(migration, self.batch_rows)]
+        batch_rows = self.batch_rows or settings.read().migration_batch_rows
+        return [b.to_xcom() for b in stages.plan_data(migration, batch_rows)]
 
 
 class MigrationCopyBatchOperator(MigrationStageOperator):
