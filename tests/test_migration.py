@@ -11,7 +11,7 @@ import pytest
 from dag_runs import load_dag, run_dag, tries
 from psycopg2 import sql
 
-from airflow_pool_provider.errors import MigrationError, MigrationMistake, ToolMissing
+from airflow_pool_provider.errors import InvalidParameter, MigrationError, MigrationMistake, ToolMissing
 from airflow_pool_provider.migration import catalog, selection
 from airflow_pool_provider.migration.tools import find_tools
 from airflow_pool_provider.testing.data import table_digest
@@ -188,6 +188,16 @@ def test_a_connection_a_pool_cannot_use_fails_the_plan_once(airflow_db, legacy, 
     assert run.state == "failed" and tries(run, "plan") == 1
     output = capsys.readouterr().out
     assert "'migration_source' uses IAM tokens" in output and "not retried: trying again cannot help" in output
+
+
+def test_rendered_sizes_are_read_back_as_integers_or_named_when_they_are_not():
+    from airflow_pool_provider.operators.migration import MigrationPlanOperator
+
+    stage = MigrationPlanOperator(task_id="plan", source_conn_id="a", target_conn_id="b", chunk_size=" 700 ")
+    assert stage.request().chunk_size == 700
+    stage.parallelism = "two"  # what a text field of a form renders to
+    with pytest.raises(InvalidParameter, match="parallelism must be a positive integer, got 'two'"):
+        stage.request()
 
 
 def test_invalid_params_are_refused_by_the_form(airflow_db, legacy, migrate):
