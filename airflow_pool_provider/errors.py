@@ -6,14 +6,17 @@ Every error is one of three kinds:
   crash, start-up or recovery, too many connections, serialization failure, deadlock). The
   step that failed is tried again after a short backoff, by the pool (connecting) or by the
   copy engine (a chunk).
-- ``MISTAKE``: the request, the schema or the data is wrong (a duplicate key, a missing table or
-  column, a privilege, a type mismatch, a checksum that disagrees). Trying again cannot help:
-  it fails once, and the operator tells Airflow not to retry.
+- ``MISTAKE``: the request, the settings, the schema or the data is wrong (a table name that
+  cannot be read, a duplicate key, a missing table or column, a privilege, a type mismatch, a
+  checksum that disagrees). Trying again cannot help: it fails once, and the operators tell
+  Airflow not to retry. Every mistake the package raises is a :class:`Mistake` (a ValueError).
 - ``FAULT``: something around us failed (disk full, out of memory, a statement timeout, a
   cancel, a pool that stayed exhausted, anything unknown). Not retried inside the step;
   Airflow's task retries apply.
 
-Errors with a SQLSTATE are classified by the full code. psycopg2 gives errors raised while
+Every error the package raises on purpose is a :class:`PoolProviderError` of this module; the
+copy and the migration have their own branches (:class:`CopyError`, :class:`MigrationError`),
+each with its mistakes. Errors with a SQLSTATE are classified by the full code. psycopg2 gives errors raised while
 connecting no SQLSTATE (``pgcode`` is None), so there, and only there, libpq's messages are read.
 Without a SQLSTATE after connecting, the connection's state decides: a closed connection was
 lost. Nothing here imports Airflow.
@@ -41,6 +44,28 @@ class PoolProviderError(Exception):
     """Base of every error this package raises on purpose."""
 
     kind: ClassVar[Kind] = Kind.FAULT
+
+
+class Mistake(PoolProviderError, ValueError):
+    """The base of every mistake, whichever part raised it: the message says what to change."""
+
+    kind = Kind.MISTAKE
+
+
+class InvalidName(Mistake):
+    """A table name that cannot be read (``a.b.c``, an unclosed quote, an empty name)."""
+
+
+class InvalidSetting(Mistake):
+    """A ``[pooled_postgres]`` setting, or a pool size, that cannot work."""
+
+
+class InvalidParameter(Mistake):
+    """An operator argument that cannot work (a missing connection id, a non-integer size)."""
+
+
+class UnusableConnection(Mistake):
+    """An Airflow connection whose extras a pool cannot use (IAM tokens, an unknown cursor)."""
 
 
 class PoolError(PoolProviderError, psycopg2.InterfaceError):
@@ -75,11 +100,9 @@ class CopyError(PoolProviderError):
     """A copy that failed; nothing unverified was committed, and the ledger allows a resume."""
 
 
-class CopyMistake(CopyError, ValueError):
+class CopyMistake(CopyError, Mistake):
     """The copy as asked cannot work (parameters, tables, privileges, data); the message says
     what to change. Retrying cannot help."""
-
-    kind = Kind.MISTAKE
 
 
 class CatalogError(CopyMistake):
@@ -112,20 +135,29 @@ class SnapshotLost(CopyError):
         self.snapshot = snapshot
 
 
-class ToolMissing(CopyMistake):
-    """pg_dump/pg_restore are missing or too old for the servers; the message says what to install."""
-
-
-class ToolFailed(CopyError):
-    """pg_dump/pg_restore ran and failed (its stderr is in the message); Airflow's retries apply."""
-
-
 class ChunkFailed(CopyError):
     """A chunk failed; its kind is its cause's (a lost connection retried too often is a fault)."""
 
     def __init__(self, message: str, kind: Kind = Kind.FAULT) -> None:
         super().__init__(message)
         self.failure_kind = kind
+
+
+class MigrationError(PoolProviderError):
+    """A migration stage that failed; the stage ledger lets the stage run again."""
+
+
+class MigrationMistake(MigrationError, Mistake):
+    """The migration as asked cannot work (selection, parameters, target state); the message says
+    what to change. Retrying cannot help."""
+
+
+class ToolMissing(MigrationMistake):
+    """pg_dump/pg_restore are missing or too old for the servers; the message says what to install."""
+
+
+class ToolFailed(MigrationError):
+    """pg_dump/pg_restore ran and failed (its stderr is in the message); Airflow's retries apply."""
 
 
 # -- classification ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from airflow_pool_provider.backoff import Backoff
 from airflow_pool_provider.errors import (
     CheckoutCancelled,
     ConnectFailed,
+    InvalidSetting,
     Kind,
     PoolClosed,
     PoolError,
@@ -230,11 +231,11 @@ class ConnectionPool:
         leak_threshold: float | None = 300.0,
     ) -> None:
         if max_size < 1:
-            raise ValueError(f"pool {name!r}: max_size must be at least 1, got {max_size}")
+            raise InvalidSetting(f"pool {name!r}: max_size must be at least 1, got {max_size}")
         if not 0 <= min_size <= max_size:
-            raise ValueError(f"pool {name!r}: min_size must be within 0..max_size, got {min_size}")
+            raise InvalidSetting(f"pool {name!r}: min_size must be within 0..max_size, got {min_size}")
         if timeout <= 0:
-            raise ValueError(f"pool {name!r}: timeout must be positive, got {timeout}")
+            raise InvalidSetting(f"pool {name!r}: timeout must be positive, got {timeout}")
         self.name = name
         self.min_size = min_size
         self.max_size = max_size

@@ -12,11 +12,16 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param
 
-from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
-from airflow_pool_provider.operators.params import connection_params
+from airflow_pool_provider.operators.params import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PARALLELISM,
+    FORM_POOL_SLOTS,
+    MAX_CHUNK_SIZE,
+    MAX_FORM_PARALLELISM,
+    connection_params,
+)
 
-MAX_WORKERS = 4
 SOURCES = ["migration_source"]
 TARGETS = ["migration_target"]
 
@@ -57,20 +62,20 @@ with DAG(
             "table first; upsert: insert new rows and update existing ones by key.",
         ),
         "chunk_size": Param(
-            50_000,
+            DEFAULT_CHUNK_SIZE,
             type="integer",
             minimum=1,
-            maximum=10_000_000,
+            maximum=MAX_CHUNK_SIZE,
             title="Rows per chunk",
             description="Rows copied and verified in one target transaction.",
         ),
         "parallelism": Param(
-            2,
+            DEFAULT_PARALLELISM,
             type="integer",
             minimum=1,
-            maximum=MAX_WORKERS,
+            maximum=MAX_FORM_PARALLELISM,
             title="Parallel chunks",
-            description=f"Chunks copied at once, at most {MAX_WORKERS}: each holds a source and "
+            description=f"Chunks copied at once, at most {MAX_FORM_PARALLELISM}: each holds a source and "
             "a target connection, and fewer run when the pools or the servers "
             "have no room (the log says why).",
         ),
@@ -93,5 +98,5 @@ with DAG(
         chunk_size="{{ params.chunk_size }}",
         parallelism="{{ params.parallelism }}",
         copy_id="{{ params.copy_id }}",
-        pool_slots=connections_for(MAX_WORKERS),  # parallelism renders later: reserve its maximum
+        pool_slots=FORM_POOL_SLOTS,  # parallelism renders later: reserve its maximum
     )

@@ -18,13 +18,17 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG, Param
 
-from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE
 from airflow_pool_provider.operators.migration import migration_stages
-from airflow_pool_provider.operators.params import connection_params
+from airflow_pool_provider.operators.params import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_PARALLELISM,
+    MAX_CHUNK_SIZE,
+    MAX_FORM_PARALLELISM,
+    connection_params,
+)
 
 SOURCES = ["migration_source"]
 TARGETS = ["migration_target"]
-MAX_PARALLELISM = 4
 COPY_TASKS = 2  # copy tasks that may run at once (an Airflow pool sized in connections bounds them too)
 #: The Airflow pool the stages run in; each copy task takes as many slots as it holds connections
 #: (2 x parallelism + 1), so a pool of COPY_TASKS x 9 slots lets COPY_TASKS copies run at the
@@ -77,9 +81,9 @@ with DAG(
             DEFAULT_PARALLELISM,
             type="integer",
             minimum=1,
-            maximum=MAX_PARALLELISM,
+            maximum=MAX_FORM_PARALLELISM,
             title="Parallel chunks per task",
-            description=f"Chunks one copy task copies at once (at most {MAX_PARALLELISM}); "
+            description=f"Chunks one copy task copies at once (at most {MAX_FORM_PARALLELISM}); "
             f"{COPY_TASKS} copy tasks may run at once.",
         ),
         "dry_run": Param(

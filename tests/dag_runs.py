@@ -29,13 +29,14 @@ def run_dag(dag: Any, conf: dict[str, Any], task_id: str = "copy") -> tuple[Any,
     return run, (XComModel.deserialize_value(row) if row is not None else None)
 
 
-def tries(run: Any) -> int:
-    """How many times the run's (only) task was tried."""
+def tries(run: Any, task_id: str | None = None) -> int:
+    """How many times the run's task ``task_id`` (default: its only task) was tried."""
     from airflow.models.taskinstance import TaskInstance
     from airflow.settings import Session
     from sqlalchemy import select
 
+    query = select(TaskInstance.try_number).where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)
+    if task_id is not None:
+        query = query.where(TaskInstance.task_id == task_id)
     with Session() as session:
-        return session.scalars(
-            select(TaskInstance.try_number).where(TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id)
-        ).one()
+        return session.scalars(query).one()

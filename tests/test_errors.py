@@ -12,13 +12,21 @@ import pytest
 from psycopg2 import sql
 
 from airflow_pool_provider.errors import (
+    CatalogError,
     ChunkMismatch,
     ConnectFailed,
+    CopyError,
     CopyStopped,
+    InvalidName,
     Kind,
+    MigrationMistake,
+    Mistake,
     PoolClosed,
     PoolTimeout,
     SnapshotLost,
+    ToolFailed,
+    ToolMissing,
+    UnusableConnection,
     classify,
     is_transient,
 )
@@ -160,6 +168,14 @@ def test_the_packages_own_errors_carry_their_kind():
     assert classify(ChunkMismatch("checksums differ")) is Kind.MISTAKE
     assert classify(CopyStopped("stopped")) is Kind.FAULT
     assert isinstance(ChunkMismatch("x"), ValueError)  # mistakes are ValueErrors, for parse-time checks
+
+
+def test_every_mistake_shares_one_base_whichever_part_raised_it():
+    for mistake in (InvalidName("a.b.c"), UnusableConnection("iam"), CatalogError("x"), ToolMissing("no pg_dump")):
+        assert isinstance(mistake, Mistake) and isinstance(mistake, ValueError)
+        assert classify(mistake) is Kind.MISTAKE
+    assert not isinstance(MigrationMistake("x"), CopyError)  # the migration's own, not the copy's
+    assert classify(ToolFailed("pg_restore exited with 1")) is Kind.FAULT
 
 
 def test_a_mistake_on_one_of_several_hosts_is_not_waited_for(pg_server):

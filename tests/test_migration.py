@@ -8,10 +8,10 @@ import uuid
 
 import psycopg2
 import pytest
-from dag_runs import load_dag, run_dag
+from dag_runs import load_dag, run_dag, tries
 from psycopg2 import sql
 
-from airflow_pool_provider.errors import CopyError, CopyMistake, ToolMissing
+from airflow_pool_provider.errors import InvalidParameter, MigrationError, MigrationMistake, ToolMissing
 from airflow_pool_provider.migration import catalog, selection
 from airflow_pool_provider.migration.tools import find_tools
 from airflow_pool_provider.testing.data import table_digest
@@ -151,6 +151,33 @@ def test_replace_refuses_when_objects_outside_the_selection_depend_on_its_tables
     assert _one(dst, "SELECT count(*) FROM customers") == 0  # untouched
 
 
+def test_a_table_name_that_cannot_be_read_fails_the_plan_once(airflow_db, legacy, migrate, capsys):
+    run, _ = run_dag(migrate, {"tables": ["orders", "a.b.c"], "dry_run": True}, task_id="plan")
+    assert run.state == "failed" and _states(run)["plan"] == "failed"
+    assert tries(run, "plan") == 1  # a mistake: the DAG's retries=2 are not used
+    output = capsys.readouterr().out
+    assert "cannot read table name 'a.b.c'" in output and "not retried: trying again cannot help" in output
+
+
+def test_a_connection_a_pool_cannot_use_fails_the_plan_once(airflow_db, legacy, migrate, make_conn_id, capsys):
+    src, _ = legacy
+    make_conn_id(src.info.dbname, conn_id="migration_source", extra={"iam": True})
+    run, _ = run_dag(migrate, {"dry_run": True}, task_id="plan")
+    assert run.state == "failed" and tries(run, "plan") == 1
+    output = capsys.readouterr().out
+    assert "'migration_source' uses IAM tokens" in output and "not retried: trying again cannot help" in output
+
+
+def test_rendered_sizes_are_read_back_as_integers_or_named_when_they_are_not():
+    from airflow_pool_provider.operators.migration import MigrationPlanOperator
+
+    stage = MigrationPlanOperator(task_id="plan", source_conn_id="a", target_conn_id="b", chunk_size=" 700 ")
+    assert stage.request().chunk_size == 700
+    stage.parallelism = "two"  # what a text field of a form renders to
+    with pytest.raises(InvalidParameter, match="parallelism must be a positive integer, got 'two'"):
+        stage.request()
+
+
 def test_invalid_params_are_refused_by_the_form(airflow_db, legacy, migrate):
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -179,9 +206,9 @@ def test_a_selection_of_tables_brings_only_what_they_need(legacy):
     }  # not products'
     with src.cursor() as cur:
         cat = catalog.load(cur, ("public",))
-        with pytest.raises(CopyMistake, match=r"\['payments_2024h1'\] are partitions"):
+        with pytest.raises(MigrationMistake, match=r"\['payments_2024h1'\] are partitions"):
             selection.select(cat, ("payments_2024h1",), ())
-        with pytest.raises(CopyMistake, match=r"\['nope'\] not found as tables"):
+        with pytest.raises(MigrationMistake, match=r"\['nope'\] not found as tables"):
             selection.select(cat, ("orders", "nope"), ())
         without_orders = selection.select(cat, (), ("orders",))
     src.rollback()
@@ -322,8 +349,10 @@ def test_index_builds_run_with_the_given_memory(legacy):
     )
     pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=2)
     try:
-        with pytest.raises(CopyError, match="built with 3MB"):
-            postdata.build_indexes(pool, [index], ledger, 1, StopSignal(), logging.getLogger(), memory="3MB")
+        with pytest.raises(MigrationError, match="built with 3MB"):
+            postdata.build_indexes(
+                pool, [index], ledger, 1, StopSignal(), logging.getLogger(), index_build_memory="3MB"
+            )
     finally:
         pool.close()
     with dst.cursor() as cur:

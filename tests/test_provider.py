@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from importlib.metadata import entry_points
 
+from airflow_pool_provider import settings
 from airflow_pool_provider.provider_info import get_provider_info
 from airflow_pool_provider.registry import PoolSettings
 
@@ -50,6 +52,15 @@ def test_airflow_config_list_shows_the_options_with_their_defaults():
     assert float(values["timeout"]) == defaults.timeout
     assert float(values["max_lifetime"]) == defaults.max_lifetime
     assert float(values["max_idle"]) == defaults.max_idle
+
+
+def test_the_config_section_declares_every_key_the_package_reads_with_its_default():
+    options = get_provider_info()["config"]["pooled_postgres"]["options"]
+    read = {f.name for f in fields(settings.Settings) if f.name != "pool"} | {f.name for f in fields(PoolSettings)}
+    assert set(options) == read and len(options) == len(settings.KEYS)
+    for key in settings.KEYS:  # Airflow hands a declared default back as text: it must mean the same
+        assert key.parse(options[key.name]["default"]) == key.default, key.name
+        assert options[key.name]["description"]
 
 
 def test_provider_info_declares_no_connection_type():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import TypeVar
 
-from airflow_pool_provider.errors import CopyMistake
+from airflow_pool_provider.errors import CopyMistake, Mistake
 
 _Word = TypeVar("_Word", bound="Choice")
 
@@ -21,9 +21,9 @@ class Choice(str, Enum):
         return self.value
 
     @classmethod
-    def parse(cls: type[_Word], name: str, value: object) -> _Word:
-        """The member ``value`` names; a CopyMistake naming parameter ``name`` and the valid words if none."""
+    def parse(cls: type[_Word], name: str, value: object, mistake: type[Mistake] = CopyMistake) -> _Word:
+        """The member ``value`` names; else ``mistake`` naming parameter ``name`` and the valid words."""
         try:
             return cls(value)
         except ValueError:
-            raise CopyMistake(f"{name} must be one of {', '.join(cls)}, got {value!r}") from None
+            raise mistake(f"{name} must be one of {', '.join(cls)}, got {value!r}") from None

@@ -31,7 +31,7 @@ from airflow_pool_provider.copy.spec import CopySpec
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.summary import CopySummary
 from airflow_pool_provider.copy.workers import RECANCEL_EVERY, WorkOutcome, join_all, run_workers
-from airflow_pool_provider.errors import CopyError, CopyStopped, SnapshotLost, first_line, is_mistake
+from airflow_pool_provider.errors import CopyError, CopyMistake, CopyStopped, SnapshotLost, first_line, is_mistake
 from airflow_pool_provider.metrics import Metrics, NoMetrics
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -72,7 +72,7 @@ class TableCopy:
         self.metrics = metrics or NoMetrics()
         self.connection_limit = connection_limit
         if ledger_retention_days is not None and not ledger_retention_days > 0:
-            raise ValueError(
+            raise CopyMistake(
                 f"ledger_retention_days must be more than 0 (or None to keep all), got {ledger_retention_days!r}"
             )
         self.ledger_retention_days = ledger_retention_days

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
+from airflow_pool_provider.errors import InvalidName
+
 # One part: a double-quoted name (with "" for a quote inside) or a bare name without dots/quotes.
 _PART = r'"(?:[^"]|"")+"|[^."]+'
 _NAME = re.compile(rf"^\s*({_PART})(?:\s*\.\s*({_PART}))?\s*$")
@@ -28,10 +30,10 @@ class TableName:
         names from catalogs and UIs), then folded to lower case as PostgreSQL would.
         """
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"a table name is required, got {text!r}")
+            raise InvalidName(f"a table name is required, got {text!r}")
         match = _NAME.match(text)
         if not match:
-            raise ValueError(
+            raise InvalidName(
                 f"cannot read table name {text!r}: write it as table, schema.table or "
                 f'"Schema"."Table" (double any " inside quotes)'
             )

@@ -16,6 +16,7 @@ from airflow_pool_provider.copy import checksum
 from airflow_pool_provider.copy.catalog import Table
 from airflow_pool_provider.copy.chunk import SOURCE_DIGEST
 from airflow_pool_provider.copy.ledger import Ledger
+from airflow_pool_provider.errors import CopyMistake
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ def check_table(
     rows, digests = tcur.fetchone()
     prefix = f"{SOURCE_DIGEST}{method}:"
     if any(d is None or not d.startswith(prefix) for d in digests or []):
-        raise ValueError(
+        raise CopyMistake(
             f"the ledger of {target.name} holds no {method} source checksum for some chunk: it was "
             "copied with per-chunk verification or without checksums"
         )

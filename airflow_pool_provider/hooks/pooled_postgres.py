@@ -10,20 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg2.extensions
 import psycopg2.extras
-from airflow.providers.common.compat.sdk import AirflowNotFoundException, conf
+from airflow.providers.common.compat.sdk import AirflowNotFoundException
 from airflow.providers.common.sql.hooks.lineage import send_sql_hook_lineage
 from airflow.providers.common.sql.hooks.sql import DbApiHook
 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-from airflow_pool_provider import registry
+from airflow_pool_provider import registry, settings
+from airflow_pool_provider.errors import UnusableConnection
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
 from airflow_pool_provider.registry import PoolSettings
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
-
-#: The provider's section in airflow.cfg (``AIRFLOW__POOLED_POSTGRES__MAX_SIZE=8`` and so on).
-CONFIG_SECTION = "pooled_postgres"
 
 _CURSOR_FACTORIES = {
     "dictcursor": psycopg2.extras.DictCursor,
@@ -55,40 +53,6 @@ SELECT f.field, coalesce(c.is_json, false)
 
 _connection_cache: dict[str, tuple[float, Connection]] = {}
 _connection_cache_lock = threading.Lock()
-_config_cache: dict[str, Any] = {}
-
-
-def config_number(key: str, default: float | None, cast: type) -> Any:
-    """A setting of the provider's config section, read once per process (reading costs ~15 us).
-
-    ``none``, ``off`` or an empty value turns a limit off.
-    """
-    try:
-        return _config_cache[key]
-    except KeyError:
-        pass
-    raw = conf.get(CONFIG_SECTION, key, fallback=None)
-    value: Any = default
-    if raw is not None:
-        text = str(raw).strip().lower()
-        if text in ("", "none", "off"):
-            value = None
-        else:
-            try:
-                value = cast(text)
-            except ValueError:
-                raise ValueError(
-                    f"[{CONFIG_SECTION}] {key} = {text!r} is not a number; fix airflow.cfg or "
-                    f"AIRFLOW__{CONFIG_SECTION.upper()}__{key.upper()}"
-                ) from None
-    _config_cache[key] = value
-    return value
-
-
-def config_text(key: str, default: str | None = None) -> str | None:
-    """A text setting of the provider's config section: ``default`` when unset, None when empty."""
-    value = conf.get(CONFIG_SECTION, key, fallback=None)
-    return default if value is None else str(value).strip() or None
 
 
 class PooledPostgresHook(PostgresHook):
@@ -155,27 +119,15 @@ class PooledPostgresHook(PostgresHook):
         pass
 
     def pool_settings(self) -> PoolSettings:
-        defaults = PoolSettings()
-        resolved: dict[str, Any] = {}
-        for name, override in self._pool_overrides.items():
-            default = getattr(defaults, name)
-            cast = int if name.endswith("size") else float
-            resolved[name] = override if override is not None else config_number(name, default, cast)
-        resolved["leak_threshold"] = config_number("leak_threshold", defaults.leak_threshold, float)
-        for name in ("min_size", "max_size", "timeout"):
-            if resolved[name] is None:
-                raise ValueError(
-                    f"[{CONFIG_SECTION}] {name} cannot be 'none': set a number in airflow.cfg or "
-                    f"AIRFLOW__{CONFIG_SECTION.upper()}__{name.upper()}"
-                )
-        return PoolSettings(**resolved)
+        """The ``pool_*`` arguments given, else the ``[pooled_postgres]`` section's."""
+        return settings.read(**self._pool_overrides).pool
 
     def connect_kwargs(self) -> dict[str, Any]:
         """psycopg2.connect arguments, by the same rules as PostgresHook.get_conn."""
         conn = self.connection
         extra = conn.extra_dejson
         if extra.get("iam"):
-            raise ValueError(
+            raise UnusableConnection(
                 f"connection {conn.conn_id!r} uses IAM tokens, which expire and change with every "
                 "call; a pool cannot reuse them. Use PostgresHook for this connection."
             )
@@ -196,7 +148,7 @@ class PooledPostgresHook(PostgresHook):
             try:
                 kwargs["cursor_factory"] = _CURSOR_FACTORIES[str(cursor).lower()]
             except KeyError:
-                raise ValueError(
+                raise UnusableConnection(
                     f"connection {conn.conn_id!r}: unknown cursor {cursor!r} in extras; "
                     f"use one of {', '.join(_CURSOR_FACTORIES)}"
                 ) from None
@@ -363,7 +315,7 @@ def _holding_cursor_class(base: type) -> type:
 
 def cached_connection(conn_id: str) -> Connection:
     """The Airflow Connection ``conn_id``, fetched at most once per ``connection_cache_seconds``."""
-    ttl = config_number("connection_cache_seconds", 60.0, float) or 0.0
+    ttl = settings.read().connection_cache_seconds or 0.0
     now = time.monotonic()
     with _connection_cache_lock:
         hit = _connection_cache.get(conn_id)
@@ -385,4 +337,4 @@ def forget_cached_connections() -> None:
     """Drop cached Connections and settings so the next hook reads them afresh."""
     with _connection_cache_lock:
         _connection_cache.clear()
-        _config_cache.clear()
+    settings.forget()

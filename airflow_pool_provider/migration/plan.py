@@ -20,11 +20,11 @@ from airflow_pool_provider.copy.budget import connections_for, read_slots
 from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
-from airflow_pool_provider.errors import CatalogError, CopyMistake, first_line
+from airflow_pool_provider.errors import CatalogError, MigrationMistake, first_line
 from airflow_pool_provider.migration import catalog
 from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.ledger import MigrationLedger
-from airflow_pool_provider.migration.postdata import set_index_memory
+from airflow_pool_provider.migration.postdata import set_index_build_memory
 from airflow_pool_provider.migration.records import previous_run
 from airflow_pool_provider.migration.report import render
 from airflow_pool_provider.migration.request import MigrationRequest, Mode
@@ -156,13 +156,13 @@ class MigrationPlan:
 
 
 def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> MigrationPlan:
-    """The plan, or a CopyMistake listing everything that stops it."""
+    """The plan, or a MigrationMistake listing everything that stops it."""
     source_major, target_major = server_major(scur), server_major(tcur)
     tools = find_tools(source_major, target_major, request.pg_bin_dir)
     source = catalog.load(scur, request.schemas)
     missing_schemas = [s for s in request.schemas if s not in catalog.existing_schemas(scur, request.schemas)]
     if missing_schemas:
-        raise CopyMistake(f"schemas {missing_schemas} do not exist in the source")
+        raise MigrationMistake(f"schemas {missing_schemas} do not exist in the source")
     selection = select(source, request.tables, request.exclude_tables)
     earlier = previous_run(MigrationLedger(request.ledger_schema, request.id), tcur)
     problems: list[str] = []
@@ -174,7 +174,7 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
             f"the target lacks the extension(s) {lacking} the tables use: CREATE EXTENSION them in "
             "the target database first (a schema dump does not carry extensions)"
         )
-    _check_index_memory(tcur, request.index_memory, problems)
+    _check_index_build_memory(tcur, request.index_build_memory, problems)
     budget = _budget(scur, tcur, request.parallelism, copy_tasks)
     if not budget.fits:
         problems.append(
@@ -182,7 +182,7 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
             "concurrency, or raise max_connections"
         )
     if problems:
-        raise CopyMistake(f"migration {request.id} cannot run:\n  - " + "\n  - ".join(problems))
+        raise MigrationMistake(f"migration {request.id} cannot run:\n  - " + "\n  - ".join(problems))
     return MigrationPlan(
         migration_id=request.id,
         mode=request.mode.value,
@@ -201,19 +201,19 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
     )
 
 
-def _check_index_memory(tcur, memory: str | None, problems: list[str]) -> None:
+def _check_index_build_memory(tcur, memory: str | None, problems: list[str]) -> None:
     """The index builds' maintenance_work_mem, tried on the target (in a savepoint) before anything runs."""
     if memory is None:
         return
-    tcur.execute("SAVEPOINT index_memory")
+    tcur.execute("SAVEPOINT index_build_memory")
     try:
-        set_index_memory(tcur, memory)
+        set_index_build_memory(tcur, memory)
     except psycopg2.Error as error:
         problems.append(
             f"index_build_memory {memory!r} is not a maintenance_work_mem the target accepts "
             f"({first_line(error)}): give a size such as '512MB' or '2GB', or leave it empty"
         )
-    tcur.execute("ROLLBACK TO SAVEPOINT index_memory")
+    tcur.execute("ROLLBACK TO SAVEPOINT index_build_memory")
 
 
 def tools_for(scur, tcur, request: MigrationRequest) -> PgTools:

@@ -25,7 +25,7 @@ from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.workers import run_workers
-from airflow_pool_provider.errors import CopyError, first_line
+from airflow_pool_provider.errors import MigrationError, first_line
 from airflow_pool_provider.migration.ledger import MigrationLedger, ObjectKey, ObjectKind, Stage
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -128,7 +128,7 @@ def read_foreign_keys(scur, oids: dict[int, TableName]) -> list[ForeignKey]:
     ]
 
 
-def set_index_memory(tcur, memory: str | None) -> None:
+def set_index_build_memory(tcur, memory: str | None) -> None:
     """The memory of this transaction's index builds (``maintenance_work_mem``): a sort that fits
     in it needs no temporary files, the biggest part of a build's time. None: the server's."""
     if memory is not None:
@@ -143,14 +143,14 @@ def build_indexes(
     stop: StopSignal,
     log: logging.Logger | logging.LoggerAdapter,
     alongside: Callable[[], None] | None = None,
-    memory: str | None = None,
+    index_build_memory: str | None = None,
 ) -> int:
     """Build ``indexes`` (of one table): the indexes on up to ``workers`` connections at once
     (``CREATE INDEX`` locks allow each other), then, one after another, the constraints on them
     (``ADD CONSTRAINT`` takes an exclusive lock, which two at once would deadlock on). Returns
     how many objects were built (the others were done already). ``alongside`` runs on a builder
     that has no index left to build, while the others still build (a read of the table).
-    ``memory``: each build's ``maintenance_work_mem``."""
+    ``index_build_memory``: each build's ``maintenance_work_mem``."""
     built: list[ObjectKey] = []
 
     def once(key: ObjectKey, statement: sql.Composable) -> None:
@@ -158,7 +158,7 @@ def build_indexes(
             if ledger.is_done(tcur, Stage.POST_DATA, key):
                 tconn.rollback()
                 return
-            set_index_memory(tcur, memory)
+            set_index_build_memory(tcur, index_build_memory)
             tcur.execute(statement)
             ledger.record(tcur, Stage.POST_DATA, key)
             tconn.commit()
@@ -180,7 +180,7 @@ def build_indexes(
         name="index-builder",
     )
     if outcome.failure is not None:
-        raise CopyError(
+        raise MigrationError(
             f"building the indexes of {indexes[0].table} failed: {first_line(outcome.failure)}"
         ) from outcome.failure
     for index in indexes:

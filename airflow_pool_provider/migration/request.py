@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE, MAX_PARALLELISM
-from airflow_pool_provider.errors import CopyMistake
+from airflow_pool_provider.errors import MigrationMistake
 
 
 class Mode(Choice):
@@ -23,7 +23,7 @@ class Mode(Choice):
 
 
 DEFAULT_LEDGER_SCHEMA = "public"
-DEFAULT_INDEX_MEMORY = "1GB"  # maintenance_work_mem of an index build, as pgcopydb sets it
+DEFAULT_INDEX_BUILD_MEMORY = "1GB"  # maintenance_work_mem of an index build, as pgcopydb sets it
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 
 
@@ -43,7 +43,9 @@ class MigrationRequest:
     ledger_schema: str = DEFAULT_LEDGER_SCHEMA
     pg_bin_dir: str | None = None
     keep_owners: bool = False  # restore the objects' owners (pg_restore without -O); grants never
-    index_memory: str | None = DEFAULT_INDEX_MEMORY  # maintenance_work_mem of each index build; None: the server's
+    index_build_memory: str | None = (
+        DEFAULT_INDEX_BUILD_MEMORY  # maintenance_work_mem of each index build; None: the server's
+    )
     run_id: str | None = None  # the DAG run: replace starts over in a new run, a retry in the same one resumes
 
     def __post_init__(self) -> None:
@@ -51,21 +53,21 @@ class MigrationRequest:
         for name in ("schemas", "tables", "exclude_tables"):
             set_(self, name, _names(name, getattr(self, name)))
         if not self.schemas:
-            raise CopyMistake("schemas must name at least one schema")
+            raise MigrationMistake("schemas must name at least one schema")
         for name in ("tables", "exclude_tables"):
             for text in getattr(self, name):
                 TableName.parse(text)  # a clear message for a name that cannot be read
         for name, highest in (("chunk_size", MAX_CHUNK_SIZE), ("parallelism", MAX_PARALLELISM)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= highest:
-                raise CopyMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
-        set_(self, "mode", Mode.parse("mode", self.mode))
+                raise MigrationMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
+        set_(self, "mode", Mode.parse("mode", self.mode, MigrationMistake))
         if self.migration_id is not None and (
             not self.migration_id or not set(self.migration_id) <= _ID_CHARS or len(self.migration_id) > 100
         ):
-            raise CopyMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
+            raise MigrationMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
         if not isinstance(self.ledger_schema, str) or not self.ledger_schema:
-            raise CopyMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
+            raise MigrationMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
 
     def resolved(self, source: str, target: str) -> MigrationRequest:
         """This request with its id: the given one, or one derived from where from, where to and what."""
@@ -87,8 +89,8 @@ def _names(field: str, value: Sequence[str] | str | None) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value] if value.strip() else []
     if not all(isinstance(v, str) for v in value):
-        raise CopyMistake(f"{field} must be a list of names, got {list(value)!r}")
+        raise MigrationMistake(f"{field} must be a list of names, got {list(value)!r}")
     names = tuple(v.strip() for v in value if v.strip())  # a form's empty lines are no names
     if len(set(names)) != len(names):
-        raise CopyMistake(f"{field} lists a name twice: {list(names)}")
+        raise MigrationMistake(f"{field} lists a name twice: {list(names)}")
     return names

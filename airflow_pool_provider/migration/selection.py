@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from airflow_pool_provider.copy.names import TableName
-from airflow_pool_provider.errors import CopyMistake
+from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.migration.catalog import Relation, RelKind, SourceCatalog
 
 PG_CLASS = 1259  # pg_class's OID: the catalog of tables, views, sequences and indexes
@@ -37,7 +37,7 @@ class Selection:
 
 
 def select(catalog: SourceCatalog, tables: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> Selection:
-    """The selection of ``catalog``'s schemas; CopyMistake naming what does not exist."""
+    """The selection of ``catalog``'s schemas; MigrationMistake naming what does not exist."""
     chosen = (
         _resolve(catalog, tables, "tables")
         if tables
@@ -46,7 +46,7 @@ def select(catalog: SourceCatalog, tables: tuple[str, ...] = (), exclude: tuple[
     excluded = {r.oid for r in _resolve(catalog, exclude, "exclude_tables")}
     picked = sorted((r for r in chosen if r.oid not in excluded), key=lambda r: str(r.name))
     if not picked:
-        raise CopyMistake(
+        raise MigrationMistake(
             f"no table selected in schemas {list(catalog.schemas)}: check schemas, tables and exclude_tables"
         )
     restored = {r.oid for t in picked for r in (t, *catalog.descendants(t.oid))}
@@ -97,12 +97,12 @@ def _resolve(catalog: SourceCatalog, names: tuple[str, ...], field: str) -> list
         else:
             found.append(relation)
     if missing:
-        raise CopyMistake(
+        raise MigrationMistake(
             f"{field}: {missing} not found as tables in schemas {list(catalog.schemas)}; "
             "name them as table or schema.table, within the migration's schemas"
         )
     if partitions:
-        raise CopyMistake(f"{field}: {partitions} are partitions; name their partitioned table instead")
+        raise MigrationMistake(f"{field}: {partitions} are partitions; name their partitioned table instead")
     return found
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg2
 
-from airflow_pool_provider.errors import CopyError
+from airflow_pool_provider.errors import MigrationError
 
 APP_PREFIX = "pool-provider snapshot "
 #: How often the holder checks that it may go on (its connection, its deadline).
@@ -69,7 +69,7 @@ def start(connect_kwargs: Mapping[str, Any], migration_id: str, max_seconds: flo
     if not line:
         error = process.stderr.read().strip()
         process.wait(10)
-        raise CopyError(f"the snapshot holder could not start: {error[-2000:] or 'no output'}")
+        raise MigrationError(f"the snapshot holder could not start: {error[-2000:] or 'no output'}")
     process.stdout.close()
     process.stderr.close()
     process.wait(30)  # the launcher exits at once; the holder it forked lives on, reaped by init

@@ -212,7 +212,7 @@ def build_table(m: Migration, relation: Relation, alongside: Callable[[], None] 
         return 0
     workers = max(1, min(len(indexes), m.request.parallelism))
     return postdata.build_indexes(
-        m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside, m.request.index_memory
+        m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside, m.request.index_build_memory
     )
 
 

@@ -152,7 +152,7 @@ def libpq_env(connect_kwargs: Mapping[str, Any]) -> Iterator[dict[str, str]]:
 
 
 def run(tools_program: Path, args: Sequence[str], env: Mapping[str, str], what: str) -> str:
-    """Run a client program; ToolError with its stderr when it fails."""
+    """Run a client program; ToolFailed with its stderr when it fails."""
     result = subprocess.run([str(tools_program), *args], env=dict(env), capture_output=True, text=True)
     if result.returncode != 0:
         raise ToolFailed(

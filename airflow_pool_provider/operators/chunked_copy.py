@@ -5,41 +5,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException, AirflowNotFoundException
 from airflow.sdk import BaseOperator, Context
 
+from airflow_pool_provider import settings
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy import CopySpec, TableCopy
 from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_PARALLELISM
-from airflow_pool_provider.errors import is_mistake
-from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_number
+from airflow_pool_provider.errors import InvalidParameter
+from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
+from airflow_pool_provider.operators.mistakes import mistakes_fail_once
+from airflow_pool_provider.operators.params import as_int, templated
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
 
 #: The default label of a mapped copy in the UI: which table goes where.
 MAP_INDEX_TEMPLATE = "{{ task.source_table }} -> {{ task.target_table or task.source_table }}"
-
-
-def _templated(value: Any) -> bool:
-    """Known only at run time: a Jinja template, or another task's output (an XComArg)."""
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, (list, tuple)):
-        return any(_templated(v) for v in value)
-    return hasattr(value, "resolve")
-
-
-def _as_int(name: str, value: Any) -> Any:
-    """Rendered templates are strings: turn "50000" back into 50000, and say so when it is not."""
-    if isinstance(value, str) and not _templated(value):
-        try:
-            return int(value.strip())
-        except ValueError:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    return value
 
 
 def _default_pool_slots(parallelism: Any) -> int:
@@ -59,8 +42,10 @@ class ChunkedTableCopyOperator(BaseOperator):
     :param columns: columns to copy; default: all non-generated columns of the source.
     :param where: one SQL condition on source rows, for subset and incremental copies. It runs
         with the source connection's rights (read-only transactions).
-    :param chunk_size: rows per chunk (each chunk is one target transaction), at most 10,000,000.
-    :param parallelism: chunks copied at once inside the task, at most 64; fewer when the pool's
+    :param chunk_size: rows per chunk (each chunk is one target transaction), at most
+        ``MAX_CHUNK_SIZE`` (10,000,000).
+    :param parallelism: chunks copied at once inside the task, at most ``MAX_PARALLELISM`` (32,
+        both of :mod:`airflow_pool_provider.copy.spec`); fewer when the pool's
         ``max_size``, ``pool_slots`` or the servers' free connections do not allow it (logged).
     :param mode: ``append``, ``replace`` (truncate first, once) or ``upsert`` (on the primary key
         or ``conflict_columns``).
@@ -128,16 +113,16 @@ class ChunkedTableCopyOperator(BaseOperator):
         sync_sequences: bool = True,
         **kwargs: Any,
     ) -> None:
-        parallelism = _as_int("parallelism", parallelism)
+        parallelism = as_int("parallelism", parallelism)
         kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
         kwargs.setdefault("pool_slots", _default_pool_slots(parallelism))
         super().__init__(**kwargs)
         for name, value in (("source_conn_id", source_conn_id), ("target_conn_id", target_conn_id)):
             # A template renders later; anything else must already name a connection.
             if not isinstance(value, str) or not value.strip():
-                raise ValueError(f"{name} must name an Airflow connection, got {value!r}")
+                raise InvalidParameter(f"{name} must name an Airflow connection, got {value!r}")
         if self.pool_slots < connections_for(1):
-            raise ValueError(
+            raise InvalidParameter(
                 f"pool_slots={self.pool_slots} leaves no room for a worker: a copy holds "
                 f"{connections_for(1)} connections with one worker (2 per worker, 1 for the snapshot)"
             )
@@ -147,7 +132,7 @@ class ChunkedTableCopyOperator(BaseOperator):
         self.target_table = target_table
         self.columns = columns
         self.where = where
-        self.chunk_size = _as_int("chunk_size", chunk_size)
+        self.chunk_size = as_int("chunk_size", chunk_size)
         self.parallelism = parallelism
         self.mode = mode
         self.conflict_columns = conflict_columns
@@ -166,7 +151,7 @@ class ChunkedTableCopyOperator(BaseOperator):
         """The same defaults for mapped copies: the scheduler reads pool_slots and the label here."""
         kwargs.setdefault("map_index_template", MAP_INDEX_TEMPLATE)
         kwargs.setdefault(
-            "pool_slots", _default_pool_slots(_as_int("parallelism", kwargs.get("parallelism", DEFAULT_PARALLELISM)))
+            "pool_slots", _default_pool_slots(as_int("parallelism", kwargs.get("parallelism", DEFAULT_PARALLELISM)))
         )
         return super().partial(**kwargs)
 
@@ -178,8 +163,8 @@ class ChunkedTableCopyOperator(BaseOperator):
             if self.columns is not None and not isinstance(self.columns, str)
             else self.columns,
             "where": self.where,
-            "chunk_size": _as_int("chunk_size", self.chunk_size),
-            "parallelism": _as_int("parallelism", self.parallelism),
+            "chunk_size": as_int("chunk_size", self.chunk_size),
+            "parallelism": as_int("parallelism", self.parallelism),
             "mode": self.mode,
             "conflict_columns": self.conflict_columns,
             "key": self.key,
@@ -200,34 +185,28 @@ class ChunkedTableCopyOperator(BaseOperator):
                 "mode": "append",
                 "ledger_schema": None,
             }
-            values = {k: stand_ins.get(k) if _templated(v) else v for k, v in values.items()}
+            values = {k: stand_ins.get(k) if templated(v) else v for k, v in values.items()}
         return CopySpec(**values)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        try:
+        with mistakes_fail_once():
             spec = self._spec()
             source = PooledPostgresHook(self.source_conn_id).get_pool()
             target = PooledPostgresHook(self.target_conn_id).get_pool()
-        except (ValueError, AirflowNotFoundException) as exc:
-            raise AirflowFailException(str(exc)) from exc
-        self._copy = TableCopy(
-            source,
-            target,
-            spec,
-            self._copy_id(context),
-            log=self.log,
-            metrics=AirflowMetrics(),
-            connection_limit=self.pool_slots,
-            ledger_retention_days=config_number("ledger_retention_days", 30.0, float),
-        )
-        try:
-            summary = self._copy.run()
-        except Exception as exc:
-            if is_mistake(exc):
-                raise AirflowFailException(f"{exc} (not retried: trying again cannot help)") from exc
-            raise
-        finally:
-            self._copy = None
+            self._copy = TableCopy(
+                source,
+                target,
+                spec,
+                self._copy_id(context),
+                log=self.log,
+                metrics=AirflowMetrics(),
+                connection_limit=self.pool_slots,
+                ledger_retention_days=settings.read().ledger_retention_days,
+            )
+            try:
+                summary = self._copy.run()
+            finally:
+                self._copy = None
         self._tables = (TableName.parse(summary.source), TableName.parse(summary.target))
         return summary.to_xcom()
 

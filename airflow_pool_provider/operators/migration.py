@@ -11,19 +11,19 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException, AirflowNotFoundException, AirflowSkipException
+from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseOperator, Context, chain
 
+from airflow_pool_provider import settings
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy.budget import connections_for
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM
-from airflow_pool_provider.errors import is_mistake
-from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook, config_text
+from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
 from airflow_pool_provider.migration import data, stages
-from airflow_pool_provider.migration.request import DEFAULT_INDEX_MEMORY, DEFAULT_LEDGER_SCHEMA, MigrationRequest
+from airflow_pool_provider.migration.request import DEFAULT_LEDGER_SCHEMA, MigrationRequest
+from airflow_pool_provider.operators.mistakes import mistakes_fail_once
+from airflow_pool_provider.operators.params import FORM_POOL_SLOTS, as_int
 
-#: The largest parallelism the example form allows: a templated parallelism reserves its slots.
-MAX_FORM_PARALLELISM = 4
 #: How long a migration's source snapshot may be held at most, if nothing releases it.
 DEFAULT_SNAPSHOT_MAX_SECONDS = 12 * 3600.0
 
@@ -32,10 +32,6 @@ def _as_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes", "on")
     return bool(value)
-
-
-def _as_int(value: Any) -> Any:
-    return int(value) if isinstance(value, str) and value.strip().lstrip("-").isdigit() else value
 
 
 #: How a copy task instance is named in the UI: "batch 2/5: orders chunks 21-40".
@@ -123,36 +119,31 @@ class MigrationStageOperator(BaseOperator):
         self.pg_bin_dir = pg_bin_dir
 
     def request(self) -> MigrationRequest:
+        configured = settings.read()
         return MigrationRequest(
             schemas=tuple(self.schemas) if not isinstance(self.schemas, str) else self.schemas,
             tables=tuple(self.tables or ()) if not isinstance(self.tables, str) else self.tables,
             exclude_tables=tuple(self.exclude_tables or ())
             if not isinstance(self.exclude_tables, str)
             else self.exclude_tables,
-            chunk_size=_as_int(self.chunk_size),
-            parallelism=_as_int(self.parallelism),
+            chunk_size=as_int("chunk_size", self.chunk_size),
+            parallelism=as_int("parallelism", self.parallelism),
             mode=self.mode,
             migration_id=self.migration_id or None,
             dry_run=_as_bool(self.dry_run),
             ledger_schema=self.ledger_schema or DEFAULT_LEDGER_SCHEMA,
-            pg_bin_dir=self.pg_bin_dir or config_text("pg_bin_dir"),
+            pg_bin_dir=self.pg_bin_dir or configured.pg_bin_dir,
             keep_owners=_as_bool(self.keep_owners),
-            index_memory=config_text("index_build_memory", DEFAULT_INDEX_MEMORY)
+            index_build_memory=configured.index_build_memory
             if self.index_build_memory is None
             else self.index_build_memory.strip() or None,
         )
 
     def execute(self, context: Context) -> Any:
-        try:
+        with mistakes_fail_once():
             request = replace(self.request(), run_id=context["run_id"])
             request = request.resolved(self.source_conn_id, self.target_conn_id)
             return self.run_stage(context, self.migration(request))
-        except AirflowNotFoundException as exc:
-            raise AirflowFailException(str(exc)) from exc
-        except Exception as exc:
-            if is_mistake(exc):
-                raise AirflowFailException(f"{exc} (not retried: trying again cannot help)") from exc
-            raise
 
     def run_stage(self, context: Context, m: stages.Migration) -> Any:
         raise NotImplementedError
@@ -215,16 +206,17 @@ class MigrationDataPlanOperator(MigrationStageOperator):
     which the copy task is mapped over.
 
     :param batch_rows: rows a batch (one copy task) aims at; default ``[pooled_postgres]
-        migration_batch_rows`` (1,000,000).
+        migration_batch_rows`` (1,000,000), read when the task runs, as every setting is.
     """
 
     def __init__(self, *, batch_rows: int | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.batch_rows = batch_rows or int(config_text("migration_batch_rows", str(data.DEFAULT_BATCH_ROWS)))
+        self.batch_rows = batch_rows
 
     def run_stage(self, context, m) -> list[dict[str, Any]]:
         self.skip_if_dry_run(m.request)
-        return [b.to_xcom() for b in stages.plan_data(m, self.batch_rows)]
+        batch_rows = self.batch_rows or settings.read().migration_batch_rows
+        return [b.to_xcom() for b in stages.plan_data(m, batch_rows)]
 
 
 class MigrationCopyBatchOperator(MigrationStageOperator):
@@ -289,7 +281,7 @@ def migration_stages(*, copy_tasks: int = 2, **description: Any) -> dict[str, An
     ``2 x parallelism + 1`` connections (its ``pool_slots``).
     """
     parallelism = description.get("parallelism", 2)
-    slots = connections_for(parallelism if isinstance(parallelism, int) else MAX_FORM_PARALLELISM)
+    slots = connections_for(parallelism) if isinstance(parallelism, int) else FORM_POOL_SLOTS
     # Post-data also runs when no copy task was mapped (every chunk done already: the copy is skipped).
     arguments = {stages.Step.PLAN: {"copy_tasks": copy_tasks}, stages.Step.POST_DATA: {"trigger_rule": "none_failed"}}
     tasks: dict[stages.Step, Any] = {}
