@@ -7,10 +7,10 @@ import time
 
 import psycopg2
 import pytest
+from copy_helpers import chunks_done, ledger_counts
 from dag_process import DagTestProcess
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
-from airflow_pool_provider.copy.ledger import LEDGER_TABLE
 from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.data import create_events, table_digest
 
@@ -29,18 +29,6 @@ def dbs(pg_server, make_database):
     yield src_db, dst_db, src, dst
     src.close()
     dst.close()
-
-
-def _ledger(conn, copy_id):
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*), coalesce(sum(rows_copied), 0) "
-            f"FROM {LEDGER_TABLE} WHERE copy_id = %s",
-            (copy_id,),
-        )
-        row = cur.fetchone()
-    conn.commit()
-    return row
 
 
 def _terminate(pg_server, application_name: str, query_like: str, times: int, stop: threading.Event) -> list[int]:
@@ -98,7 +86,7 @@ def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_s
     assert len(killed) == 2, "the test did not manage to kill two backends mid-COPY"
     assert table_digest(dst) == table_digest(src)  # nothing lost, nothing doubled
     assert summary.rows == rows and summary.total_rows == rows
-    assert _ledger(dst, "faults") == (rows // 1000, rows // 1000, rows)
+    assert ledger_counts(dst, "faults") == (rows // 1000, rows // 1000, rows)
     pool = target if side == "target" else source
     assert pool.stats()["discarded_broken"] >= 1  # the dead connections never went back into use
     source.close()
@@ -132,7 +120,7 @@ def test_chunk_that_keeps_failing_fails_the_copy_and_leaves_nothing_behind(pg_se
         cur.execute("SELECT count(*) FROM events")
         assert cur.fetchone()[0] == 1000  # only chunk 0 committed; the copy stopped after chunk 1
     dst.commit()
-    assert _ledger(dst, "doomed")[:2] == (1, 3)
+    assert ledger_counts(dst, "doomed")[:2] == (1, 3)
     source.close()
     target.close()
 
@@ -157,7 +145,7 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and first.process.poll() is None:
-            if _table_exists(dst) and _ledger(dst, "killed-task")[0] >= 5:
+            if chunks_done(dst, "killed-task") >= 5:
                 break
             time.sleep(0.05)
         assert first.process.poll() is None, "the first run ended before it could be killed"
@@ -165,7 +153,7 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
     finally:
         first.stop()
     time.sleep(0.5)
-    done_before, planned, _ = _ledger(dst, "killed-task")
+    done_before, planned, _ = ledger_counts(dst, "killed-task")
     assert 5 <= done_before < planned == 80
     with dst.cursor() as cur:
         cur.execute("SELECT count(*) FROM events")
@@ -178,13 +166,5 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
     finally:
         second.stop()
     assert table_digest(dst) == table_digest(src)  # no row lost or doubled
-    assert _ledger(dst, "killed-task") == (80, 80, 40_000)
+    assert ledger_counts(dst, "killed-task") == (80, 80, 40_000)
     assert "resumes" in second.output and "NEW snapshot" in second.output
-
-
-def _table_exists(conn) -> bool:
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (LEDGER_TABLE,))
-        exists = cur.fetchone()[0]
-    conn.commit()
-    return exists

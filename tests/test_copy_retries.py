@@ -9,7 +9,7 @@ import time
 
 import psycopg2
 import pytest
-from copy_helpers import CopyEnv
+from copy_helpers import CopyEnv, chunks_done
 from observe import wait_until
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
@@ -137,7 +137,7 @@ def _restart_source_mid_copy(own_server, pg_server, make_database, key: bool, ca
     copy = TableCopy(source, target, spec, copy_id="restarted")
 
     def restart() -> None:
-        wait_until(lambda: _done(dst) >= 3, timeout=60, what="three chunks done")
+        wait_until(lambda: chunks_done(dst) >= 3, timeout=60, what="three chunks done")
         own_server.restart()
 
     restarter = threading.Thread(target=restart, daemon=True)
@@ -152,18 +152,6 @@ def _restart_source_mid_copy(own_server, pg_server, make_database, key: bool, ca
         restarter.join(60)
         source.close()
         target.close()
-
-
-def _done(dst) -> int:
-    with dst.cursor() as cur:
-        cur.execute("SELECT to_regclass('airflow_pool_provider_copy_chunks') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            dst.commit()
-            return 0
-        cur.execute("SELECT count(finished_at) FROM airflow_pool_provider_copy_chunks")
-        done = cur.fetchone()[0]
-    dst.commit()
-    return done
 
 
 def test_a_source_restart_takes_a_new_snapshot_and_the_copy_goes_on(own_server, pg_server, make_database, caplog):
@@ -241,7 +229,7 @@ def test_a_shared_snapshot_that_cannot_be_replaced_fails_with_its_own_error(pg_s
         replace_snapshot=no_new_snapshot,
     )
     ender = threading.Thread(
-        target=lambda: (wait_until(lambda: _done(dst) >= 2, timeout=30, what="2 chunks"), holder.close())
+        target=lambda: (wait_until(lambda: chunks_done(dst) >= 2, timeout=30, what="2 chunks"), holder.close())
     )
     ender.start()
     try:
