@@ -12,23 +12,13 @@ from dag_process import DagTestProcess
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
 from airflow_pool_provider.pool import ConnectionPool
-from airflow_pool_provider.testing.data import create_events, table_digest
+from airflow_pool_provider.testing.data import table_digest
 
 SLOW_TARGET = """
 CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_sleep(%s); RETURN NULL; END $$;
 CREATE TRIGGER slow_statement AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow_statement();
 """
-
-
-@pytest.fixture
-def dbs(pg_server, make_database):
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src = psycopg2.connect(pg_server.dsn(src_db))
-    dst = psycopg2.connect(pg_server.dsn(dst_db))
-    yield src_db, dst_db, src, dst
-    src.close()
-    dst.close()
 
 
 def _terminate(pg_server, application_name: str, query_like: str, times: int, stop: threading.Event) -> list[int]:
@@ -56,10 +46,8 @@ def _terminate(pg_server, application_name: str, query_like: str, times: int, st
 
 
 @pytest.mark.parametrize(("side", "rows"), [("target", 30_000), ("source", 6_000)])
-def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_server, dbs, side, rows):
-    src_db, dst_db, src, dst = dbs
-    create_events(src, rows)
-    create_events(dst, 0)
+def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_server, make_events, side, rows):
+    src_db, dst_db, src, dst = make_events(rows)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.03,))
     dst.commit()
@@ -93,10 +81,8 @@ def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_s
     target.close()
 
 
-def test_chunk_that_keeps_failing_fails_the_copy_and_leaves_nothing_behind(pg_server, dbs):
-    src_db, dst_db, src, dst = dbs
-    create_events(src, 3000)
-    create_events(dst, 0)
+def test_chunk_that_keeps_failing_fails_the_copy_and_leaves_nothing_behind(pg_server, make_events):
+    src_db, dst_db, src, dst = make_events(3000)
     with dst.cursor() as cur:  # every attempt at the chunk holding id 1500 loses its connection
         cur.execute("""
             CREATE FUNCTION drop_out() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -126,11 +112,9 @@ def test_chunk_that_keeps_failing_fails_the_copy_and_leaves_nothing_behind(pg_se
 
 
 def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplicates(
-    airflow_db, pg_server, dbs, make_conn_id
+    airflow_db, pg_server, make_events, make_conn_id
 ):
-    src_db, dst_db, src, dst = dbs
-    create_events(src, 40_000)
-    create_events(dst, 0)
+    src_db, dst_db, src, dst = make_events(40_000)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.05,))  # 80 chunks of 500 rows: at least 4 s of copying
     dst.commit()

@@ -23,7 +23,7 @@ from airflow_pool_provider.copy import CopySpec, CopyStopped, TableCopy
 from airflow_pool_provider.copy.ledger import LEDGER_TABLE
 from airflow_pool_provider.errors import ChunkFailed
 from airflow_pool_provider.pool import ConnectionPool
-from airflow_pool_provider.testing.data import create_events, table_digest
+from airflow_pool_provider.testing.data import table_digest
 
 ROWS, CHUNK = 15_000, 500  # 30 chunks
 SLOW_TARGET = """
@@ -36,19 +36,13 @@ STOP_WITHIN = 2.0
 
 
 @pytest.fixture
-def tables(pg_server, make_database):
+def tables(make_events):
     """A source of 30 chunks and an empty target whose every COPY takes at least 0.5 s."""
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src = psycopg2.connect(pg_server.dsn(src_db))
-    dst = psycopg2.connect(pg_server.dsn(dst_db))
+    src_db, dst_db, src, dst = make_events(ROWS)
     dst.autocommit = True
-    create_events(src, ROWS)
-    create_events(dst, 0)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.5,))
-    yield src_db, dst_db, src, dst
-    src.close()
-    dst.close()
+    return src_db, dst_db, src, dst
 
 
 def _target_rows(dst) -> int:
@@ -267,13 +261,10 @@ def test_a_stop_while_planning_cancels_the_planning_query(pg_server, tables):
     assert chunks_done(dst, "planning") == 0 and _target_rows(dst) == 0
 
 
-def test_a_stop_between_many_short_planning_queries_commits_no_truncate(pg_server, make_database):
+def test_a_stop_between_many_short_planning_queries_commits_no_truncate(pg_server, make_events):
     # Planning 200,000 rows in chunks of 10 is 20,000 short probes: a single cancel lands between
     # two of them and is ignored, so the stop must be repeated and checked between probes.
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
-    create_events(src, 200_000)
-    create_events(dst, 0)
+    src_db, dst_db, src, dst = make_events(200_000)
     with dst.cursor() as cur:
         cur.execute("INSERT INTO events SELECT * FROM events LIMIT 0")
         cur.execute("INSERT INTO events VALUES (-1, 1, 'keep', '{}', 1, now(), 'keep me')")
@@ -297,19 +288,12 @@ def test_a_stop_between_many_short_planning_queries_commits_no_truncate(pg_serve
         assert cur.fetchall() == [("keep me",)]  # replace's TRUNCATE was not committed
         cur.execute("SELECT to_regclass(%s)", (LEDGER_TABLE,))
         assert cur.fetchone()[0] is None or chunks_done(dst, "short-probes") == 0
-    src.close()
-    dst.close()
 
 
-def test_a_stop_ends_a_workers_wait_for_a_server_that_is_down(own_server, pg_server, make_database):
-    src_db = own_server.server.create_database("src")
-    dst_db = make_database(prefix="dst")
-    src = psycopg2.connect(own_server.server.dsn(src_db))
-    create_events(src, 20_000)
+def test_a_stop_ends_a_workers_wait_for_a_server_that_is_down(own_server, pg_server, make_events):
+    src_db, dst_db, src, dst = make_events(20_000, source_server=own_server.server)
     src.close()
-    dst = psycopg2.connect(pg_server.dsn(dst_db))
     dst.autocommit = True
-    create_events(dst, 0)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.3,))
     source = ConnectionPool(lambda: psycopg2.connect(own_server.server.dsn(src_db)), name="source", timeout=30)
@@ -328,4 +312,3 @@ def test_a_stop_ends_a_workers_wait_for_a_server_that_is_down(own_server, pg_ser
     finally:
         source.close()
         target.close()
-        dst.close()
