@@ -187,18 +187,14 @@ CATALOG = SourceCatalog(
         ]
     ),
     owner={
-        (PG_CLASS, 16405): 16400,
-        (PG_CLASS, 16406): 16402,
-        (PG_ATTRDEF, 16430): 16400,
-        (PG_ATTRDEF, 16431): 16402,
-        (PG_CONSTRAINT, 16432): 16400,
-        (PG_CONSTRAINT, 16433): 16402,
-        (PG_CONSTRAINT, 16440): 16400,
-        (PG_CONSTRAINT, 16442): 16401,
-        (PG_TRIGGER, 16450): 16400,
-        (PG_TRIGGER, 16451): 16402,
-        (PG_REWRITE, 16452): 16400,
-        (PG_POLICY, 16453): 16400,
+        # orders' sequence, default, check, primary key, trigger, rule and policy
+        **dict.fromkeys(
+            [(PG_CLASS, 16405), (PG_ATTRDEF, 16430), (PG_CONSTRAINT, 16432), (PG_CONSTRAINT, 16440)], 16400
+        ),
+        **dict.fromkeys([(PG_TRIGGER, 16450), (PG_REWRITE, 16452), (PG_POLICY, 16453)], 16400),
+        (PG_CONSTRAINT, 16442): 16401,  # lines' foreign key
+        # audit_log's sequence, default, check and trigger
+        **dict.fromkeys([(PG_CLASS, 16406), (PG_ATTRDEF, 16431), (PG_CONSTRAINT, 16433), (PG_TRIGGER, 16451)], 16402),
     },
     view_reads={16420: frozenset({16400, 16401}), 16421: frozenset({16402})},
 )
