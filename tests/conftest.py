@@ -14,6 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import psycopg2
 import pytest
@@ -28,6 +29,7 @@ os.environ["AIRFLOW__OPENLINEAGE__DISABLED"] = "True"  # tests/test_lineage_and_
 from copy_helpers import CopyEnv  # noqa: E402
 
 from airflow_pool_provider import registry  # noqa: E402
+from airflow_pool_provider.testing.data import create_events  # noqa: E402
 from airflow_pool_provider.testing.legacy_db import seed  # noqa: E402
 from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, server_from_env  # noqa: E402
 
@@ -133,6 +135,34 @@ def make_conn_id(monkeypatch: pytest.MonkeyPatch, pg_server: Server) -> Iterator
 def conn_id(make_conn_id: Callable[..., str], database: str) -> str:
     """A connection to this test's own database on the shared server."""
     return make_conn_id(database)
+
+
+class EventsDatabases(NamedTuple):
+    src_db: str
+    dst_db: str
+    src: Any  # psycopg2 connections to them
+    dst: Any
+
+
+@pytest.fixture
+def make_events(pg_server: Server, make_database: Callable[..., str]) -> Iterator[Callable[..., EventsDatabases]]:
+    """Make a source database whose ``events`` table (testing.data.create_events) has ``rows``
+    rows, on ``source_server`` if given, and a target database on the shared server with an empty
+    one; their connections are closed after the test."""
+    conns: list[Any] = []
+
+    def make(rows: int, source_server: Server | None = None) -> EventsDatabases:
+        source_server = source_server or pg_server
+        src_db, dst_db = make_database(source_server, prefix="src"), make_database(prefix="dst")
+        src, dst = psycopg2.connect(source_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
+        conns.extend((src, dst))
+        create_events(src, rows)
+        create_events(dst, 0)
+        return EventsDatabases(src_db, dst_db, src, dst)
+
+    yield make
+    for conn in conns:
+        conn.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2
 from psycopg2 import sql
@@ -94,16 +94,21 @@ class CopyEnv:
 
     # -- the ledger -------------------------------------------------------------------------
 
-    def ledger(self, copy_id: str, side: str = "dst") -> list[dict[str, Any]]:
-        """The ledger rows of ``copy_id``, in whichever schema its ledger is (none if no ledger)."""
-        schemas = [
+    def ledger_schemas(self, side: str = "dst") -> list[str]:
+        """The schemas holding a ledger table, in order."""
+        return [
             r[0]
             for r in self.rows(
-                side, "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s", (CHUNK_LEDGER_TABLE,)
+                side,
+                "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s ORDER BY 1",
+                (CHUNK_LEDGER_TABLE,),
             )
         ]
+
+    def ledger(self, copy_id: str, side: str = "dst") -> list[dict[str, Any]]:
+        """The ledger rows of ``copy_id``, in whichever schema its ledger is (none if no ledger)."""
         found: list[dict[str, Any]] = []
-        for schema in schemas:
+        for schema in self.ledger_schemas(side):
             with self.conn(side).cursor() as cur:
                 cur.execute(
                     sql.SQL("SELECT * FROM {}.{} WHERE copy_id = %s ORDER BY chunk_no").format(
@@ -147,6 +152,35 @@ class CopyEnv:
             if not conn.closed:
                 conn.close()
         self._conns.clear()
+
+
+class LedgerCounts(NamedTuple):
+    done: int  # chunks finished
+    chunks: int  # chunks planned
+    rows: int  # their rows_copied, summed
+
+
+def ledger_counts(conn: Any, copy_id: str | None = None) -> LedgerCounts | None:
+    """The copy ledger's chunks of ``copy_id`` (or of every copy) in the database of ``conn``, a
+    psycopg2 connection (its transaction is ended); None while there is no ledger."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (CHUNK_LEDGER_TABLE,))
+        counts = None
+        if cur.fetchone()[0]:
+            cur.execute(
+                f"SELECT count(finished_at), count(*), coalesce(sum(rows_copied), 0) FROM {CHUNK_LEDGER_TABLE} "
+                "WHERE %(copy_id)s::text IS NULL OR copy_id = %(copy_id)s",
+                {"copy_id": copy_id},
+            )
+            counts = LedgerCounts(*cur.fetchone())
+    conn.commit()
+    return counts
+
+
+def chunks_done(conn: Any, copy_id: str | None = None) -> int:
+    """Chunks the ledger records as done (0 before the ledger exists)."""
+    counts = ledger_counts(conn, copy_id)
+    return counts.done if counts else 0
 
 
 def icu_collation(env: CopyEnv) -> str | None:

@@ -7,40 +7,18 @@ import time
 
 import psycopg2
 import pytest
+from copy_helpers import chunks_done, ledger_counts
 from dag_process import DagTestProcess
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
-from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE
 from airflow_pool_provider.pool import ConnectionPool
-from airflow_pool_provider.testing.data import create_events, table_digest
+from airflow_pool_provider.testing.data import table_digest
 
 SLOW_TARGET = """
 CREATE FUNCTION slow_statement() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_sleep(%s); RETURN NULL; END $$;
 CREATE TRIGGER slow_statement AFTER INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION slow_statement();
 """
-
-
-@pytest.fixture
-def dbs(pg_server, make_database):
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src = psycopg2.connect(pg_server.dsn(src_db))
-    dst = psycopg2.connect(pg_server.dsn(dst_db))
-    yield src_db, dst_db, src, dst
-    src.close()
-    dst.close()
-
-
-def _ledger(conn, copy_id):
-    with conn.cursor() as cur:
-        cur.execute(
-            f"SELECT count(*) FILTER (WHERE finished_at IS NOT NULL), count(*), coalesce(sum(rows_copied), 0) "
-            f"FROM {CHUNK_LEDGER_TABLE} WHERE copy_id = %s",
-            (copy_id,),
-        )
-        row = cur.fetchone()
-    conn.commit()
-    return row
 
 
 def _terminate(pg_server, application_name: str, query_like: str, times: int, stop: threading.Event) -> list[int]:
@@ -68,10 +46,8 @@ def _terminate(pg_server, application_name: str, query_like: str, times: int, st
 
 
 @pytest.mark.parametrize(("side", "rows"), [("target", 30_000), ("source", 6_000)])
-def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_server, dbs, side, rows):
-    src_db, dst_db, src, dst = dbs
-    create_events(src, rows)
-    create_events(dst, 0)
+def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_server, make_events, side, rows):
+    src_db, dst_db, src, dst = make_events(rows)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.03,))
     dst.commit()
@@ -98,17 +74,15 @@ def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_s
     assert len(killed) == 2, "the test did not manage to kill two backends mid-COPY"
     assert table_digest(dst) == table_digest(src)  # nothing lost, nothing doubled
     assert summary.rows == rows and summary.total_rows == rows
-    assert _ledger(dst, "faults") == (rows // 1000, rows // 1000, rows)
+    assert ledger_counts(dst, "faults") == (rows // 1000, rows // 1000, rows)
     pool = target if side == "target" else source
     assert pool.stats()["discarded_broken"] >= 1  # the dead connections never went back into use
     source.close()
     target.close()
 
 
-def test_chunk_that_keeps_failing_fails_the_copy_and_leaves_nothing_behind(pg_server, dbs):
-    src_db, dst_db, src, dst = dbs
-    create_events(src, 3000)
-    create_events(dst, 0)
+def test_chunk_that_keeps_failing_fails_the_copy_and_leaves_nothing_behind(pg_server, make_events):
+    src_db, dst_db, src, dst = make_events(3000)
     with dst.cursor() as cur:  # every attempt at the chunk holding id 1500 loses its connection
         cur.execute("""
             CREATE FUNCTION drop_out() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -132,17 +106,15 @@ def test_chunk_that_keeps_failing_fails_the_copy_and_leaves_nothing_behind(pg_se
         cur.execute("SELECT count(*) FROM events")
         assert cur.fetchone()[0] == 1000  # only chunk 0 committed; the copy stopped after chunk 1
     dst.commit()
-    assert _ledger(dst, "doomed")[:2] == (1, 3)
+    assert ledger_counts(dst, "doomed")[:2] == (1, 3)
     source.close()
     target.close()
 
 
 def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplicates(
-    airflow_db, pg_server, dbs, make_conn_id
+    airflow_db, pg_server, make_events, make_conn_id
 ):
-    src_db, dst_db, src, dst = dbs
-    create_events(src, 40_000)
-    create_events(dst, 0)
+    src_db, dst_db, src, dst = make_events(40_000)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.05,))  # 80 chunks of 500 rows: at least 4 s of copying
     dst.commit()
@@ -157,7 +129,7 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and first.process.poll() is None:
-            if _table_exists(dst) and _ledger(dst, "killed-task")[0] >= 5:
+            if chunks_done(dst, "killed-task") >= 5:
                 break
             time.sleep(0.05)
         assert first.process.poll() is None, "the first run ended before it could be killed"
@@ -165,7 +137,7 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
     finally:
         first.stop()
     time.sleep(0.5)
-    done_before, planned, _ = _ledger(dst, "killed-task")
+    done_before, planned, _ = ledger_counts(dst, "killed-task")
     assert 5 <= done_before < planned == 80
     with dst.cursor() as cur:
         cur.execute("SELECT count(*) FROM events")
@@ -178,13 +150,5 @@ def test_task_process_killed_hard_then_run_again_resumes_without_loss_or_duplica
     finally:
         second.stop()
     assert table_digest(dst) == table_digest(src)  # no row lost or doubled
-    assert _ledger(dst, "killed-task") == (80, 80, 40_000)
+    assert ledger_counts(dst, "killed-task") == (80, 80, 40_000)
     assert "resumes" in second.output and "NEW snapshot" in second.output
-
-
-def _table_exists(conn) -> bool:
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (CHUNK_LEDGER_TABLE,))
-        exists = cur.fetchone()[0]
-    conn.commit()
-    return exists

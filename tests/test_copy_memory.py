@@ -15,7 +15,7 @@ import textwrap
 
 import psycopg2
 
-from airflow_pool_provider.testing.data import create_events, table_digest
+from airflow_pool_provider.testing.data import table_digest
 from airflow_pool_provider.testing.postgres import Server
 
 ROWS = 600_000
@@ -58,12 +58,8 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_memory_stays_flat_while_copying(pg_server: Server, make_database) -> None:
-    src_db, dst_db = make_database(), make_database()
-    for db, rows in ((src_db, ROWS), (dst_db, 0)):
-        conn = psycopg2.connect(pg_server.dsn(db))
-        create_events(conn, rows)
-        conn.close()
+def test_memory_stays_flat_while_copying(pg_server: Server, make_events) -> None:
+    src_db, dst_db, _, _ = make_events(ROWS)
     done = subprocess.run(
         [sys.executable, "-c", CHILD, pg_server.dsn(src_db), pg_server.dsn(dst_db), str(ROWS)],
         capture_output=True,

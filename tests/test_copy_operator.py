@@ -5,12 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import psycopg2
 import pytest
 from dag_runs import load_dag, run_dag, tries
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
-from airflow_pool_provider.testing.data import create_events, table_digest
+from airflow_pool_provider.testing.data import table_digest
 
 DAGS = Path(__file__).parent / "dags"
 
@@ -21,15 +20,9 @@ def copy_dag():
 
 
 @pytest.fixture
-def source_and_target(pg_server, make_database, make_conn_id):
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src = psycopg2.connect(pg_server.dsn(src_db))
-    dst = psycopg2.connect(pg_server.dsn(dst_db))
-    create_events(src, 5000)
-    create_events(dst, 0)
-    yield src, dst, make_conn_id(src_db), make_conn_id(dst_db)
-    src.close()
-    dst.close()
+def source_and_target(make_events, make_conn_id):
+    src_db, dst_db, src, dst = make_events(5000)
+    return src, dst, make_conn_id(src_db), make_conn_id(dst_db)
 
 
 def test_dag_copies_table_and_returns_summary(airflow_db, copy_dag, source_and_target):

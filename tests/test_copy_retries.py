@@ -9,13 +9,13 @@ import time
 
 import psycopg2
 import pytest
-from copy_helpers import CopyEnv
+from copy_helpers import CopyEnv, chunks_done
 from observe import wait_until
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
 from airflow_pool_provider.errors import ChunkFailed, CopyError, CopyMistake, Kind, classify
 from airflow_pool_provider.pool import ConnectionPool
-from airflow_pool_provider.testing.data import create_events, table_digest
+from airflow_pool_provider.testing.data import table_digest
 
 # The chunk holding id 250 fails the first time it arrives with SQLSTATE {code} (sequences
 # ignore rollbacks, so the attempts are counted in fail_once).
@@ -115,19 +115,14 @@ CREATE TRIGGER slow_statement AFTER INSERT ON events FOR EACH STATEMENT EXECUTE 
 """
 
 
-def _restart_source_mid_copy(own_server, pg_server, make_database, key: bool, caplog):
+def _restart_source_mid_copy(own_server, pg_server, make_events, key: bool, caplog):
     """Copy 20 chunks from a private server that restarts after the third chunk."""
-    src_db = own_server.server.create_database("src")
-    dst_db = make_database(prefix="dst")
-    src = psycopg2.connect(own_server.server.dsn(src_db))
-    dst = psycopg2.connect(pg_server.dsn(dst_db))
-    create_events(src, 10_000)
+    src_db, dst_db, src, dst = make_events(10_000, source_server=own_server.server)
     if not key:
         with src.cursor() as cur:
             cur.execute("ALTER TABLE events DROP CONSTRAINT events_pkey")
         src.commit()
     src.close()
-    create_events(dst, 0)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET)
     dst.commit()
@@ -137,7 +132,7 @@ def _restart_source_mid_copy(own_server, pg_server, make_database, key: bool, ca
     copy = TableCopy(source, target, spec, copy_id="restarted")
 
     def restart() -> None:
-        wait_until(lambda: _done(dst) >= 3, timeout=60, what="three chunks done")
+        wait_until(lambda: chunks_done(dst) >= 3, timeout=60, what="three chunks done")
         own_server.restart()
 
     restarter = threading.Thread(target=restart, daemon=True)
@@ -154,20 +149,8 @@ def _restart_source_mid_copy(own_server, pg_server, make_database, key: bool, ca
         target.close()
 
 
-def _done(dst) -> int:
-    with dst.cursor() as cur:
-        cur.execute("SELECT to_regclass('airflow_pool_provider_copy_chunks') IS NOT NULL")
-        if not cur.fetchone()[0]:
-            dst.commit()
-            return 0
-        cur.execute("SELECT count(finished_at) FROM airflow_pool_provider_copy_chunks")
-        done = cur.fetchone()[0]
-    dst.commit()
-    return done
-
-
-def test_a_source_restart_takes_a_new_snapshot_and_the_copy_goes_on(own_server, pg_server, make_database, caplog):
-    summary, dst, src_dsn = _restart_source_mid_copy(own_server, pg_server, make_database, True, caplog)
+def test_a_source_restart_takes_a_new_snapshot_and_the_copy_goes_on(own_server, pg_server, make_events, caplog):
+    summary, dst, src_dsn = _restart_source_mid_copy(own_server, pg_server, make_events, True, caplog)
     assert not isinstance(summary, BaseException), summary
     assert summary.snapshots == 2  # reported, not hidden
     assert "was lost" in caplog.text and "NEW snapshot" in caplog.text
@@ -180,20 +163,17 @@ def test_a_source_restart_takes_a_new_snapshot_and_the_copy_goes_on(own_server, 
         dst.close()
 
 
-def test_a_keyless_table_fails_with_the_reason_when_its_snapshot_is_lost(own_server, pg_server, make_database, caplog):
-    outcome, dst, _ = _restart_source_mid_copy(own_server, pg_server, make_database, False, caplog)
+def test_a_keyless_table_fails_with_the_reason_when_its_snapshot_is_lost(own_server, pg_server, make_events, caplog):
+    outcome, dst, _ = _restart_source_mid_copy(own_server, pg_server, make_events, False, caplog)
     dst.close()
     assert isinstance(outcome, CopyError), outcome
     assert "page (ctid) ranges that only hold within one snapshot" in str(outcome)
     assert "mode='replace'" in str(outcome)
 
 
-def test_an_idle_in_transaction_timeout_does_not_end_the_copys_snapshot(pg_server, make_database, caplog):
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+def test_an_idle_in_transaction_timeout_does_not_end_the_copys_snapshot(pg_server, make_events, caplog):
+    src_db, dst_db, src, dst = make_events(6000)
     pg_server.execute(f"ALTER DATABASE {src_db} SET idle_in_transaction_session_timeout = '1s'")
-    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
-    create_events(src, 6000)
-    create_events(dst, 0)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET.replace("0.2", "0.4"))  # 12 chunks of 0.4 s: the snapshot idles 2 s
     dst.commit()
@@ -211,13 +191,10 @@ def test_an_idle_in_transaction_timeout_does_not_end_the_copys_snapshot(pg_serve
     dst.close()
 
 
-def test_a_shared_snapshot_that_cannot_be_replaced_fails_with_its_own_error(pg_server, make_database):
+def test_a_shared_snapshot_that_cannot_be_replaced_fails_with_its_own_error(pg_server, make_events):
     # A migration's copy joins a snapshot held elsewhere. When that is lost and no new one can be
     # had, the copy fails with that error (a mistake here), not as "stopped".
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
-    create_events(src, 6000)
-    create_events(dst, 0)
+    src_db, dst_db, src, dst = make_events(6000)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET)
     dst.commit()
@@ -241,7 +218,7 @@ def test_a_shared_snapshot_that_cannot_be_replaced_fails_with_its_own_error(pg_s
         replace_snapshot=no_new_snapshot,
     )
     ender = threading.Thread(
-        target=lambda: (wait_until(lambda: _done(dst) >= 2, timeout=30, what="2 chunks"), holder.close())
+        target=lambda: (wait_until(lambda: chunks_done(dst) >= 2, timeout=30, what="2 chunks"), holder.close())
     )
     ender.start()
     try:

@@ -15,6 +15,7 @@ import time
 
 import psycopg2
 import pytest
+from copy_helpers import chunks_done
 from dag_process import DagTestProcess
 from observe import wait_until
 
@@ -22,7 +23,7 @@ from airflow_pool_provider.copy import CopySpec, CopyStopped, TableCopy
 from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE
 from airflow_pool_provider.errors import ChunkFailed
 from airflow_pool_provider.pool import ConnectionPool
-from airflow_pool_provider.testing.data import create_events, table_digest
+from airflow_pool_provider.testing.data import table_digest
 
 ROWS, CHUNK = 15_000, 500  # 30 chunks
 SLOW_TARGET = """
@@ -35,29 +36,13 @@ STOP_WITHIN = 2.0
 
 
 @pytest.fixture
-def tables(pg_server, make_database):
+def tables(make_events):
     """A source of 30 chunks and an empty target whose every COPY takes at least 0.5 s."""
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src = psycopg2.connect(pg_server.dsn(src_db))
-    dst = psycopg2.connect(pg_server.dsn(dst_db))
+    src_db, dst_db, src, dst = make_events(ROWS)
     dst.autocommit = True
-    create_events(src, ROWS)
-    create_events(dst, 0)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.5,))
-    yield src_db, dst_db, src, dst
-    src.close()
-    dst.close()
-
-
-def _done_chunks(dst, copy_id: str) -> int:
-    """Chunks the ledger records as done (0 before the ledger exists)."""
-    with dst.cursor() as cur:
-        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (CHUNK_LEDGER_TABLE,))
-        if not cur.fetchone()[0]:
-            return 0
-        cur.execute(f"SELECT count(finished_at) FROM {CHUNK_LEDGER_TABLE} WHERE copy_id = %s", (copy_id,))
-        return cur.fetchone()[0]
+    return src_db, dst_db, src, dst
 
 
 def _target_rows(dst) -> int:
@@ -77,12 +62,12 @@ def _busy_backends(pg_server, *apps: str) -> int:
 
 def _assert_stopped_for_good(pg_server, dst, copy_id: str, apps: list[str]) -> int:
     """Nothing of the copy runs or commits any more; returns the chunks it finished."""
-    done = _done_chunks(dst, copy_id)
+    done = chunks_done(dst, copy_id)
     assert 0 < done < ROWS // CHUNK, f"{done} chunks done: the stop came too late or too early to show anything"
     assert _target_rows(dst) == done * CHUNK  # exactly the ledger's chunks are in the target
     wait_until(lambda: _busy_backends(pg_server, *apps) == 0, timeout=STOP_WITHIN, what="no busy backends")
     time.sleep(1.0)
-    assert _done_chunks(dst, copy_id) == done, "chunks committed after the copy was stopped"
+    assert chunks_done(dst, copy_id) == done, "chunks committed after the copy was stopped"
     return done
 
 
@@ -127,7 +112,7 @@ def test_sigterm_runs_on_kill_and_stops_the_copy_within_two_seconds(airflow_db, 
     src_db, dst_db, src, dst = tables
     run, apps = _run_copy_dag(make_conn_id, src_db, dst_db, "terminated")
     try:
-        wait_until(lambda: _done_chunks(dst, "terminated") >= 2, timeout=60, what="two chunks done")
+        wait_until(lambda: chunks_done(dst, "terminated") >= 2, timeout=60, what="two chunks done")
         sent = run.signal(signal.SIGTERM)  # what "mark failed" and the supervisor send
         code = run.wait(60)
         ended = run.seen(r"Task instance state updated.*new_state=failed")
@@ -190,7 +175,7 @@ def test_stop_from_another_thread_cancels_both_sides(pg_server, tables):
     finally:
         source.close()
         target.close()
-    assert _target_rows(dst) == _done_chunks(dst, "stopped") * CHUNK
+    assert _target_rows(dst) == chunks_done(dst, "stopped") * CHUNK
 
 
 def test_ctrl_c_stops_the_copy_and_raises_keyboard_interrupt(pg_server, tables):
@@ -201,7 +186,7 @@ def test_ctrl_c_stops_the_copy_and_raises_keyboard_interrupt(pg_server, tables):
     pressed: list[float] = []
 
     def press_ctrl_c() -> None:
-        wait_until(lambda: _done_chunks(dst, "interrupted") >= 1, timeout=30, what="a chunk done")
+        wait_until(lambda: chunks_done(dst, "interrupted") >= 1, timeout=30, what="a chunk done")
         pressed.append(time.monotonic())
         signal.pthread_kill(main, signal.SIGINT)
 
@@ -222,7 +207,7 @@ def test_ctrl_c_stops_the_copy_and_raises_keyboard_interrupt(pg_server, tables):
         timeout=STOP_WITHIN,
         what="no busy backends",
     )
-    done = _done_chunks(dst, "interrupted")
+    done = chunks_done(dst, "interrupted")
     assert done < ROWS // CHUNK and _target_rows(dst) == done * CHUNK
 
 
@@ -251,7 +236,7 @@ def test_a_failing_chunk_cancels_the_running_ones_at_once(pg_server, tables):
         target.close()
     # Chunk 1 (ids 4501-5000) and chunk 3 were sleeping in their 3 s trigger: cancelled, not waited for.
     assert took < 3.0, f"the copy took {took:.1f} s: it waited for the running chunks"
-    assert _done_chunks(dst, "one-fails") == 0 and _target_rows(dst) == 0
+    assert chunks_done(dst, "one-fails") == 0 and _target_rows(dst) == 0
 
 
 def test_a_stop_while_planning_cancels_the_planning_query(pg_server, tables):
@@ -273,16 +258,13 @@ def test_a_stop_while_planning_cancels_the_planning_query(pg_server, tables):
     finally:
         source.close()
         target.close()
-    assert _done_chunks(dst, "planning") == 0 and _target_rows(dst) == 0
+    assert chunks_done(dst, "planning") == 0 and _target_rows(dst) == 0
 
 
-def test_a_stop_between_many_short_planning_queries_commits_no_truncate(pg_server, make_database):
+def test_a_stop_between_many_short_planning_queries_commits_no_truncate(pg_server, make_events):
     # Planning 200,000 rows in chunks of 10 is 20,000 short probes: a single cancel lands between
     # two of them and is ignored, so the stop must be repeated and checked between probes.
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
-    create_events(src, 200_000)
-    create_events(dst, 0)
+    src_db, dst_db, src, dst = make_events(200_000)
     with dst.cursor() as cur:
         cur.execute("INSERT INTO events SELECT * FROM events LIMIT 0")
         cur.execute("INSERT INTO events VALUES (-1, 1, 'keep', '{}', 1, now(), 'keep me')")
@@ -305,20 +287,13 @@ def test_a_stop_between_many_short_planning_queries_commits_no_truncate(pg_serve
         cur.execute("SELECT note FROM events")
         assert cur.fetchall() == [("keep me",)]  # replace's TRUNCATE was not committed
         cur.execute("SELECT to_regclass(%s)", (CHUNK_LEDGER_TABLE,))
-        assert cur.fetchone()[0] is None or _done_chunks(dst, "short-probes") == 0
-    src.close()
-    dst.close()
+        assert cur.fetchone()[0] is None or chunks_done(dst, "short-probes") == 0
 
 
-def test_a_stop_ends_a_workers_wait_for_a_server_that_is_down(own_server, pg_server, make_database):
-    src_db = own_server.server.create_database("src")
-    dst_db = make_database(prefix="dst")
-    src = psycopg2.connect(own_server.server.dsn(src_db))
-    create_events(src, 20_000)
+def test_a_stop_ends_a_workers_wait_for_a_server_that_is_down(own_server, pg_server, make_events):
+    src_db, dst_db, src, dst = make_events(20_000, source_server=own_server.server)
     src.close()
-    dst = psycopg2.connect(pg_server.dsn(dst_db))
     dst.autocommit = True
-    create_events(dst, 0)
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.3,))
     source = ConnectionPool(lambda: psycopg2.connect(own_server.server.dsn(src_db)), name="source", timeout=30)
@@ -326,7 +301,7 @@ def test_a_stop_ends_a_workers_wait_for_a_server_that_is_down(own_server, pg_ser
     copy = TableCopy(source, target, CopySpec("events", chunk_size=CHUNK), copy_id="server-down")
     thread, outcome = _copy_in_thread(copy)
     try:
-        wait_until(lambda: _done_chunks(dst, "server-down") >= 1, timeout=30, what="a chunk done")
+        wait_until(lambda: chunks_done(dst, "server-down") >= 1, timeout=30, what="a chunk done")
         own_server.stop("immediate")  # the workers now wait, with backoff, for the source to return
         time.sleep(1.0)
         stopped_at = time.monotonic()
@@ -337,4 +312,3 @@ def test_a_stop_ends_a_workers_wait_for_a_server_that_is_down(own_server, pg_ser
     finally:
         source.close()
         target.close()
-        dst.close()

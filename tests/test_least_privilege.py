@@ -62,17 +62,6 @@ def _copy(env: CopyEnv, source_role: str, target_role: str, spec: CopySpec, copy
         target.close()
 
 
-def _ledger_schemas(env: CopyEnv) -> list[str]:
-    return [
-        r[0]
-        for r in env.rows(
-            "dst",
-            "SELECT relnamespace::regnamespace::text FROM pg_class WHERE relname = %s ORDER BY 1",
-            (CHUNK_LEDGER_TABLE,),
-        )
-    ]
-
-
 def test_a_target_role_that_owns_its_schema_keeps_the_ledger_there(env, make_role):
     reader, owner = make_role("reader"), make_role("owner")
     env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))  # SELECT only
@@ -83,7 +72,7 @@ def test_a_target_role_that_owns_its_schema_keeps_the_ledger_there(env, make_rol
     summary = _copy(env, reader, owner, CopySpec("t", target_table="loader.t", chunk_size=200))
 
     assert summary.rows == 1000 and summary.ledger == f'"loader"."{CHUNK_LEDGER_TABLE}"'
-    assert _ledger_schemas(env) == ["loader"]
+    assert env.ledger_schemas() == ["loader"]
     assert env.digest("dst", "loader.t", "id") == env.digest("src", "t", "id")
 
 
@@ -97,7 +86,7 @@ def test_a_target_role_with_insert_and_select_uses_a_ledger_made_for_it(env, mak
     assert "permission denied for schema public" in message
     assert f'GRANT CREATE ON SCHEMA "public" TO "{writer}"' in message
     ddl = message[message.index("CREATE TABLE IF NOT EXISTS") : message.index(";\nGRANT")]
-    assert env.count("dst") == 0 and _ledger_schemas(env) == []
+    assert env.count("dst") == 0 and env.ledger_schemas() == []
 
     env.sql("dst", ddl)  # what an administrator runs once, as the message says
     env.sql("dst", message[message.index(";\nGRANT") + 2 :])
@@ -145,7 +134,7 @@ def test_a_copy_recorded_in_a_public_ledger_resumes_from_there(env):
     summary = env.copy(spec, copy_id="upgrade")  # the default would be "loader"
 
     assert summary["chunks_skipped"] == 7 and summary["ledger"] == f'"public"."{CHUNK_LEDGER_TABLE}"'
-    assert _ledger_schemas(env) == ["public"]
+    assert env.ledger_schemas() == ["public"]
     assert env.digest("dst", "loader.t", "id") == env.digest("src", "t", "id")
 
 

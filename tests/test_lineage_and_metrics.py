@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 from dag_runs import load_dag, run_dag
 
-from airflow_pool_provider.testing.data import create_events, table_digest
+from airflow_pool_provider.testing.data import table_digest
 
 OPENLINEAGE_PLUGIN_MODULE = "airflow.providers.openlineage.plugins.openlineage"
 
@@ -37,15 +36,10 @@ class Tables:
 
 
 @pytest.fixture
-def tables(pg_server, make_database, make_conn_id) -> Iterator[Tables]:
+def tables(make_events, make_conn_id) -> Tables:
     """A source ``events`` table of 5000 rows and an empty target, each in its own database."""
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
-    src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
-    create_events(src, 5000)
-    create_events(dst, 0)
-    yield Tables(src, dst, src_db, dst_db, make_conn_id(src_db), make_conn_id(dst_db))
-    src.close()
-    dst.close()
+    src_db, dst_db, src, dst = make_events(5000)
+    return Tables(src, dst, src_db, dst_db, make_conn_id(src_db), make_conn_id(dst_db))
 
 
 # -- OpenLineage -------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import time
 
 import psycopg2
 import pytest
+from copy_helpers import chunks_done, ledger_counts
 from dag_process import DagTestProcess
 from dag_runs import load_dag, run_dag
 from observe import wait_until
@@ -34,12 +35,6 @@ def _rows(conn, query, params=None):
         return cur.fetchall()
 
 
-def _chunks_done(dst) -> int:
-    if not _one(dst, "SELECT to_regclass('airflow_pool_provider_copy_chunks') IS NOT NULL"):
-        return 0
-    return _one(dst, "SELECT count(finished_at) FROM airflow_pool_provider_copy_chunks")
-
-
 def _kill_when(run: DagTestProcess, ready, what: str) -> None:
     try:
         wait_until(lambda: ready() or run.process.poll() is not None, timeout=120, what=what)
@@ -64,20 +59,22 @@ def test_a_migration_killed_in_a_stage_completes_exactly_once_when_run_again(air
 
         def some_chunks_done() -> bool:
             nonlocal total
-            if not total and _one(dst, "SELECT to_regclass('airflow_pool_provider_copy_chunks') IS NOT NULL"):
-                total = _one(dst, "SELECT count(*) FROM airflow_pool_provider_copy_chunks")
-            return 5 <= _chunks_done(dst) < max(total, 6) - 5
+            counts = ledger_counts(dst)
+            if not total and counts:
+                total = counts.chunks
+            return 5 <= chunks_done(dst) < max(total, 6) - 5
 
         _kill_when(first, some_chunks_done, "some chunks were copied")
-        done = _chunks_done(dst)
-        assert 5 <= done < _one(dst, "SELECT count(*) FROM airflow_pool_provider_copy_chunks")
+        done = chunks_done(dst)
+        assert 5 <= done < ledger_counts(dst).chunks
     else:
         _kill_when(
             first,
             lambda: first.seen(r"running task <TaskInstance: migrate_tables\.post_data") is not None,
             "the post-data stage started",
         )
-        assert _one(dst, "SELECT count(*) FROM airflow_pool_provider_copy_chunks WHERE finished_at IS NULL") == 0
+        counts = ledger_counts(dst)
+        assert counts.chunks - counts.done == 0  # no chunk left unfinished
 
     again, report = run_dag(load_dag("migrate_tables", "migrate_tables.py"), conf, task_id="verify")
     assert again.state == "success" and report["verified"]

@@ -17,7 +17,7 @@ from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.workers import WorkOutcome, run_workers
 from airflow_pool_provider.errors import BudgetError, CatalogError, CopyMistake
 from airflow_pool_provider.migration import toc
-from airflow_pool_provider.migration.catalog import Relation, SourceCatalog
+from airflow_pool_provider.migration.catalog import Relation, RelKind, SourceCatalog
 from airflow_pool_provider.migration.data import Batch, BatchPart, PendingChunks, pack
 from airflow_pool_provider.migration.selection import PG_CLASS, select
 from airflow_pool_provider.pool import ConnectionPool
@@ -167,7 +167,7 @@ LISTING = """\
 
 
 def relation(oid: int, name: str, kind: str = "r", parent: int | None = None) -> tuple[int, Relation]:
-    return oid, Relation(oid, TableName("public", name), kind, parent, 0, 0)
+    return oid, Relation(oid, TableName("public", name), RelKind(kind), parent, 0, 0)
 
 
 CATALOG = SourceCatalog(
@@ -187,18 +187,14 @@ CATALOG = SourceCatalog(
         ]
     ),
     owner={
-        (PG_CLASS, 16405): 16400,
-        (PG_CLASS, 16406): 16402,
-        (PG_ATTRDEF, 16430): 16400,
-        (PG_ATTRDEF, 16431): 16402,
-        (PG_CONSTRAINT, 16432): 16400,
-        (PG_CONSTRAINT, 16433): 16402,
-        (PG_CONSTRAINT, 16440): 16400,
-        (PG_CONSTRAINT, 16442): 16401,
-        (PG_TRIGGER, 16450): 16400,
-        (PG_TRIGGER, 16451): 16402,
-        (PG_REWRITE, 16452): 16400,
-        (PG_POLICY, 16453): 16400,
+        # orders' sequence, default, check, primary key, trigger, rule and policy
+        **dict.fromkeys(
+            [(PG_CLASS, 16405), (PG_ATTRDEF, 16430), (PG_CONSTRAINT, 16432), (PG_CONSTRAINT, 16440)], 16400
+        ),
+        **dict.fromkeys([(PG_TRIGGER, 16450), (PG_REWRITE, 16452), (PG_POLICY, 16453)], 16400),
+        (PG_CONSTRAINT, 16442): 16401,  # lines' foreign key
+        # audit_log's sequence, default, check and trigger
+        **dict.fromkeys([(PG_CLASS, 16406), (PG_ATTRDEF, 16431), (PG_CONSTRAINT, 16433), (PG_TRIGGER, 16451)], 16402),
     },
     view_reads={16420: frozenset({16400, 16401}), 16421: frozenset({16402})},
 )
@@ -399,7 +395,7 @@ def test_a_limit_that_just_fits_does_not_cut(make_pool):
         target_pool=make_pool("t", 4),
         source_slots=ServerSlots("src", 20, 3, 10),  # 5 to spare: the snapshot and 4 workers
         target_slots=ServerSlots("dst", 20, 3, 11),  # 4 to spare
-        max_connections=9,
+        connection_limit=9,
     )
     assert budget == WorkerBudget(4, 4, ())
 
@@ -438,7 +434,7 @@ def test_the_tasks_connection_limit_caps_the_workers(make_pool):
         target_pool=make_pool("t", 10),
         source_slots=ROOMY,
         target_slots=ROOMY,
-        max_connections=7,
+        connection_limit=7,
     )
     assert budget.workers == 3
     assert budget.limits == (
@@ -455,7 +451,7 @@ def test_a_connection_limit_below_three_fits_no_worker(make_pool, limit):
             target_pool=make_pool("t", 10),
             source_slots=ROOMY,
             target_slots=ROOMY,
-            max_connections=limit,
+            connection_limit=limit,
         )
     assert str(refused.value) == (
         f"no worker fits the connection limits: the task may hold {limit} connection(s) (pool_slots), and each "
