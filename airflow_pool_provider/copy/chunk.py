@@ -17,7 +17,7 @@ from psycopg2 import sql
 from airflow_pool_provider.backoff import Backoff
 from airflow_pool_provider.copy import checksum, plan
 from airflow_pool_provider.copy.ledger import ChunkResult
-from airflow_pool_provider.copy.plan import Chunk
+from airflow_pool_provider.copy.plan import Chunk, KeysetKind
 from airflow_pool_provider.copy.prepare import PreparedCopy
 from airflow_pool_provider.copy.progress import Progress
 from airflow_pool_provider.copy.snapshot import SourceSnapshot
@@ -117,7 +117,7 @@ class ChunkCopier:
             raise CopyStopped(f"chunk {chunk.no + 1} was not retried: {self.stop.reason}") from exc
 
     def _renew_snapshot(self, chunk: Chunk, exc: SnapshotLost) -> None:
-        if self.prepared.keyset.kind == "ctid":
+        if self.prepared.keyset.kind is KeysetKind.CTID:
             raise CopyError(
                 f"chunk {chunk.no + 1}: {exc}. {self.prepared.source.name} has no unique key, so its chunks are "
                 "page (ctid) ranges that only hold within one snapshot; a new snapshot cannot keep the copy "

@@ -18,7 +18,7 @@ from airflow_pool_provider.copy import catalog, checksum, plan, sequences
 from airflow_pool_provider.copy.budget import ServerSlots, WorkerBudget, read_slots
 from airflow_pool_provider.copy.catalog import Table
 from airflow_pool_provider.copy.ledger import Ledger, StoredPlan
-from airflow_pool_provider.copy.plan import Chunk, Keyset
+from airflow_pool_provider.copy.plan import Chunk, Keyset, KeysetKind
 from airflow_pool_provider.copy.sequences import SequencePair
 from airflow_pool_provider.copy.server import ServerIdentity, server_identity
 from airflow_pool_provider.copy.snapshot import SourceSnapshot
@@ -212,7 +212,7 @@ def _warn_target_scans(spec: CopySpec, copy_id: str, keyset: Keyset, in_range: b
         return
     why = (
         "the table has no unique key"
-        if keyset.kind == "ctid"
+        if keyset.kind is KeysetKind.CTID
         else "the chunk key does not map onto the target's (not copied, or another type or collation)"
     )
     log.warning("copy %s: %s, so each chunk's check scans the target table's new rows", copy_id, why)
@@ -229,7 +229,7 @@ def _resumable_plan(
 ) -> StoredPlan | None:
     """The stored plan of ``copy_id`` if the copy can resume from it exactly once."""
     stored = ledger.load_plan(tcur, copy_id, str(source.name), str(target.name))
-    if stored is None or stored.keyset.kind != "ctid" or not stored.done or spec.mode is CopyMode.UPSERT:
+    if stored is None or stored.keyset.kind is not KeysetKind.CTID or not stored.done or spec.mode is CopyMode.UPSERT:
         return stored
     # Page ranges are only stable within one snapshot: rows updated since may have moved into a
     # chunk not yet copied. Resuming could double or lose them.
@@ -271,7 +271,7 @@ def _key_maps_onto_target(keyset: Keyset, sides: _Sides) -> bool:
     """The target-side check can find a chunk's rows by key range only where the range means the
     same there: key copied, same type, same collation."""
     source, target = sides.source, sides.target
-    return keyset.kind == "key" and all(
+    return keyset.kind is KeysetKind.KEY and all(
         c in sides.columns
         and (source.by_name[c].type, source.by_name[c].collation)
         == (target.by_name[c].type, target.by_name[c].collation)
