@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.errors import CatalogError
 
@@ -36,6 +37,13 @@ _RELKINDS = {
     "i": "an index",
     "I": "a partitioned index",
 }
+
+
+class Side(Choice):
+    """Which end of a copy: rows are read from the source and written to the target."""
+
+    SOURCE = "source"
+    TARGET = "target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +140,14 @@ HAVING bool_and(a.attnotnull)
 """
 
 
-def load_table(cur, name: TableName, side: str) -> Table:
-    """Read a table's definition; ``side`` ("source"/"target") only shapes the error message."""
+def load_table(cur, name: TableName, side: Side) -> Table:
+    """Read a table's definition; ``side`` only shapes the error message."""
     schemas, names = name.candidates()
     cur.execute(_FIND, {"names": names, "schemas": schemas, "exact": name.name, "exact_schema": name.schema})
     row = cur.fetchone()
     if row is None:
         where = f"schema {name.schema!r}" if name.schema else "the search_path"
-        advice = "create it first, or check the name" if side == "target" else "check the name and the connection"
+        advice = "create it first, or check the name" if side == Side.TARGET else "check the name and the connection"
         raise CatalogError(
             f'{side} table {name} does not exist in {where}: {advice} (quote mixed-case names as "Name")'
         )
@@ -167,9 +175,9 @@ def load_table(cur, name: TableName, side: str) -> Table:
     )
 
 
-def _not_a_table(side: str, name: TableName, relkind: str) -> str:
+def _not_a_table(side: Side, name: TableName, relkind: str) -> str:
     what = _RELKINDS.get(relkind, f"a relation of kind {relkind!r}")
-    if side == "target":
+    if side == Side.TARGET:
         return (
             f"target {name} is {what}, not a table: COPY can only load tables. Name the table to load as target_table"
         )

@@ -236,7 +236,7 @@ class TableCopy:
             seconds=time.monotonic() - started,
             total_rows=totals.rows,
             total_chunks=totals.chunks,
-            checksum=prepared.checksum if self.spec.verify_checksums else None,
+            checksum=prepared.checksum.value if self.spec.verify_checksums else None,
             workers=workers,
             snapshots=snapshots,
             sequences=tuple(moves),

@@ -19,6 +19,7 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
+from airflow_pool_provider.copy.checksum import ChunkDigest
 from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.copy.plan import Chunk, Keyset, KeysetKind
 from airflow_pool_provider.errors import CopyMistake, first_line
@@ -51,7 +52,7 @@ _DDL = """CREATE TABLE IF NOT EXISTS {} (
 class ChunkResult:
     rows: int
     bytes: int
-    checksum: str | None
+    checksum: ChunkDigest | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +198,7 @@ class Ledger:
                 "UPDATE {} SET rows_copied = %s, bytes_copied = %s, checksum = %s, seconds = %s, "
                 "finished_at = clock_timestamp() WHERE copy_id = %s AND chunk_no = %s"
             ).format(self.table),
-            (result.rows, result.bytes, result.checksum, seconds, copy_id, chunk_no),
+            (result.rows, result.bytes, _text(result.checksum), seconds, copy_id, chunk_no),
         )
 
     def totals(self, cur, copy_id: str) -> LedgerTotals:
@@ -268,6 +269,10 @@ def _exists(cur, schema: str, table: str = CHUNK_LEDGER_TABLE) -> bool:
 def _role(cur) -> str:
     cur.execute("SELECT current_user")
     return cur.fetchone()[0]
+
+
+def _text(digest: ChunkDigest | None) -> str | None:
+    return None if digest is None else str(digest)
 
 
 def _json(bound: tuple[str, ...] | None) -> str | None:

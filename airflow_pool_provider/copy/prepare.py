@@ -16,7 +16,8 @@ from psycopg2 import sql
 
 from airflow_pool_provider.copy import catalog, checksum, plan, sequences
 from airflow_pool_provider.copy.budget import ServerSlots, WorkerBudget, read_slots
-from airflow_pool_provider.copy.catalog import Table
+from airflow_pool_provider.copy.catalog import Side, Table
+from airflow_pool_provider.copy.checksum import ChecksumMethod
 from airflow_pool_provider.copy.ledger import Ledger, StoredPlan
 from airflow_pool_provider.copy.plan import Chunk, Keyset, KeysetKind
 from airflow_pool_provider.copy.sequences import SequencePair
@@ -40,7 +41,7 @@ class PreparedCopy:
     done: frozenset[int]
     ledger: Ledger
     binary: bool
-    checksum: str  # "record" or "text"
+    checksum: ChecksumMethod
     verify_in_range: bool  # the chunk's key range finds its rows in the target too
     sequences: tuple[SequencePair, ...]
     budget: WorkerBudget
@@ -114,9 +115,9 @@ def prepare(
 
 def _load_sides(scur, tcur, spec: CopySpec) -> _Sides:
     """Read both tables (and check the filter on the source); CatalogError unless they can be copied."""
-    source = catalog.load_table(scur, spec.source_name, "source")
+    source = catalog.load_table(scur, spec.source_name, Side.SOURCE)
     spec.row_filter.check(scur, source.ident)
-    target = catalog.load_table(tcur, spec.target_name, "target")
+    target = catalog.load_table(tcur, spec.target_name, Side.TARGET)
     columns = tuple(spec.columns) if spec.columns else source.copyable_columns()
     sides = _Sides(source, target, server_identity(scur), server_identity(tcur), columns)
     if sides.source_server == sides.target_server and target.oid == source.oid:
@@ -130,7 +131,7 @@ def _load_sides(scur, tcur, spec: CopySpec) -> _Sides:
 
 def _server_slots(scur, tcur, sides: _Sides) -> tuple[ServerSlots, ServerSlots | None]:
     """Each server's free slots; the target's None when it is the source's server."""
-    return read_slots(scur, "source"), None if sides.one_server else read_slots(tcur, "target")
+    return read_slots(scur, Side.SOURCE), None if sides.one_server else read_slots(tcur, Side.TARGET)
 
 
 def _open_ledger(tcur, spec: CopySpec, copy_id: str, target: Table) -> Ledger:
