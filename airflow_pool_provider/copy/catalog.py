@@ -191,29 +191,61 @@ def _not_a_table(side: Side, name: TableName, relkind: str) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnDifference:
+    """One way the two tables differ in a column that the copy needs alike."""
+
+    column: str
+    problem: str  # a sentence naming the column, for messages and plans
+
+    def __str__(self) -> str:
+        return self.problem
+
+
+class TableMismatch(CatalogError):
+    """Source and target differ where the copy needs them alike; ``differences`` lists how."""
+
+    def __init__(self, message: str, differences: tuple[ColumnDifference, ...] = ()) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
 def check_compatible(source: Table, target: Table, columns: tuple[str, ...]) -> None:
-    """Raise one CatalogError listing every difference that would make the copy wrong."""
-    problems = []
+    """Raise one TableMismatch listing every difference that would make the copy wrong."""
+    differences = tuple(differences_between(source, target, columns))
+    if differences:
+        raise TableMismatch(
+            f"source {source.name} and target {target.name} do not match:\n  - "
+            + "\n  - ".join(map(str, differences))
+            + "\nAlign the target's columns and types with the source, or pass columns=[...].",
+            differences,
+        )
+
+
+def differences_between(source: Table, target: Table, columns: tuple[str, ...]) -> list[ColumnDifference]:
+    """How the copied ``columns`` and the target's other columns keep the copy from being right."""
+    found = []
     for col in columns:
         src = source.by_name.get(col)
         dst = target.by_name.get(col)
         if src is None:
-            problems.append(f"column {col!r} is not in source table {source.name}")
+            found.append(ColumnDifference(col, f"column {col!r} is not in source table {source.name}"))
         elif src.generated:
-            problems.append(f"column {col!r} is generated in the source; leave it out of columns")
+            found.append(ColumnDifference(col, f"column {col!r} is generated in the source; leave it out of columns"))
         if dst is None:
-            problems.append(f"column {col!r} is not in target table {target.name}")
+            found.append(ColumnDifference(col, f"column {col!r} is not in target table {target.name}"))
         elif dst.generated:
-            problems.append(f"column {col!r} is generated in the target (it computes it); leave it out")
+            found.append(
+                ColumnDifference(col, f"column {col!r} is generated in the target (it computes it); leave it out")
+            )
         if src is not None and dst is not None and src.type != dst.type:
-            problems.append(f"column {col!r} is {src.type} in the source but {dst.type} in the target")
+            found.append(
+                ColumnDifference(col, f"column {col!r} is {src.type} in the source but {dst.type} in the target")
+            )
     for dst in target.columns:
         missing = dst.name not in columns and dst.not_null
         if missing and not (dst.generated or dst.identity or dst.has_default):
-            problems.append(f"target column {dst.name!r} is NOT NULL, has no default and is not copied")
-    if problems:
-        raise CatalogError(
-            f"source {source.name} and target {target.name} do not match:\n  - "
-            + "\n  - ".join(problems)
-            + "\nAlign the target's columns and types with the source, or pass columns=[...]."
-        )
+            found.append(
+                ColumnDifference(dst.name, f"target column {dst.name!r} is NOT NULL, has no default and is not copied")
+            )
+    return found
