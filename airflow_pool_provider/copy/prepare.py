@@ -58,6 +58,16 @@ Log = logging.Logger | logging.LoggerAdapter
 
 
 @dataclass(frozen=True, slots=True)
+class _Request:
+    """The copy asked for, the snapshot it reads through, and where it reports."""
+
+    spec: CopySpec
+    copy_id: str
+    snapshot: SourceSnapshot
+    log: Log
+
+
+@dataclass(frozen=True, slots=True)
 class _Sides:
     """Both tables, the servers they are on, and the columns copied between them."""
 
@@ -90,7 +100,7 @@ def prepare(
         budget = check_budget(*_server_slots(scur, tcur, sides))
         _warn_sequence_rights(scur, tcur, pairs, log)
         ledger = _open_ledger(tcur, spec, copy_id, sides.target)
-        stored = _plan_or_resume(scur, tcur, ledger, spec, copy_id, sides, snapshot, log)
+        stored = _plan_or_resume(scur, tcur, ledger, _Request(spec, copy_id, snapshot, log), sides)
     snapshot.stop.raise_if_stopped()  # a stopped copy commits no plan (nor a replace's TRUNCATE)
     tconn.commit()
     in_range = _key_maps_onto_target(stored.keyset, sides)
@@ -142,13 +152,18 @@ def _open_ledger(tcur, spec: CopySpec, copy_id: str, target: Table) -> Ledger:
     return ledger
 
 
-def _plan_or_resume(
-    scur, tcur, ledger: Ledger, spec: CopySpec, copy_id: str, sides: _Sides, snapshot: SourceSnapshot, log: Log
-) -> StoredPlan:
+def _plan_or_resume(scur, tcur, ledger: Ledger, request: _Request, sides: _Sides) -> StoredPlan:
     """The plan stored by an earlier attempt, or a new one, stored (after a replace's TRUNCATE)."""
-    stored = _resumable_plan(tcur, ledger, spec, copy_id, sides.source, sides.target, log)
+    stored = _resumable_plan(tcur, ledger, request, sides)
     if stored is None:
-        return _new_plan(scur, tcur, ledger, spec, copy_id, sides, snapshot, log)
+        return _new_plan(scur, tcur, ledger, request, sides)
+    _log_resume(stored, ledger, request)
+    return stored
+
+
+def _log_resume(stored: StoredPlan, ledger: Ledger, request: _Request) -> None:
+    """Say how much an earlier attempt did, and which snapshot the rest is read through."""
+    log, copy_id, snapshot = request.log, request.copy_id, request.snapshot
     if snapshot.taken_now:
         log.info(
             "copy %s resumes: %d of %d chunk(s) already done (ledger %s); the rest are read from a NEW "
@@ -169,13 +184,11 @@ def _plan_or_resume(
             ledger,
             snapshot.id,
         )
-    return stored
 
 
-def _new_plan(
-    scur, tcur, ledger: Ledger, spec: CopySpec, copy_id: str, sides: _Sides, snapshot: SourceSnapshot, log: Log
-) -> StoredPlan:
+def _new_plan(scur, tcur, ledger: Ledger, request: _Request, sides: _Sides) -> StoredPlan:
     """Split the source into chunks through the snapshot and store the plan in the ledger."""
+    spec, copy_id, snapshot, log = request.spec, request.copy_id, request.snapshot, request.log
     source, target = sides.source, sides.target
     keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
     chunks = plan.plan(scur, source, keyset, spec.row_filter, spec.chunk_size, snapshot.stop.raise_if_stopped)
@@ -219,16 +232,10 @@ def _warn_target_scans(spec: CopySpec, copy_id: str, keyset: Keyset, in_range: b
     log.warning("copy %s: %s, so each chunk's check scans the target table's new rows", copy_id, why)
 
 
-def _resumable_plan(
-    tcur,
-    ledger: Ledger,
-    spec: CopySpec,
-    copy_id: str,
-    source: Table,
-    target: Table,
-    log: Log,
-) -> StoredPlan | None:
-    """The stored plan of ``copy_id`` if the copy can resume from it exactly once."""
+def _resumable_plan(tcur, ledger: Ledger, request: _Request, sides: _Sides) -> StoredPlan | None:
+    """The stored plan of the copy if it can resume from it exactly once."""
+    spec, copy_id, log = request.spec, request.copy_id, request.log
+    source, target = sides.source, sides.target
     stored = ledger.load_plan(tcur, copy_id, str(source.name), str(target.name))
     if stored is None or stored.keyset.kind is not KeysetKind.CTID or not stored.done or spec.mode is CopyMode.UPSERT:
         return stored
