@@ -224,28 +224,31 @@ def check_compatible(source: Table, target: Table, columns: tuple[str, ...]) -> 
 
 def differences_between(source: Table, target: Table, columns: tuple[str, ...]) -> list[ColumnDifference]:
     """How the copied ``columns`` and the target's other columns keep the copy from being right."""
-    found = []
-    for col in columns:
-        src = source.by_name.get(col)
-        dst = target.by_name.get(col)
-        if src is None:
-            found.append(ColumnDifference(col, f"column {col!r} is not in source table {source.name}"))
-        elif src.generated:
-            found.append(ColumnDifference(col, f"column {col!r} is generated in the source; leave it out of columns"))
-        if dst is None:
-            found.append(ColumnDifference(col, f"column {col!r} is not in target table {target.name}"))
-        elif dst.generated:
-            found.append(
-                ColumnDifference(col, f"column {col!r} is generated in the target (it computes it); leave it out")
-            )
-        if src is not None and dst is not None and src.type != dst.type:
-            found.append(
-                ColumnDifference(col, f"column {col!r} is {src.type} in the source but {dst.type} in the target")
-            )
-    for dst in target.columns:
-        missing = dst.name not in columns and dst.not_null
-        if missing and not (dst.generated or dst.identity or dst.has_default):
-            found.append(
-                ColumnDifference(dst.name, f"target column {dst.name!r} is NOT NULL, has no default and is not copied")
-            )
-    return found
+    found = [d for col in columns for d in _column_differences(col, source, target)]
+    return found + _required_left_out(target, columns)
+
+
+def _column_differences(col: str, source: Table, target: Table) -> list[ColumnDifference]:
+    """What keeps one copied column from being copied as it is."""
+    src, dst = source.by_name.get(col), target.by_name.get(col)
+    problems = []
+    if src is None:
+        problems.append(f"column {col!r} is not in source table {source.name}")
+    elif src.generated:
+        problems.append(f"column {col!r} is generated in the source; leave it out of columns")
+    if dst is None:
+        problems.append(f"column {col!r} is not in target table {target.name}")
+    elif dst.generated:
+        problems.append(f"column {col!r} is generated in the target (it computes it); leave it out")
+    if src is not None and dst is not None and src.type != dst.type:
+        problems.append(f"column {col!r} is {src.type} in the source but {dst.type} in the target")
+    return [ColumnDifference(col, p) for p in problems]
+
+
+def _required_left_out(target: Table, columns: tuple[str, ...]) -> list[ColumnDifference]:
+    """Target columns not copied that a row cannot do without (NOT NULL, no default)."""
+    return [
+        ColumnDifference(dst.name, f"target column {dst.name!r} is NOT NULL, has no default and is not copied")
+        for dst in target.columns
+        if dst.name not in columns and dst.not_null and not (dst.generated or dst.identity or dst.has_default)
+    ]
