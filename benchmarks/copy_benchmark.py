@@ -245,7 +245,7 @@ def _profile(src, dst, rows: int, chunk_size: int) -> None:
     from airflow_pool_provider.copy.names import TableName
 
     with src.cursor() as cur:
-        columns = catalog.load_table(cur, TableName.parse("events"), "source").copyable_columns()
+        columns = catalog.load_table(cur, TableName.parse("events"), catalog.Side.SOURCE).copyable_columns()
     src.rollback()
     ranges = [
         sql.SQL("id > {} AND id <= {}").format(sql.Literal(lo), sql.Literal(lo + chunk_size))
@@ -275,7 +275,7 @@ def _profile(src, dst, rows: int, chunk_size: int) -> None:
     started = time.perf_counter()
     with src.cursor() as cur:
         for where in ranges:
-            cur.execute(checksum.query("record", columns, sql.Identifier("events"), where))
+            cur.execute(checksum.query(checksum.ChecksumMethod.RECORD, columns, sql.Identifier("events"), where))
             cur.fetchone()
     src.rollback()
     hashing = time.perf_counter() - started

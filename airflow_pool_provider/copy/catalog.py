@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.errors import CatalogError
 
@@ -36,6 +37,13 @@ _RELKINDS = {
     "i": "an index",
     "I": "a partitioned index",
 }
+
+
+class Side(Choice):
+    """Which end of a copy: rows are read from the source and written to the target."""
+
+    SOURCE = "source"
+    TARGET = "target"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,14 +140,14 @@ HAVING bool_and(a.attnotnull)
 """
 
 
-def load_table(cur, name: TableName, side: str) -> Table:
-    """Read a table's definition; ``side`` ("source"/"target") only shapes the error message."""
+def load_table(cur, name: TableName, side: Side) -> Table:
+    """Read a table's definition; ``side`` only shapes the error message."""
     schemas, names = name.candidates()
     cur.execute(_FIND, {"names": names, "schemas": schemas, "exact": name.name, "exact_schema": name.schema})
     row = cur.fetchone()
     if row is None:
         where = f"schema {name.schema!r}" if name.schema else "the search_path"
-        advice = "create it first, or check the name" if side == "target" else "check the name and the connection"
+        advice = "create it first, or check the name" if side == Side.TARGET else "check the name and the connection"
         raise CatalogError(
             f'{side} table {name} does not exist in {where}: {advice} (quote mixed-case names as "Name")'
         )
@@ -167,9 +175,9 @@ def load_table(cur, name: TableName, side: str) -> Table:
     )
 
 
-def _not_a_table(side: str, name: TableName, relkind: str) -> str:
+def _not_a_table(side: Side, name: TableName, relkind: str) -> str:
     what = _RELKINDS.get(relkind, f"a relation of kind {relkind!r}")
-    if side == "target":
+    if side == Side.TARGET:
         return (
             f"target {name} is {what}, not a table: COPY can only load tables. Name the table to load as target_table"
         )
@@ -183,29 +191,64 @@ def _not_a_table(side: str, name: TableName, relkind: str) -> str:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnDifference:
+    """One way the two tables differ in a column that the copy needs alike."""
+
+    column: str
+    problem: str  # a sentence naming the column, for messages and plans
+
+    def __str__(self) -> str:
+        return self.problem
+
+
+class TableMismatch(CatalogError):
+    """Source and target differ where the copy needs them alike; ``differences`` lists how."""
+
+    def __init__(self, message: str, differences: tuple[ColumnDifference, ...] = ()) -> None:
+        super().__init__(message)
+        self.differences = differences
+
+
 def check_compatible(source: Table, target: Table, columns: tuple[str, ...]) -> None:
-    """Raise one CatalogError listing every difference that would make the copy wrong."""
-    problems = []
-    for col in columns:
-        src = source.by_name.get(col)
-        dst = target.by_name.get(col)
-        if src is None:
-            problems.append(f"column {col!r} is not in source table {source.name}")
-        elif src.generated:
-            problems.append(f"column {col!r} is generated in the source; leave it out of columns")
-        if dst is None:
-            problems.append(f"column {col!r} is not in target table {target.name}")
-        elif dst.generated:
-            problems.append(f"column {col!r} is generated in the target (it computes it); leave it out")
-        if src is not None and dst is not None and src.type != dst.type:
-            problems.append(f"column {col!r} is {src.type} in the source but {dst.type} in the target")
-    for dst in target.columns:
-        missing = dst.name not in columns and dst.not_null
-        if missing and not (dst.generated or dst.identity or dst.has_default):
-            problems.append(f"target column {dst.name!r} is NOT NULL, has no default and is not copied")
-    if problems:
-        raise CatalogError(
+    """Raise one TableMismatch listing every difference that would make the copy wrong."""
+    differences = tuple(differences_between(source, target, columns))
+    if differences:
+        raise TableMismatch(
             f"source {source.name} and target {target.name} do not match:\n  - "
-            + "\n  - ".join(problems)
-            + "\nAlign the target's columns and types with the source, or pass columns=[...]."
+            + "\n  - ".join(map(str, differences))
+            + "\nAlign the target's columns and types with the source, or pass columns=[...].",
+            differences,
         )
+
+
+def differences_between(source: Table, target: Table, columns: tuple[str, ...]) -> list[ColumnDifference]:
+    """How the copied ``columns`` and the target's other columns keep the copy from being right."""
+    found = [d for col in columns for d in _column_differences(col, source, target)]
+    return found + _required_left_out(target, columns)
+
+
+def _column_differences(col: str, source: Table, target: Table) -> list[ColumnDifference]:
+    """What keeps one copied column from being copied as it is."""
+    src, dst = source.by_name.get(col), target.by_name.get(col)
+    problems = []
+    if src is None:
+        problems.append(f"column {col!r} is not in source table {source.name}")
+    elif src.generated:
+        problems.append(f"column {col!r} is generated in the source; leave it out of columns")
+    if dst is None:
+        problems.append(f"column {col!r} is not in target table {target.name}")
+    elif dst.generated:
+        problems.append(f"column {col!r} is generated in the target (it computes it); leave it out")
+    if src is not None and dst is not None and src.type != dst.type:
+        problems.append(f"column {col!r} is {src.type} in the source but {dst.type} in the target")
+    return [ColumnDifference(col, p) for p in problems]
+
+
+def _required_left_out(target: Table, columns: tuple[str, ...]) -> list[ColumnDifference]:
+    """Target columns not copied that a row cannot do without (NOT NULL, no default)."""
+    return [
+        ColumnDifference(dst.name, f"target column {dst.name!r} is NOT NULL, has no default and is not copied")
+        for dst in target.columns
+        if dst.name not in columns and dst.not_null and not (dst.generated or dst.identity or dst.has_default)
+    ]

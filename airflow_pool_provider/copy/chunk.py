@@ -16,8 +16,10 @@ from psycopg2 import sql
 
 from airflow_pool_provider.backoff import Backoff
 from airflow_pool_provider.copy import checksum, plan
+from airflow_pool_provider.copy.catalog import Side
+from airflow_pool_provider.copy.checksum import ChunkDigest, RowSum
 from airflow_pool_provider.copy.ledger import ChunkResult
-from airflow_pool_provider.copy.plan import Chunk
+from airflow_pool_provider.copy.plan import Chunk, KeysetKind
 from airflow_pool_provider.copy.prepare import PreparedCopy
 from airflow_pool_provider.copy.progress import Progress
 from airflow_pool_provider.copy.snapshot import SourceSnapshot
@@ -117,7 +119,7 @@ class ChunkCopier:
             raise CopyStopped(f"chunk {chunk.no + 1} was not retried: {self.stop.reason}") from exc
 
     def _renew_snapshot(self, chunk: Chunk, exc: SnapshotLost) -> None:
-        if self.prepared.keyset.kind == "ctid":
+        if self.prepared.keyset.kind is KeysetKind.CTID:
             raise CopyError(
                 f"chunk {chunk.no + 1}: {exc}. {self.prepared.source.name} has no unique key, so its chunks are "
                 "page (ctid) ranges that only hold within one snapshot; a new snapshot cannot keep the copy "
@@ -180,7 +182,7 @@ class ChunkCopier:
             if spec.verify_checksums:
                 source_sum = checksum.query(run.checksum, run.columns, run.source.ident, selected)
             streamed = pipe(
-                scur, copy_out, tcur, copy_in, after_source=source_sum and (lambda: _fetch(scur, source_sum))
+                scur, copy_out, tcur, copy_in, after_source=source_sum and (lambda: checksum.fetch(scur, source_sum))
             )
             if streamed.source_rows != streamed.target_rows:
                 raise ChunkMismatch(
@@ -194,7 +196,7 @@ class ChunkCopier:
             if spec.verify_checksums and spec.target_checksum is TargetChecksum.PER_CHUNK:
                 digest = self._verify(tcur, chunk, into, streamed.after_source)
             elif spec.verify_checksums:  # the table is checked as a whole after its load
-                digest = source_digest(run.checksum, streamed.after_source)
+                digest = ChunkDigest(Side.SOURCE, run.checksum, streamed.after_source.total)
             result = ChunkResult(streamed.target_rows, streamed.bytes, digest)
             run.ledger.finish(tcur, run.copy_id, chunk.no, result, time.monotonic() - started)
         self.stop.raise_if_stopped()  # a stopped copy commits nothing more
@@ -225,7 +227,7 @@ class ChunkCopier:
             )
         )
 
-    def _verify(self, tcur, chunk: Chunk, stage: sql.Identifier, source_sum: tuple[int, str]) -> str:
+    def _verify(self, tcur, chunk: Chunk, stage: sql.Identifier, source_sum: RowSum) -> ChunkDigest:
         """Hash the rows this chunk left in the target and compare with the source's hash."""
         run = self.prepared
         if self.spec.mode is CopyMode.UPSERT:
@@ -240,25 +242,11 @@ class ChunkCopier:
             in_range = plan.range_predicate(run.keyset, chunk) if run.verify_in_range else sql.SQL("true")
             written = sql.SQL("{} AND xmin = pg_current_xact_id()::xid").format(in_range)
             query = checksum.query(run.checksum, run.columns, run.target.ident, written)
-        target_sum = _fetch(tcur, query)
+        target_sum = checksum.fetch(tcur, query)
         if target_sum != source_sum:
             raise ChunkMismatch(
-                f"chunk {chunk.no + 1}: checksum mismatch - source has {source_sum[0]} rows hashing to "
-                f"{source_sum[1]}, target has {target_sum[0]} rows hashing to {target_sum[1]}; rolled "
+                f"chunk {chunk.no + 1}: checksum mismatch - source has {source_sum.rows} rows hashing to "
+                f"{source_sum.total}, target has {target_sum.rows} rows hashing to {target_sum.total}; rolled "
                 f"back. Check for triggers or rules on {run.target.name} that change rows"
             )
-        return f"{run.checksum}:{target_sum[1]}"
-
-
-def source_digest(method: str, source_sum: tuple[int, str]) -> str:
-    """What the ledger keeps of a chunk whose target side is checked later, with its table."""
-    return f"{SOURCE_DIGEST}{method}:{source_sum[1]}"
-
-
-#: Marks a ledger checksum as the source's alone (per_table verification).
-SOURCE_DIGEST = "source:"
-
-
-def _fetch(cur, query: sql.Composable) -> tuple:
-    cur.execute(query)
-    return tuple(cur.fetchone())
+        return ChunkDigest(Side.TARGET, run.checksum, target_sum.total)

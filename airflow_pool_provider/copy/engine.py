@@ -24,6 +24,7 @@ from typing import Any
 from airflow_pool_provider.copy import sequences
 from airflow_pool_provider.copy.budget import ServerSlots, WorkerBudget, plan_workers
 from airflow_pool_provider.copy.chunk import ChunkCopier
+from airflow_pool_provider.copy.plan import KeysetKind
 from airflow_pool_provider.copy.prepare import PreparedCopy, prepare
 from airflow_pool_provider.copy.progress import Progress
 from airflow_pool_provider.copy.snapshot import ExportedSnapshot, SharedSnapshot, SourceSnapshot
@@ -226,7 +227,7 @@ class TableCopy:
             source=str(prepared.source.name),
             target=str(prepared.target.name),
             mode=self.spec.mode.value,
-            key="ctid" if prepared.keyset.kind == "ctid" else list(prepared.keyset.columns),
+            key=KeysetKind.CTID.value if prepared.keyset.kind is KeysetKind.CTID else list(prepared.keyset.columns),
             format="binary" if prepared.binary else "text",
             rows=progress.rows_this_run,
             chunks=progress.chunks_this_run,
@@ -235,7 +236,7 @@ class TableCopy:
             seconds=time.monotonic() - started,
             total_rows=totals.rows,
             total_chunks=totals.chunks,
-            checksum=prepared.checksum if self.spec.verify_checksums else None,
+            checksum=prepared.checksum.value if self.spec.verify_checksums else None,
             workers=workers,
             snapshots=snapshots,
             sequences=tuple(moves),

@@ -19,8 +19,9 @@ import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
+from airflow_pool_provider.copy.checksum import ChunkDigest
 from airflow_pool_provider.copy.names import quote_ident
-from airflow_pool_provider.copy.plan import Chunk, Keyset
+from airflow_pool_provider.copy.plan import Chunk, Keyset, KeysetKind
 from airflow_pool_provider.errors import CopyMistake, first_line
 
 CHUNK_LEDGER_TABLE = "airflow_pool_provider_copy_chunks"
@@ -51,7 +52,25 @@ _DDL = """CREATE TABLE IF NOT EXISTS {} (
 class ChunkResult:
     rows: int
     bytes: int
-    checksum: str | None
+    checksum: ChunkDigest | None
+
+
+@dataclass(frozen=True, slots=True)
+class _PlannedChunkRow:
+    """One chunk's ledger row as ``load_plan`` selects it."""
+
+    chunk_no: int
+    key_kind: str
+    key_columns: list[str]
+    lower_bound: list[str] | None
+    upper_bound: list[str] | None
+    expected_rows: int | None
+    finished: bool
+    source_table: str
+    target_table: str
+
+    def chunk(self) -> Chunk:
+        return Chunk(self.chunk_no, _tuple(self.lower_bound), _tuple(self.upper_bound), self.expected_rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +125,18 @@ class Ledger:
             ).format(self.table),
             (copy_id,),
         )
-        rows = cur.fetchall()
+        rows = [_PlannedChunkRow(*row) for row in cur.fetchall()]
         if not rows:
             return None
-        if (rows[0][7], rows[0][8]) != (source, target):
+        first = rows[0]
+        if (first.source_table, first.target_table) != (source, target):
             raise CopyMistake(
-                f"copy_id {copy_id!r} already names a copy of {rows[0][7]} -> {rows[0][8]} in the ledger; "
-                f"give this copy of {source} -> {target} another copy_id"
+                f"copy_id {copy_id!r} already names a copy of {first.source_table} -> {first.target_table} in the "
+                f"ledger; give this copy of {source} -> {target} another copy_id"
             )
-        keyset = Keyset(rows[0][1], tuple(rows[0][2]), "the plan stored by the earlier run")
-        chunks = [Chunk(no, _tuple(lo), _tuple(hi), exp) for no, _, _, lo, hi, exp, *_ in rows]
-        return StoredPlan(keyset, chunks, frozenset(r[0] for r in rows if r[6]))
+        keyset = Keyset(KeysetKind(first.key_kind), tuple(first.key_columns), "the plan stored by the earlier run")
+        chunks = [row.chunk() for row in rows]
+        return StoredPlan(keyset, chunks, frozenset(row.chunk_no for row in rows if row.finished))
 
     def save_plan(self, cur, copy_id: str, source: str, target: str, keyset: Keyset, chunks: list[Chunk]) -> None:
         execute_values(
@@ -133,7 +153,7 @@ class Ledger:
                     c.no,
                     source,
                     target,
-                    keyset.kind,
+                    keyset.kind.value,
                     json.dumps(list(keyset.columns)),
                     _json(c.lower),
                     _json(c.upper),
@@ -178,7 +198,7 @@ class Ledger:
                 "UPDATE {} SET rows_copied = %s, bytes_copied = %s, checksum = %s, seconds = %s, "
                 "finished_at = clock_timestamp() WHERE copy_id = %s AND chunk_no = %s"
             ).format(self.table),
-            (result.rows, result.bytes, result.checksum, seconds, copy_id, chunk_no),
+            (result.rows, result.bytes, _text(result.checksum), seconds, copy_id, chunk_no),
         )
 
     def totals(self, cur, copy_id: str) -> LedgerTotals:
@@ -249,6 +269,10 @@ def _exists(cur, schema: str, table: str = CHUNK_LEDGER_TABLE) -> bool:
 def _role(cur) -> str:
     cur.execute("SELECT current_user")
     return cur.fetchone()[0]
+
+
+def _text(digest: ChunkDigest | None) -> str | None:
+    return None if digest is None else str(digest)
 
 
 def _json(bound: tuple[str, ...] | None) -> str | None:

@@ -14,20 +14,28 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from airflow_pool_provider.copy.catalog import Table
+from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.row_filter import RowFilter
 from airflow_pool_provider.errors import CatalogError
 
 
+class KeysetKind(Choice):
+    """How a table is split: by a unique key's values, or by page (ctid) ranges without one."""
+
+    KEY = "key"
+    CTID = "ctid"
+
+
 @dataclass(frozen=True, slots=True)
 class Keyset:
-    """How a table is split: ``kind`` is "key" (unique key columns) or "ctid" (page ranges)."""
+    """How a table is split, and by which columns (none for ctid ranges)."""
 
-    kind: str
+    kind: KeysetKind
     columns: tuple[str, ...]
     reason: str
 
     def order_by(self) -> sql.Composable:
-        if self.kind == "ctid":
+        if self.kind is KeysetKind.CTID:
             return sql.SQL("ctid")
         return sql.SQL(", ").join(sql.Identifier(c) for c in self.columns)
 
@@ -50,19 +58,19 @@ def choose_keyset(table: Table, key: tuple[str, ...] | None = None) -> Keyset:
                 f"key {list(key)} of {table.name} is not a unique btree index on NOT NULL columns; "
                 f"usable keys: {[list(k) for k in table.unique_keys] or 'none'}"
             )
-        return Keyset("key", key, f"the key {list(key)} you chose")
+        return Keyset(KeysetKind.KEY, key, f"the key {list(key)} you chose")
     if table.primary_key:
-        return Keyset("key", table.primary_key, f"primary key {list(table.primary_key)}")
+        return Keyset(KeysetKind.KEY, table.primary_key, f"primary key {list(table.primary_key)}")
     if table.unique_keys:
         cols = table.unique_keys[0]
-        return Keyset("key", cols, f"unique index on {list(cols)} (no primary key)")
-    return Keyset("ctid", (), "no primary key or unique NOT NULL index, so chunks are page (ctid) ranges")
+        return Keyset(KeysetKind.KEY, cols, f"unique index on {list(cols)} (no primary key)")
+    return Keyset(KeysetKind.CTID, (), "no primary key or unique NOT NULL index, so chunks are page (ctid) ranges")
 
 
 def range_predicate(keyset: Keyset, chunk: Chunk) -> sql.Composable:
     """The WHERE condition selecting one chunk's rows."""
     parts: list[sql.Composable] = []
-    if keyset.kind == "ctid":
+    if keyset.kind is KeysetKind.CTID:
         if chunk.lower is not None:
             parts.append(sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({chunk.lower[0]},0)")))
         if chunk.upper is not None:
@@ -89,7 +97,7 @@ def plan(
 ) -> list[Chunk]:
     """Split the rows of ``table`` matching ``row_filter`` into chunks of about ``chunk_size`` rows.
     ``go_on`` is called before each probe and raises to stop (a big table takes many)."""
-    if keyset.kind == "ctid":
+    if keyset.kind is KeysetKind.CTID:
         return _plan_pages(cur, table, row_filter, chunk_size)
     return _plan_keys(cur, table, keyset, row_filter, chunk_size, go_on)
 

@@ -16,9 +16,10 @@ from psycopg2 import sql
 
 from airflow_pool_provider.copy import catalog, checksum, plan, sequences
 from airflow_pool_provider.copy.budget import ServerSlots, WorkerBudget, read_slots
-from airflow_pool_provider.copy.catalog import Table
+from airflow_pool_provider.copy.catalog import Side, Table
+from airflow_pool_provider.copy.checksum import ChecksumMethod
 from airflow_pool_provider.copy.ledger import Ledger, StoredPlan
-from airflow_pool_provider.copy.plan import Chunk, Keyset
+from airflow_pool_provider.copy.plan import Chunk, Keyset, KeysetKind
 from airflow_pool_provider.copy.sequences import SequencePair
 from airflow_pool_provider.copy.server import ServerIdentity, server_identity
 from airflow_pool_provider.copy.snapshot import SourceSnapshot
@@ -40,7 +41,7 @@ class PreparedCopy:
     done: frozenset[int]
     ledger: Ledger
     binary: bool
-    checksum: str  # "record" or "text"
+    checksum: ChecksumMethod
     verify_in_range: bool  # the chunk's key range finds its rows in the target too
     sequences: tuple[SequencePair, ...]
     budget: WorkerBudget
@@ -54,6 +55,16 @@ class PreparedCopy:
 BudgetCheck = Callable[[ServerSlots, "ServerSlots | None"], WorkerBudget]
 
 Log = logging.Logger | logging.LoggerAdapter
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """The copy asked for, the snapshot it reads through, and where it reports."""
+
+    spec: CopySpec
+    copy_id: str
+    snapshot: SourceSnapshot
+    log: Log
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +100,7 @@ def prepare(
         budget = check_budget(*_server_slots(scur, tcur, sides))
         _warn_sequence_rights(scur, tcur, pairs, log)
         ledger = _open_ledger(tcur, spec, copy_id, sides.target)
-        stored = _plan_or_resume(scur, tcur, ledger, spec, copy_id, sides, snapshot, log)
+        stored = _plan_or_resume(scur, tcur, ledger, _Request(spec, copy_id, snapshot, log), sides)
     snapshot.stop.raise_if_stopped()  # a stopped copy commits no plan (nor a replace's TRUNCATE)
     tconn.commit()
     in_range = _key_maps_onto_target(stored.keyset, sides)
@@ -114,9 +125,9 @@ def prepare(
 
 def _load_sides(scur, tcur, spec: CopySpec) -> _Sides:
     """Read both tables (and check the filter on the source); CatalogError unless they can be copied."""
-    source = catalog.load_table(scur, spec.source_name, "source")
+    source = catalog.load_table(scur, spec.source_name, Side.SOURCE)
     spec.row_filter.check(scur, source.ident)
-    target = catalog.load_table(tcur, spec.target_name, "target")
+    target = catalog.load_table(tcur, spec.target_name, Side.TARGET)
     columns = tuple(spec.columns) if spec.columns else source.copyable_columns()
     sides = _Sides(source, target, server_identity(scur), server_identity(tcur), columns)
     if sides.source_server == sides.target_server and target.oid == source.oid:
@@ -130,7 +141,7 @@ def _load_sides(scur, tcur, spec: CopySpec) -> _Sides:
 
 def _server_slots(scur, tcur, sides: _Sides) -> tuple[ServerSlots, ServerSlots | None]:
     """Each server's free slots; the target's None when it is the source's server."""
-    return read_slots(scur, "source"), None if sides.one_server else read_slots(tcur, "target")
+    return read_slots(scur, Side.SOURCE), None if sides.one_server else read_slots(tcur, Side.TARGET)
 
 
 def _open_ledger(tcur, spec: CopySpec, copy_id: str, target: Table) -> Ledger:
@@ -141,13 +152,18 @@ def _open_ledger(tcur, spec: CopySpec, copy_id: str, target: Table) -> Ledger:
     return ledger
 
 
-def _plan_or_resume(
-    scur, tcur, ledger: Ledger, spec: CopySpec, copy_id: str, sides: _Sides, snapshot: SourceSnapshot, log: Log
-) -> StoredPlan:
+def _plan_or_resume(scur, tcur, ledger: Ledger, request: _Request, sides: _Sides) -> StoredPlan:
     """The plan stored by an earlier attempt, or a new one, stored (after a replace's TRUNCATE)."""
-    stored = _resumable_plan(tcur, ledger, spec, copy_id, sides.source, sides.target, log)
+    stored = _resumable_plan(tcur, ledger, request, sides)
     if stored is None:
-        return _new_plan(scur, tcur, ledger, spec, copy_id, sides, snapshot, log)
+        return _new_plan(scur, tcur, ledger, request, sides)
+    _log_resume(stored, ledger, request)
+    return stored
+
+
+def _log_resume(stored: StoredPlan, ledger: Ledger, request: _Request) -> None:
+    """Say how much an earlier attempt did, and which snapshot the rest is read through."""
+    log, copy_id, snapshot = request.log, request.copy_id, request.snapshot
     if snapshot.taken_now:
         log.info(
             "copy %s resumes: %d of %d chunk(s) already done (ledger %s); the rest are read from a NEW "
@@ -168,13 +184,11 @@ def _plan_or_resume(
             ledger,
             snapshot.id,
         )
-    return stored
 
 
-def _new_plan(
-    scur, tcur, ledger: Ledger, spec: CopySpec, copy_id: str, sides: _Sides, snapshot: SourceSnapshot, log: Log
-) -> StoredPlan:
+def _new_plan(scur, tcur, ledger: Ledger, request: _Request, sides: _Sides) -> StoredPlan:
     """Split the source into chunks through the snapshot and store the plan in the ledger."""
+    spec, copy_id, snapshot, log = request.spec, request.copy_id, request.snapshot, request.log
     source, target = sides.source, sides.target
     keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
     chunks = plan.plan(scur, source, keyset, spec.row_filter, spec.chunk_size, snapshot.stop.raise_if_stopped)
@@ -212,24 +226,18 @@ def _warn_target_scans(spec: CopySpec, copy_id: str, keyset: Keyset, in_range: b
         return
     why = (
         "the table has no unique key"
-        if keyset.kind == "ctid"
+        if keyset.kind is KeysetKind.CTID
         else "the chunk key does not map onto the target's (not copied, or another type or collation)"
     )
     log.warning("copy %s: %s, so each chunk's check scans the target table's new rows", copy_id, why)
 
 
-def _resumable_plan(
-    tcur,
-    ledger: Ledger,
-    spec: CopySpec,
-    copy_id: str,
-    source: Table,
-    target: Table,
-    log: Log,
-) -> StoredPlan | None:
-    """The stored plan of ``copy_id`` if the copy can resume from it exactly once."""
+def _resumable_plan(tcur, ledger: Ledger, request: _Request, sides: _Sides) -> StoredPlan | None:
+    """The stored plan of the copy if it can resume from it exactly once."""
+    spec, copy_id, log = request.spec, request.copy_id, request.log
+    source, target = sides.source, sides.target
     stored = ledger.load_plan(tcur, copy_id, str(source.name), str(target.name))
-    if stored is None or stored.keyset.kind != "ctid" or not stored.done or spec.mode is CopyMode.UPSERT:
+    if stored is None or stored.keyset.kind is not KeysetKind.CTID or not stored.done or spec.mode is CopyMode.UPSERT:
         return stored
     # Page ranges are only stable within one snapshot: rows updated since may have moved into a
     # chunk not yet copied. Resuming could double or lose them.
@@ -271,7 +279,7 @@ def _key_maps_onto_target(keyset: Keyset, sides: _Sides) -> bool:
     """The target-side check can find a chunk's rows by key range only where the range means the
     same there: key copied, same type, same collation."""
     source, target = sides.source, sides.target
-    return keyset.kind == "key" and all(
+    return keyset.kind is KeysetKind.KEY and all(
         c in sides.columns
         and (source.by_name[c].type, source.by_name[c].collation)
         == (target.by_name[c].type, target.by_name[c].collation)

@@ -64,6 +64,25 @@ class SequenceMove:
     moved: bool
 
 
+@dataclass(frozen=True, slots=True)
+class MoveOutcome:
+    """A sequence's next value after ``move``, and whether ``move`` set it."""
+
+    next_value: int
+    moved: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _Position:
+    """A sequence's ``last_value`` and ``is_called``, as ``setval`` takes them."""
+
+    last_value: int
+    is_called: bool
+
+    def next_value(self, step: int) -> int:
+        return self.last_value + step if self.is_called else self.last_value
+
+
 def owned_sequences(cur, table: Table) -> dict[str, Sequence]:
     """The sequences owned by ``table``'s columns (serial, identity), by column."""
     cur.execute(_OWNED, (table.oid,))
@@ -93,24 +112,23 @@ def sync(scur, tcur, pairs: list[SequencePair]) -> list[SequenceMove]:
     for p in pairs:
         if not (p.source.can_select and p.target.can_select and p.target.can_update):
             continue
-        next_value, moved = move(scur, tcur, p.source.ident, p.target.ident, p.target.increment)
-        moves.append(SequenceMove(p.column, str(p.target), next_value, moved))
+        outcome = move(scur, tcur, p.source.ident, p.target.ident, p.target.increment)
+        moves.append(SequenceMove(p.column, str(p.target), outcome.next_value, outcome.moved))
     return moves
 
 
-def move(scur, tcur, source: sql.Identifier, target: sql.Identifier, increment: int) -> tuple[int, bool]:
+def move(scur, tcur, source: sql.Identifier, target: sql.Identifier, increment: int) -> MoveOutcome:
     """Set ``target`` from ``source``'s position unless it is as far already (in the direction of
-    ``increment``); its next value, and whether it moved."""
-    source_last, source_called = _position(scur, source)
-    target_last, target_called = _position(tcur, target)
-    source_next = _next_value(source_last, source_called, increment)
-    target_next = _next_value(target_last, target_called, increment)
+    ``increment``)."""
+    on_source, on_target = _position(scur, source), _position(tcur, target)
+    source_next, target_next = on_source.next_value(increment), on_target.next_value(increment)
     ahead = source_next > target_next if increment > 0 else source_next < target_next
     if ahead:
         tcur.execute(
-            sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(_text(target))), (source_last, source_called)
+            sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(_text(target))),
+            (on_source.last_value, on_source.is_called),
         )
-    return (source_next if ahead else target_next), ahead
+    return MoveOutcome(source_next if ahead else target_next, ahead)
 
 
 def increment(cur, sequence: sql.Identifier) -> int:
@@ -122,11 +140,6 @@ def _text(sequence: sql.Identifier) -> str:
     return ".".join(quote_ident(s) for s in sequence.strings)
 
 
-def _position(cur, sequence: sql.Identifier) -> tuple[int, bool]:
+def _position(cur, sequence: sql.Identifier) -> _Position:
     cur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sequence))
-    last_value, is_called = cur.fetchone()
-    return last_value, is_called
-
-
-def _next_value(last_value: int, is_called: bool, step: int) -> int:
-    return last_value + step if is_called else last_value
+    return _Position(*cur.fetchone())

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import checksum
-from airflow_pool_provider.copy.catalog import Table
-from airflow_pool_provider.copy.chunk import SOURCE_DIGEST
+from airflow_pool_provider.copy.catalog import Side, Table
+from airflow_pool_provider.copy.checksum import ChecksumMethod, ChunkDigest
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.errors import CopyMistake
 
@@ -22,11 +22,15 @@ from airflow_pool_provider.errors import CopyMistake
 @dataclass(frozen=True, slots=True)
 class TableCheck:
     table: str
-    method: str
+    method: ChecksumMethod
     source_rows: int  # as read, by the ledger
     target_rows: int
     source_sum: int
     target_sum: int
+
+    def __post_init__(self) -> None:
+        # Read back from a ledger's JSON, the method is its word.
+        object.__setattr__(self, "method", ChecksumMethod(self.method))
 
     @property
     def matches(self) -> bool:
@@ -34,7 +38,7 @@ class TableCheck:
 
 
 def check_table(
-    tcur, target: Table, columns: tuple[str, ...], method: str, ledger: Ledger, copy_ids: list[str]
+    tcur, target: Table, columns: tuple[str, ...], method: ChecksumMethod, ledger: Ledger, copy_ids: list[str]
 ) -> TableCheck:
     """Compare ``target`` (all its rows) with what the copies ``copy_ids`` read from the source."""
     tcur.execute(
@@ -44,14 +48,18 @@ def check_table(
         (copy_ids,),
     )
     rows, digests = tcur.fetchone()
-    prefix = f"{SOURCE_DIGEST}{method}:"
-    if any(d is None or not d.startswith(prefix) for d in digests or []):
+    source_sum = sum(_source_digest(text, method, target).total for text in digests or [])
+    checksum.stable_output(tcur)
+    target_sum = checksum.fetch(tcur, checksum.query(method, columns, target.ident, sql.SQL("true")))
+    return TableCheck(str(target.name), method, int(rows), target_sum.rows, source_sum, target_sum.total)
+
+
+def _source_digest(text: str | None, method: ChecksumMethod, target: Table) -> ChunkDigest:
+    """A chunk's source checksum, as the ledger kept it for a check of the whole table."""
+    digest = ChunkDigest.parse(text)
+    if digest is None or digest.side is not Side.SOURCE or digest.method is not method:
         raise CopyMistake(
             f"the ledger of {target.name} holds no {method} source checksum for some chunk: it was "
             "copied with per-chunk verification or without checksums"
         )
-    source_sum = sum(int(d[len(prefix) :]) for d in digests or [])
-    checksum.stable_output(tcur)
-    tcur.execute(checksum.query(method, columns, target.ident, sql.SQL("true")))
-    target_rows, target_sum = tcur.fetchone()
-    return TableCheck(str(target.name), method, int(rows), int(target_rows), source_sum, int(target_sum))
+    return digest

@@ -17,10 +17,11 @@ import psycopg2
 
 from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy.budget import connections_for, read_slots
+from airflow_pool_provider.copy.catalog import Side
 from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
-from airflow_pool_provider.errors import CatalogError, MigrationMistake, first_line
+from airflow_pool_provider.errors import MigrationMistake, first_line
 from airflow_pool_provider.migration import catalog
 from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.ledger import MigrationLedger
@@ -274,13 +275,9 @@ def _state_in_target(
 
 def _differences(scur, tcur, table: Relation) -> list[str]:
     """How the target's table differs from the source's, if it does."""
-    source = copy_catalog.load_table(scur, table.name, "source")
-    target = copy_catalog.load_table(tcur, table.name, "target")
-    try:
-        copy_catalog.check_compatible(source, target, source.copyable_columns())
-    except CatalogError as exc:
-        return [line.strip(" -") for line in str(exc).splitlines()[1:-1]]
-    return []
+    source = copy_catalog.load_table(scur, table.name, Side.SOURCE)
+    target = copy_catalog.load_table(tcur, table.name, Side.TARGET)
+    return [str(d) for d in copy_catalog.differences_between(source, target, source.copyable_columns())]
 
 
 def _check_dependents(tcur, oids: list[int], problems: list[str]) -> None:

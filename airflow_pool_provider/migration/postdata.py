@@ -261,8 +261,7 @@ def add_foreign_keys(
 def move_sequence(scur, tcur, schema: str, name: str) -> int:
     """Set a target sequence from the source's position, never backwards; its next value."""
     ident = sql.Identifier(schema, name)
-    next_value, _ = sequences.move(scur, tcur, ident, ident, sequences.increment(tcur, ident))
-    return next_value
+    return sequences.move(scur, tcur, ident, ident, sequences.increment(tcur, ident)).next_value
 
 
 def analyze(tcur, tables: list[TableName]) -> None:

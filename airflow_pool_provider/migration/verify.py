@@ -16,6 +16,7 @@ from psycopg2 import sql
 
 from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy import checksum
+from airflow_pool_provider.copy.catalog import Side
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.verify import TableCheck, check_table
@@ -115,8 +116,8 @@ class MigrationReport:
 
 def check_leaf(scur, tcur, leaf: Relation, request: MigrationRequest) -> TableCheck:
     """One pass over a loaded leaf in the target, against the ledger's sums of what was read."""
-    source = copy_catalog.load_table(scur, leaf.name, "source")
-    target = copy_catalog.load_table(tcur, leaf.name, "target")
+    source = copy_catalog.load_table(scur, leaf.name, Side.SOURCE)
+    target = copy_catalog.load_table(tcur, leaf.name, Side.TARGET)
     columns = source.copyable_columns()
     return check_table(
         tcur,
