@@ -54,7 +54,7 @@ def test_keys_compare_by_fields_not_by_text():
 
 
 def test_records_round_trip_through_json():
-    check = TableCheck('"public"."orders"', "md5", 10, 10, 123, 123)
+    check = TableCheck('"public"."orders"', "record", 10, 10, 123, 123)
     for record in (
         SnapshotRecord("00000003-1", 10, 20, epoch=2),
         PreDataRecord(5, ("type public.mood",), "run-1", ('"public"."orders"',)),
@@ -71,7 +71,7 @@ def _row(stage: Stage, key: ObjectKey, detail=None, status=Status.DONE) -> Stage
 
 def test_previous_run_state_types_every_record():
     leaf = ObjectKey.of_table(ORDERS)
-    check = TableCheck(str(ORDERS), "md5", 3, 3, 7, 7)
+    check = TableCheck(str(ORDERS), "record", 3, 3, 7, 7)
     state = PreviousRunState.from_records(
         [
             _row(Stage.SNAPSHOT, WHOLE_STAGE, {"snapshot": "s-1", "pid": 1, "backend_pid": 2, "epoch": 3}),
