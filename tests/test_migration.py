@@ -357,3 +357,25 @@ def test_index_builds_run_with_the_given_memory(legacy):
         pool.close()
     with dst.cursor() as cur:
         assert not ledger.is_done(cur, Stage.POST_DATA, index.key)
+
+
+def test_a_bare_name_names_the_table_in_every_selected_schema(airflow_db, migration_databases, migrate):
+    src, dst = migration_databases
+    with src.cursor() as cur:
+        for schema in ("sales", "archive"):
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            for table in ("audit_log", "orders"):
+                cur.execute(
+                    sql.SQL("CREATE TABLE {} (id int PRIMARY KEY); INSERT INTO {} VALUES (1), (2)").format(
+                        sql.Identifier(schema, table), sql.Identifier(schema, table)
+                    )
+                )
+    conf = {"schemas": ["sales", "archive"], "exclude_tables": ["audit_log"]}
+    run, plan = run_dag(migrate, {**conf, "dry_run": True}, task_id="plan")
+    assert run.state == "success"
+    assert [t["name"] for t in plan["tables"]] == ['"archive"."orders"', '"sales"."orders"']
+    run, report = run_dag(migrate, {**conf, "dry_run": False}, task_id="verify")  # dag.test keeps the last conf
+    assert run.state == "success" and report is not None and report["verified"], _states(run)
+    assert [t["table"] for t in report["tables"]] == ['"archive"."orders"', '"sales"."orders"']
+    assert _one(dst, "SELECT count(*) FROM pg_class WHERE relname = 'audit_log'") == 0
+    assert _one(dst, "SELECT count(*) FROM archive.orders") == _one(dst, "SELECT count(*) FROM sales.orders") == 2

@@ -555,3 +555,32 @@ def test_a_chosen_key_that_is_not_unique_is_refused(keys, usable):
     message = f'key [\'note\'] of "public"."t" is not a unique btree index on NOT NULL columns; usable keys: {usable}'
     with pytest.raises(CatalogError, match=re.escape(message)):
         choose_keyset(table(keys, primary_key=keys[0] if keys else None), key=("note",))
+
+
+# -- selection: names ---------------------------------------------------------------------------
+
+
+def _two_schemas() -> SourceCatalog:
+    relations = {
+        oid: Relation(oid, TableName(schema, name), RelKind.TABLE, None, 0, 0)
+        for oid, schema, name in ((1, "sales", "orders"), (2, "archive", "orders"), (3, "archive", "audit"))
+    }
+    return SourceCatalog(schemas=("sales", "archive"), relations=relations, owner={})
+
+
+def test_a_bare_name_names_the_table_in_every_selected_schema():
+    catalog = _two_schemas()
+    assert [str(t.name) for t in select(catalog, tables=("orders",)).tables] == [
+        '"archive"."orders"',
+        '"sales"."orders"',
+    ]
+    assert [str(t.name) for t in select(catalog, exclude=("orders",)).tables] == ['"archive"."audit"']
+
+
+def test_a_qualified_name_names_one_table_and_a_table_named_twice_is_selected_once():
+    catalog = _two_schemas()
+    assert [str(t.name) for t in select(catalog, tables=("sales.orders",)).tables] == ['"sales"."orders"']
+    assert [str(t.name) for t in select(catalog, tables=("orders", "archive.orders")).tables] == [
+        '"archive"."orders"',
+        '"sales"."orders"',
+    ]

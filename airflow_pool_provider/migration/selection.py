@@ -1,7 +1,8 @@
 """Which tables a migration moves: whole schemas, or named tables of them, minus exclusions.
 
 Tables are named as users write them (``orders``, ``public.orders``, ``"Odd"."T"``); a bare name
-is looked for in the selected schemas. A partitioned table brings its partitions (its rows are
+names the table of that name in every selected schema (``exclude_tables: ["audit_log"]`` leaves
+out each schema's ``audit_log``). A partitioned table brings its partitions (its rows are
 copied through the leaves); a partition cannot be chosen alone. Views come along when every
 relation they read comes along; sequences when they stand alone or their table is selected.
 """
@@ -86,16 +87,15 @@ def _views_reading_only(catalog: SourceCatalog, relations: set[int]) -> list[Rel
 
 
 def _resolve(catalog: SourceCatalog, names: tuple[str, ...], field: str) -> list[Relation]:
+    """The tables ``names`` name: a bare name names the table of that name in every selected schema."""
     by_name = catalog.by_name()
     found, missing, partitions = [], [], []
     for text in names:
-        relation = _lookup(by_name, TableName.parse(text), catalog.schemas)
-        if relation is None or not relation.is_table:
+        tables = [r for r in _lookup(by_name, TableName.parse(text), catalog.schemas) if r.is_table]
+        if not tables:
             missing.append(text)
-        elif relation.parent is not None:
-            partitions.append(text)
-        else:
-            found.append(relation)
+        partitions += [text for r in tables if r.parent is not None]
+        found += [r for r in tables if r.parent is None]
     if missing:
         raise MigrationMistake(
             f"{field}: {missing} not found as tables in schemas {list(catalog.schemas)}; "
@@ -103,15 +103,18 @@ def _resolve(catalog: SourceCatalog, names: tuple[str, ...], field: str) -> list
         )
     if partitions:
         raise MigrationMistake(f"{field}: {partitions} are partitions; name their partitioned table instead")
-    return found
+    return list({r.oid: r for r in found}.values())
 
 
-def _lookup(by_name: dict[TableName, Relation], name: TableName, schemas: tuple[str, ...]) -> Relation | None:
-    """As written first, then folded to lower case where the parts were not quoted."""
+def _lookup(by_name: dict[TableName, Relation], name: TableName, schemas: tuple[str, ...]) -> list[Relation]:
+    """The relation in the schema the name gives, or in each selected schema for a bare name; in
+    each, as written first, then folded to lower case where the parts were not quoted."""
     schema_spellings, name_spellings = name.candidates()
-    for schema in schema_spellings or schemas:
-        for spelling in name_spellings:
-            relation = by_name.get(TableName(schema, spelling))
-            if relation is not None:
-                return relation
-    return None
+    if schema_spellings is not None:
+        return _spelled(by_name, schema_spellings, name_spellings)[:1]
+    return [r for schema in schemas for r in _spelled(by_name, [schema], name_spellings)[:1]]
+
+
+def _spelled(by_name: dict[TableName, Relation], schemas: list[str], names: list[str]) -> list[Relation]:
+    """The relations found under each spelling, the first spelling first."""
+    return [by_name[TableName(s, n)] for s in schemas for n in names if TableName(s, n) in by_name]
