@@ -95,6 +95,7 @@ def test_a_migration_moves_every_table_with_its_objects_and_verifies_it(airflow_
     run, report = run_dag(migrate, {"chunk_size": 700}, task_id="verify")
     assert run.state == "success", _states(run)
     assert report["verified"] and report["one_instant"]
+    assert {t["checked"] for t in report["tables"]} == {"at load"}  # each table checked right after its load
     for table in ("customers", "products", "orders", "order_items", "events", "payments"):
         # every row, byte for byte as text
         assert table_digest(dst, table, key=None) == table_digest(src, table, key=None), table
@@ -106,6 +107,7 @@ def test_a_migration_moves_every_table_with_its_objects_and_verifies_it(airflow_
 
     again, report = run_dag(migrate, {"chunk_size": 700}, task_id="verify")  # the same migration again
     assert again.state == "success" and report["verified"]
+    assert {t["checked"] for t in report["tables"]} == {"now"}  # the target read again, not the first run's checks
     # nothing changed, nothing doubled
     assert {t: table_digest(dst, t, key=None) for t in ("orders", "payments")} == before
 
@@ -379,3 +381,19 @@ def test_a_bare_name_names_the_table_in_every_selected_schema(airflow_db, migrat
     assert [t["table"] for t in report["tables"]] == ['"archive"."orders"', '"sales"."orders"']
     assert _one(dst, "SELECT count(*) FROM pg_class WHERE relname = 'audit_log'") == 0
     assert _one(dst, "SELECT count(*) FROM archive.orders") == _one(dst, "SELECT count(*) FROM sales.orders") == 2
+
+
+def test_a_finished_migration_run_again_reads_the_target_again(airflow_db, legacy, migrate, capsys):
+    src, dst = legacy
+    first, report = run_dag(migrate, {"tables": ["customers", "orders"]}, task_id="verify")
+    assert first.state == "success" and report["verified"]
+    with dst.cursor() as cur:  # the target changed after the migration was verified
+        cur.execute("UPDATE customers SET name = name || '!' WHERE id <= 3")
+    again, _ = run_dag(migrate, {"tables": ["customers", "orders"]}, task_id="verify")
+    assert again.state == "failed" and _states(again)["verify"] == "failed"
+    assert tries(again, "verify") == 1  # checking again cannot help
+    output = capsys.readouterr()
+    report = next(
+        line for line in (output.out + output.err).splitlines() if '"public"."customers"' in line and "NO" in line
+    )
+    assert "checksums differ" in report and " now " in report

@@ -60,7 +60,7 @@ def test_records_round_trip_through_json():
         PreDataRecord(5, ("type public.mood",), "run-1", ('"public"."orders"',)),
         DataRecord((1, 2)),
         PostDataRecord((ObjectKey.on_table(ObjectKind.FOREIGN_KEY, ORDERS, "fk"),)),
-        CheckRecord(check),
+        CheckRecord(check, "run-1"),
     ):
         assert type(record).from_json(record.to_json()) == record
 
@@ -79,7 +79,7 @@ def test_previous_run_state_types_every_record():
             _row(Stage.PRE_DATA, leaf),
             _row(Stage.PRE_DATA, ObjectKey.of_table(ODD), status=Status.PENDING),
             _row(Stage.DATA, leaf, {"epochs": [1, 3]}, status=Status.PENDING),
-            _row(Stage.VERIFY, leaf, CheckRecord(check).to_json()),
+            _row(Stage.VERIFY, leaf, CheckRecord(check, "r").to_json()),
             _row(Stage.POST_DATA, ObjectKey.on_table(ObjectKind.INDEX, ORDERS, "i")),
             _row(Stage.POST_DATA, RESTORE, {"entries": 2}),
         ]
@@ -88,7 +88,7 @@ def test_previous_run_state_types_every_record():
     assert state.pre_data == PreDataRecord(4, (), "r", ())
     assert state.created_tables == frozenset({ORDERS})  # the pending one was not created
     assert state.epochs == {ORDERS: (1, 3)}
-    assert state.checked == {ORDERS: check}
+    assert state.checked == {ORDERS: CheckRecord(check, "r")}
     assert state.restore is not None and state.restore.entries == 2
     assert state.post_data is None  # the stage as a whole is not recorded yet
     assert state.stages_done == (Stage.SNAPSHOT, Stage.PRE_DATA)
@@ -98,3 +98,16 @@ def test_an_empty_ledger_is_a_migration_that_has_not_started():
     state = PreviousRunState.from_records([])
     assert state == PreviousRunState()
     assert state.snapshot is None and state.stages_done == () and not state.created_tables
+
+
+def test_a_check_recorded_by_an_earlier_version_names_no_run_so_it_is_never_reused():
+    check = TableCheck(str(ORDERS), "record", 3, 3, 7, 7)
+    earlier = {
+        "table": str(ORDERS),
+        "method": "record",
+        "source_rows": 3,
+        "target_rows": 3,
+        "source_sum": 7,
+        "target_sum": 7,
+    }
+    assert CheckRecord.from_json(earlier) == CheckRecord(check, None)

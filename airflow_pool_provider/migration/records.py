@@ -97,16 +97,19 @@ class PostDataRecord:
 
 @dataclass(frozen=True)
 class CheckRecord:
-    """A leaf checked right after its load (the verify stage reuses it)."""
+    """A leaf checked right after its load; the verify stage of the same DAG run reuses it (a
+    later run reads the target again: it may have changed since)."""
 
     check: TableCheck
+    run: str | None  # the DAG run that made the check
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self.check)
+        return {**asdict(self.check), "run": self.run}
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> CheckRecord:
-        return cls(TableCheck(**value))
+        check = {k: v for k, v in value.items() if k != "run"}
+        return cls(TableCheck(**check), value.get("run"))
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class PreviousRunState:
     pre_data: PreDataRecord | None = None
     created_tables: frozenset[TableName] = frozenset()  # by pre-data
     epochs: Mapping[TableName, tuple[int, ...]] = field(default_factory=dict)  # per leaf, by the data stage
-    checked: Mapping[TableName, TableCheck] = field(default_factory=dict)  # per leaf, right after its load
+    checked: Mapping[TableName, CheckRecord] = field(default_factory=dict)  # per leaf, right after its load
     post_data: PostDataRecord | None = None
     restore: RestoreRecord | None = None
     stages_done: tuple[Stage, ...] = ()
@@ -140,7 +143,7 @@ class PreviousRunState:
                 key.table_name for stage, key, r in tables if stage is Stage.PRE_DATA and r.status is Status.DONE
             ),
             epochs={k.table_name: DataRecord.from_json(r.detail).epochs for s, k, r in tables if s is Stage.DATA},
-            checked={k.table_name: CheckRecord.from_json(r.detail).check for s, k, r in tables if s is Stage.VERIFY},
+            checked={k.table_name: CheckRecord.from_json(r.detail) for s, k, r in tables if s is Stage.VERIFY},
             post_data=detail(Stage.POST_DATA, WHOLE_STAGE, PostDataRecord),
             restore=detail(Stage.POST_DATA, RESTORE, RestoreRecord, done_only=True),
             stages_done=tuple(

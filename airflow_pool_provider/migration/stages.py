@@ -221,7 +221,7 @@ def check_loaded(m: Migration, leaf: Relation) -> None:
     verify stage: done here, it reads the table while its slowest index still builds."""
     with m.source_reading() as scur, m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         result = verify.check_leaf(scur, tcur, leaf, m.request)
-        m.ledger.record(tcur, Stage.VERIFY, ObjectKey.of_table(leaf.name), CheckRecord(result))
+        m.ledger.record(tcur, Stage.VERIFY, ObjectKey.of_table(leaf.name), CheckRecord(result, m.request.run_id))
         tconn.commit()
 
 
