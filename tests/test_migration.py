@@ -11,8 +11,9 @@ import pytest
 from dag_runs import load_dag, run_dag, tries
 from psycopg2 import sql
 
+from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.errors import InvalidParameter, MigrationError, MigrationMistake, ToolMissing
-from airflow_pool_provider.migration import catalog, selection
+from airflow_pool_provider.migration import catalog, comments, selection
 from airflow_pool_provider.migration.tools import find_tools
 from airflow_pool_provider.testing.data import table_digest
 
@@ -397,3 +398,33 @@ def test_a_finished_migration_run_again_reads_the_target_again(airflow_db, legac
         line for line in (output.out + output.err).splitlines() if '"public"."customers"' in line and "NO" in line
     )
     assert "checksums differ" in report and " now " in report
+
+
+_COMMENTS = """
+SELECT d.classoid::regclass::text, coalesce(c.relname, k.conname), coalesce(a.attname, ''), d.description
+  FROM pg_description d
+  LEFT JOIN pg_class c ON d.classoid = 'pg_class'::regclass AND c.oid = d.objoid
+  LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = d.objsubid AND d.objsubid > 0
+  LEFT JOIN pg_constraint k ON d.classoid = 'pg_constraint'::regclass AND k.oid = d.objoid
+ WHERE coalesce(c.relnamespace, k.connamespace) = 'public'::regnamespace
+"""
+
+
+def test_comments_on_tables_columns_indexes_constraints_views_and_sequences_arrive(airflow_db, legacy, migrate):
+    src, dst = legacy
+    with src.cursor() as cur:
+        cur.execute("COMMENT ON TABLE orders IS 'one row per order'")
+        cur.execute("COMMENT ON COLUMN orders.status IS 'new, paid or shipped; it''s quoted'")
+        cur.execute("COMMENT ON INDEX orders_customer IS 'for the customer page'")
+        cur.execute("COMMENT ON CONSTRAINT orders_pkey ON orders IS 'the key'")
+        cur.execute("COMMENT ON VIEW customer_order_totals IS 'totals'")
+        cur.execute("COMMENT ON SEQUENCE invoice_number_seq IS 'invoice numbers'")
+        cur.execute("COMMENT ON TABLE payments IS 'partitioned by month'")
+    run, report = run_dag(migrate, {}, task_id="verify")
+    assert run.state == "success" and report["verified"], _states(run)
+    source = set(_rows(src, _COMMENTS))
+    assert len(source) == 7 and set(_rows(dst, _COMMENTS)) == source
+    with dst.cursor() as cur:  # the verify stage compares them: a changed one is a difference
+        cur.execute("COMMENT ON COLUMN orders.status IS 'changed'")
+    with src.cursor() as scur, dst.cursor() as tcur:
+        assert comments.differences(scur, tcur, TableName("public", "orders")) == ["comment on column status of orders"]

@@ -19,7 +19,7 @@ from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.metrics import Metrics
-from airflow_pool_provider.migration import catalog, data, postdata, predata, schema, toc, verify
+from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, toc, verify
 from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.ledger import RESTORE, WHOLE_STAGE, MigrationLedger, ObjectKey, Stage, Status
 from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, tools_for
@@ -245,17 +245,21 @@ def post_data(m: Migration) -> PostDataResult:
     foreign = postdata.add_foreign_keys(m.target_pool, keys, m.ledger, m.log)
     restored = _restore_post_data(m, chosen)
     moved = _move_sequences(m, chosen)
-    with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
+    with m.source_reading() as scur, m.target_pool.connection() as tconn, tconn.cursor() as tcur:
+        commented = comments.restore(
+            scur, tcur, [chosen.catalog.relations[oid].name for oid in sorted(chosen.restored)]
+        )
         postdata.analyze(tcur, [t.name for t in chosen.tables])
         m.ledger.record(tcur, Stage.POST_DATA, WHOLE_STAGE, PostDataRecord(foreign.left_out))
         tconn.commit()
     m.log.info(
         "post-data: %d index(es) and key(s) built now, %d foreign key(s) added and validated, %d "
-        "trigger(s)/rule(s)/polic(ies) restored, %d sequence(s) set, tables analyzed",
+        "trigger(s)/rule(s)/polic(ies) restored, %d sequence(s) set, %d comment(s) written, tables analyzed",
         built,
         foreign.added,
         restored,
         len(moved),
+        commented,
     )
     return PostDataResult(built, foreign.added, [k.describe() for k in foreign.left_out], restored, moved)
 

@@ -20,6 +20,7 @@ from airflow_pool_provider.copy.catalog import Side
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.verify import TableCheck, check_table
+from airflow_pool_provider.migration import comments
 from airflow_pool_provider.migration.catalog import Relation
 from airflow_pool_provider.migration.data import copy_id
 from airflow_pool_provider.migration.ledger import ObjectKey, ObjectKind
@@ -152,7 +153,9 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
         ids = [copy_id(request.id, str(leaf.name)) for leaf in leaves]
         tcur.execute(sql.SQL(_TIMING).format(ledger.table), (ids,))
         nbytes, seconds = tcur.fetchone()
-        missing = _missing_objects(scur, tcur, [table, *selection.catalog.descendants(table.oid)], left_out)
+        relations = [table, *selection.catalog.descendants(table.oid)]
+        missing = _missing_objects(scur, tcur, relations, left_out)
+        missing += [d for r in relations for d in comments.differences(scur, tcur, r.name)]
         reports.append(
             TableReport(
                 str(table.name),

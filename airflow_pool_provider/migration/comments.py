@@ -1,0 +1,83 @@
+"""Comments on the migrated relations, their columns, indexes and constraints.
+
+The schema dump's ``COMMENT`` entries name their objects by text only, so they are not restored
+from it: the post-data stage reads each relation's comments from the source's catalog and writes
+them with ``COMMENT ON`` (names quoted, text as a literal), after the indexes and keys exist.
+``COMMENT ON`` replaces what is there, so a re-run writes them again harmlessly. The verify stage
+compares them, side against side, by the same read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg2 import sql
+
+from airflow_pool_provider.copy.names import TableName
+
+# kind: the relation's COMMENT ON keyword, or COLUMN, INDEX, CONSTRAINT; name: of the column,
+# index or constraint ('' for the relation itself).
+_COMMENTS = """
+SELECT CASE c.relkind WHEN 'r' THEN 'TABLE' WHEN 'p' THEN 'TABLE' WHEN 'v' THEN 'VIEW'
+                      WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' END,
+       '', d.description
+  FROM pg_class c JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+ WHERE c.oid = to_regclass(%(t)s)
+UNION ALL
+SELECT 'COLUMN', a.attname, d.description
+  FROM pg_description d JOIN pg_attribute a ON a.attrelid = d.objoid AND a.attnum = d.objsubid
+ WHERE d.objoid = to_regclass(%(t)s) AND d.classoid = 'pg_class'::regclass AND d.objsubid > 0
+UNION ALL
+SELECT 'INDEX', c.relname, d.description
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_description d ON d.objoid = c.oid AND d.classoid = 'pg_class'::regclass AND d.objsubid = 0
+ WHERE i.indrelid = to_regclass(%(t)s)
+UNION ALL
+SELECT 'CONSTRAINT', k.conname, d.description
+  FROM pg_constraint k JOIN pg_description d ON d.objoid = k.oid AND d.classoid = 'pg_constraint'::regclass
+ WHERE k.conrelid = to_regclass(%(t)s)
+"""
+
+
+@dataclass(frozen=True, order=True)
+class Comment:
+    relation: TableName
+    kind: str  # TABLE, VIEW, MATERIALIZED VIEW, SEQUENCE, FOREIGN TABLE, COLUMN, INDEX or CONSTRAINT
+    name: str  # of the column, index or constraint; '' for the relation
+    text: str
+
+    def statement(self) -> sql.Composable:
+        if self.kind == "COLUMN":
+            target = sql.SQL("COLUMN {}").format(sql.Identifier(self.relation.schema, self.relation.name, self.name))
+        elif self.kind == "INDEX":
+            target = sql.SQL("INDEX {}").format(sql.Identifier(self.relation.schema, self.name))
+        elif self.kind == "CONSTRAINT":
+            target = sql.SQL("CONSTRAINT {} ON {}").format(sql.Identifier(self.name), self.relation.identifier())
+        else:
+            target = sql.SQL(self.kind + " {}").format(self.relation.identifier())
+        return sql.SQL("COMMENT ON {} IS {}").format(target, sql.Literal(self.text))
+
+    def describe(self) -> str:
+        what = f"{self.kind.lower()} {self.name} of " if self.name else ""
+        return f"comment on {what}{self.relation.name}"
+
+
+def read(cur, relation: TableName) -> set[Comment]:
+    """The comments on a relation, its columns, indexes and constraints."""
+    cur.execute(_COMMENTS, {"t": str(relation)})
+    return {Comment(relation, kind, name, text) for kind, name, text in cur.fetchall()}
+
+
+def restore(scur, tcur, relations: list[TableName]) -> int:
+    """Write the source's comments on ``relations`` in the target; how many."""
+    written = 0
+    for relation in relations:
+        for comment in sorted(read(scur, relation)):
+            tcur.execute(comment.statement())
+            written += 1
+    return written
+
+
+def differences(scur, tcur, relation: TableName) -> list[str]:
+    """The source's comments the target lacks or holds with another text."""
+    return [c.describe() for c in sorted(read(scur, relation) - read(tcur, relation))]
