@@ -428,3 +428,30 @@ def test_comments_on_tables_columns_indexes_constraints_views_and_sequences_arri
         cur.execute("COMMENT ON COLUMN orders.status IS 'changed'")
     with src.cursor() as scur, dst.cursor() as tcur:
         assert comments.differences(scur, tcur, TableName("public", "orders")) == ["comment on column status of orders"]
+
+
+def test_tables_naming_large_objects_are_refused_in_the_plan(airflow_db, migration_databases, migrate, capsys):
+    src, dst = migration_databases
+    with src.cursor() as cur:
+        cur.execute("CREATE TABLE docs (id int PRIMARY KEY, body oid)")
+        cur.execute("INSERT INTO docs VALUES (1, lo_from_bytea(0, 'hello'))")
+    run, _ = run_dag(migrate, {"dry_run": False}, task_id="plan")
+    assert run.state == "failed" and tries(run, "plan") == 1
+    output = capsys.readouterr()
+    assert "1 large object(s), and ['public.docs.body'] hold OIDs that name them" in output.out + output.err
+    assert _one(dst, "SELECT to_regclass('docs')") is None  # nothing written
+
+
+def test_foreign_tables_are_named_in_the_plan_as_not_migrated(airflow_db, migration_databases, migrate):
+    src, dst = migration_databases
+    with src.cursor() as cur:
+        cur.execute("CREATE FOREIGN DATA WRAPPER plan_test_fdw")
+        cur.execute("CREATE SERVER plan_test_server FOREIGN DATA WRAPPER plan_test_fdw")
+        cur.execute("CREATE FOREIGN TABLE remote_rows (id int) SERVER plan_test_server")
+        cur.execute("CREATE TABLE local_rows (id int PRIMARY KEY)")
+    run, plan = run_dag(migrate, {"dry_run": True}, task_id="plan")
+    assert run.state == "success"
+    assert [t["name"] for t in plan["tables"]] == ['"public"."local_rows"']
+    assert plan["left_out"] == [
+        '"public"."remote_rows" (a foreign table: create its server, user mapping and table in the target by hand)'
+    ]

@@ -23,7 +23,7 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
 from airflow_pool_provider.errors import MigrationMistake, first_line
 from airflow_pool_provider.migration import catalog
-from airflow_pool_provider.migration.catalog import Relation
+from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.ledger import MigrationLedger
 from airflow_pool_provider.migration.postdata import set_index_build_memory
 from airflow_pool_provider.migration.records import previous_run
@@ -32,6 +32,15 @@ from airflow_pool_provider.migration.request import MigrationRequest, Mode
 from airflow_pool_provider.migration.selection import Selection, select
 from airflow_pool_provider.migration.tools import PgTools, find_tools, server_major
 
+# Columns of the selection that hold OIDs: type oid, or a domain over it (the lo extension's lo).
+_OID_COLUMNS = """
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) || '.' || quote_ident(a.attname)
+  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+  JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE a.attrelid = ANY(%(oids)s) AND a.attnum > 0 AND NOT a.attisdropped
+   AND (t.oid = 'oid'::regtype OR (t.typtype = 'd' AND t.typbasetype = 'oid'::regtype))
+ ORDER BY 1
+"""
 _INDEXES = """
 SELECT i.indrelid, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = ANY(%s) ORDER BY c.relname
@@ -115,6 +124,7 @@ class MigrationPlan:
     extensions: list[str]
     budget: Budget
     resumed_stages: list[str]
+    left_out: list[str] = field(default_factory=list)  # what the schemas hold that is not migrated, and why
 
     @property
     def total_rows(self) -> int:
@@ -146,6 +156,7 @@ class MigrationPlan:
             f"sequences {len(self.sequences)}; extensions needed {self.extensions or 'none'}\n"
             f"connection budget: {self.budget.describe()}"
             + (f"\nstages done by an earlier run: {self.resumed_stages}" if self.resumed_stages else "")
+            + (f"\nNOT migrated: {'; '.join(self.left_out)}" if self.left_out else "")
         )
         return (
             head
@@ -176,6 +187,7 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
             "the target database first (a schema dump does not carry extensions)"
         )
     _check_index_build_memory(tcur, request.index_build_memory, problems)
+    _check_large_objects(scur, selection, problems)
     budget = _budget(scur, tcur, request.parallelism, copy_tasks)
     if not budget.fits:
         problems.append(
@@ -199,7 +211,34 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
         extensions=extensions,
         budget=budget,
         resumed_stages=[stage.value for stage in earlier.stages_done],
+        left_out=_left_out(selection),
     )
+
+
+def _left_out(selection: Selection) -> list[str]:
+    """Relations of the selected schemas a migration does not move, said in the plan."""
+    return [
+        f"{r.name} (a foreign table: create its server, user mapping and table in the target by hand)"
+        for r in sorted(selection.catalog.relations.values(), key=lambda r: str(r.name))
+        if r.kind is RelKind.FOREIGN_TABLE
+    ]
+
+
+def _check_large_objects(scur, selection: Selection, problems: list[str]) -> None:
+    """Large objects live outside the tables that name them by OID: a copy of those tables would
+    name objects the target does not have. Refused until they are moved."""
+    scur.execute("SELECT count(*) FROM pg_largeobject_metadata")
+    count = scur.fetchone()[0]
+    if not count:
+        return
+    scur.execute(_OID_COLUMNS, {"oids": sorted(selection.restored)})
+    columns = [row[0] for row in scur.fetchall()]
+    if columns:
+        problems.append(
+            f"the source holds {count:,} large object(s), and {columns} hold OIDs that name them: large objects "
+            "are not migrated; move them first (pg_dump --large-objects, pg_restore --data-only) or leave "
+            "these tables out with exclude_tables"
+        )
 
 
 def _check_index_build_memory(tcur, memory: str | None, problems: list[str]) -> None:
