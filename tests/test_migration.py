@@ -455,3 +455,26 @@ def test_foreign_tables_are_named_in_the_plan_as_not_migrated(airflow_db, migrat
     assert plan["left_out"] == [
         '"public"."remote_rows" (a foreign table: create its server, user mapping and table in the target by hand)'
     ]
+
+
+def test_materialized_views_arrive_populated_with_their_indexes_and_replace_drops_them(airflow_db, legacy, migrate):
+    src, dst = legacy
+    with src.cursor() as cur:
+        cur.execute(
+            "CREATE MATERIALIZED VIEW order_counts AS SELECT customer_id, count(*) AS orders FROM orders GROUP BY 1"
+        )
+        cur.execute("CREATE UNIQUE INDEX order_counts_customer ON order_counts (customer_id)")
+        cur.execute("CREATE MATERIALIZED VIEW busy_customers AS SELECT * FROM order_counts WHERE orders > 1")
+        cur.execute("CREATE MATERIALIZED VIEW not_yet AS SELECT id FROM customers WITH NO DATA")
+    conf = {"tables": ["orders", "customers"]}
+    run, report = run_dag(migrate, conf, task_id="verify")
+    assert run.state == "success" and report["verified"], _states(run)
+    for view in ("order_counts", "busy_customers"):
+        assert _one(dst, f"SELECT relispopulated FROM pg_class WHERE relname = '{view}'") is True
+        assert table_digest(dst, view, key=None) == table_digest(src, view, key=None), view
+    assert _one(dst, "SELECT to_regclass('order_counts_customer') IS NOT NULL")
+    assert _one(dst, "SELECT relispopulated FROM pg_class WHERE relname = 'not_yet'") is False
+
+    again, report = run_dag(migrate, {**conf, "mode": "replace"}, task_id="verify")  # drops and makes them again
+    assert again.state == "success" and report["verified"], _states(again)
+    assert table_digest(dst, "busy_customers", key=None) == table_digest(src, "busy_customers", key=None)

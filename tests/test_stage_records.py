@@ -36,6 +36,7 @@ def test_keys_are_stored_as_earlier_versions_stored_them():
     assert ObjectKey.on_table(ObjectKind.INDEX, ORDERS, "orders_pkey").text == "index public.orders_pkey"
     assert ObjectKey.on_table(ObjectKind.CONSTRAINT, ORDERS, "pk").text == "constraint public.orders.pk"
     assert ObjectKey.on_table(ObjectKind.FOREIGN_KEY, ORDERS, "fk").text == 'foreign key "public"."orders".fk'
+    assert ObjectKey(ObjectKind.REFRESH, "public", "totals").text == 'refresh "public"."totals"'
 
 
 @pytest.mark.parametrize("table", [ORDERS, ODD])

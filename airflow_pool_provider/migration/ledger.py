@@ -59,6 +59,7 @@ class ObjectKind(Choice):
     FOREIGN_KEY = "foreign key"
     TRIGGER = "trigger"
     RESTORE = "restore"  # post-data's restore of triggers, rules and policies from the dump
+    REFRESH = "refresh"  # a materialized view populated
 
 
 @dataclass(frozen=True, order=True)
@@ -92,8 +93,8 @@ class ObjectKey:
             return "*"
         if kind is ObjectKind.RESTORE:
             return "restore"
-        if kind is ObjectKind.TABLE:
-            return str(self.table_name)
+        if kind in (ObjectKind.TABLE, ObjectKind.REFRESH):
+            return ("refresh " if kind is ObjectKind.REFRESH else "") + str(self.table_name)
         if kind is ObjectKind.INDEX:  # index names are unique per schema
             return f"index {self.schema}.{self.name}"
         if kind is ObjectKind.FOREIGN_KEY:

@@ -264,6 +264,13 @@ def move_sequence(scur, tcur, schema: str, name: str) -> int:
     return sequences.move(scur, tcur, ident, ident, sequences.increment(tcur, ident)).next_value
 
 
+def is_populated(cur, view: TableName) -> bool:
+    """Whether a materialized view holds rows it was refreshed with (False where it does not exist)."""
+    cur.execute("SELECT relispopulated FROM pg_class WHERE oid = to_regclass(%s)", (str(view),))
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
 def analyze(tcur, tables: list[TableName]) -> None:
     for table in tables:
         tcur.execute(sql.SQL("ANALYZE {}").format(table.identifier()))

@@ -21,6 +21,7 @@ from psycopg2 import sql
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.migration import catalog, schema, toc
+from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.data import copy_id_prefix
 from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, ObjectKey, Stage
 from airflow_pool_provider.migration.records import PreDataRecord
@@ -101,21 +102,22 @@ def _start_over(tcur, ledger: MigrationLedger, request: MigrationRequest, log) -
 
 
 def _drop_selected(tcur, selection: Selection) -> list[str]:
-    """Drop the selection's views, then tables, that exist in the target: each kind in one
-    statement (foreign keys among them go with them), no CASCADE."""
-    dropped = []
-    for kind, relations in (("VIEW", selection.views), ("TABLE", selection.tables)):
-        present = []
-        for relation in relations:
-            tcur.execute("SELECT to_regclass(%s) IS NOT NULL", (str(relation.name),))
-            if tcur.fetchone()[0]:
-                present.append(relation.name)
-        if present:
-            tcur.execute(
-                sql.SQL("DROP {} {}").format(sql.SQL(kind), sql.SQL(", ").join(n.identifier() for n in present))
-            )
-            dropped += [str(n) for n in present]
-    return dropped
+    """Drop the selection's views and materialized views that exist in the target, each after
+    those that read it, then its tables in one statement (foreign keys among them go with them);
+    no CASCADE."""
+    views = [v for v in reversed(selection.views) if _exists(tcur, v)]
+    for view in views:
+        kind = "MATERIALIZED VIEW" if view.kind is RelKind.MATERIALIZED_VIEW else "VIEW"
+        tcur.execute(sql.SQL("DROP {} {}").format(sql.SQL(kind), view.name.identifier()))
+    tables = [t for t in selection.tables if _exists(tcur, t)]
+    if tables:
+        tcur.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(t.name.identifier() for t in tables)))
+    return [str(r.name) for r in (*views, *tables)]
+
+
+def _exists(tcur, relation: Relation) -> bool:
+    tcur.execute("SELECT to_regclass(%s) IS NOT NULL", (str(relation.name),))
+    return tcur.fetchone()[0]
 
 
 def _existing_objects(tcur, entries: list[toc.TocEntry], selection: Selection) -> dict[int, str]:

@@ -13,6 +13,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from psycopg2 import sql
+
 from airflow_pool_provider.copy import snapshot as copy_snapshot
 from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.ledger import Ledger
@@ -20,8 +22,16 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.metrics import Metrics
 from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, toc, verify
-from airflow_pool_provider.migration.catalog import Relation
-from airflow_pool_provider.migration.ledger import RESTORE, WHOLE_STAGE, MigrationLedger, ObjectKey, Stage, Status
+from airflow_pool_provider.migration.catalog import Relation, RelKind
+from airflow_pool_provider.migration.ledger import (
+    RESTORE,
+    WHOLE_STAGE,
+    MigrationLedger,
+    ObjectKey,
+    ObjectKind,
+    Stage,
+    Status,
+)
 from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, tools_for
 from airflow_pool_provider.migration.records import (
     CheckRecord,
@@ -244,6 +254,7 @@ def post_data(m: Migration) -> PostDataResult:
     built = sum(build_table(m, r) for r in _tables_leaves_first(chosen))
     foreign = postdata.add_foreign_keys(m.target_pool, keys, m.ledger, m.log)
     restored = _restore_post_data(m, chosen)
+    refreshed = sum(_populate(m, view) for view in chosen.views if view.kind is RelKind.MATERIALIZED_VIEW)
     moved = _move_sequences(m, chosen)
     with m.source_reading() as scur, m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         commented = comments.restore(
@@ -254,10 +265,12 @@ def post_data(m: Migration) -> PostDataResult:
         tconn.commit()
     m.log.info(
         "post-data: %d index(es) and key(s) built now, %d foreign key(s) added and validated, %d "
-        "trigger(s)/rule(s)/polic(ies) restored, %d sequence(s) set, %d comment(s) written, tables analyzed",
+        "trigger(s)/rule(s)/polic(ies) restored, %d materialized view(s) refreshed, %d sequence(s) set, "
+        "%d comment(s) written, tables analyzed",
         built,
         foreign.added,
         restored,
+        refreshed,
         len(moved),
         commented,
     )
@@ -267,6 +280,24 @@ def post_data(m: Migration) -> PostDataResult:
 def _tables_leaves_first(chosen: Selection) -> list[Relation]:
     """Every table, its partitions before it (a partitioned table's keys reuse its leaves')."""
     return [r for table in chosen.tables for r in (*chosen.catalog.descendants(table.oid), table)]
+
+
+def _populate(m: Migration, view: Relation) -> int:
+    """A materialized view arrives empty (the dump makes it WITH NO DATA): one populated on the
+    source is refreshed from the migrated tables (as pg_restore does; views over views come after
+    those they read), then gets its indexes. Returns 1 if it was refreshed now."""
+    with m.source_reading() as scur:
+        populated = postdata.is_populated(scur, view.name)
+    refreshed = 0
+    key = ObjectKey(ObjectKind.REFRESH, view.name.schema, view.name.name)
+    with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
+        if populated and not m.ledger.is_done(tcur, Stage.POST_DATA, key):
+            tcur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(view.name.identifier()))
+            m.ledger.record(tcur, Stage.POST_DATA, key)
+            refreshed = 1
+        tconn.commit()
+    build_table(m, view)
+    return refreshed
 
 
 def _restore_post_data(m: Migration, chosen: Selection) -> int:

@@ -20,8 +20,8 @@ from airflow_pool_provider.copy.catalog import Side
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.verify import TableCheck, check_table
-from airflow_pool_provider.migration import comments
-from airflow_pool_provider.migration.catalog import Relation
+from airflow_pool_provider.migration import comments, postdata
+from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.data import copy_id
 from airflow_pool_provider.migration.ledger import ObjectKey, ObjectKind
 from airflow_pool_provider.migration.records import PreviousRunState
@@ -78,10 +78,11 @@ class MigrationReport:
     tables: list[TableReport]
     one_instant: bool  # every table read through the same snapshot
     foreign_keys_left_out: list[str] = field(default_factory=list)
+    other_differences: list[str] = field(default_factory=list)  # of the objects that are not tables
 
     @property
     def verified(self) -> bool:
-        return all(t.verified for t in self.tables)
+        return all(t.verified for t in self.tables) and not self.other_differences
 
     def to_xcom(self) -> dict[str, Any]:
         out = asdict(self)
@@ -121,6 +122,8 @@ class MigrationReport:
                 f"at different instants (snapshot epochs per table: {epochs}); foreign keys between them "
                 "may not hold if the source was written to meanwhile"
             )
+        if self.other_differences:
+            lines.append(f"NOT verified besides the tables: {', '.join(self.other_differences)}")
         if self.foreign_keys_left_out:
             lines.append(f"foreign keys to tables outside the migration, left out: {self.foreign_keys_left_out}")
         return "\n".join(lines)
@@ -169,7 +172,23 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
             )
         )
     all_epochs = {e for r in reports for e in r.snapshot_epochs}
-    return MigrationReport(request.id, reports, len(all_epochs) <= 1, [k.describe() for k in left_out])
+    return MigrationReport(
+        request.id,
+        reports,
+        len(all_epochs) <= 1,
+        [k.describe() for k in left_out],
+        _materialized_view_differences(scur, tcur, selection),
+    )
+
+
+def _materialized_view_differences(scur, tcur, selection: Selection) -> list[str]:
+    """A materialized view populated on the source must be on the target, with its indexes."""
+    differences = []
+    for view in (v for v in selection.views if v.kind is RelKind.MATERIALIZED_VIEW):
+        if postdata.is_populated(scur, view.name) and not postdata.is_populated(tcur, view.name):
+            differences.append(f"materialized view {view.name} is not populated")
+        differences += _missing_objects(scur, tcur, [view], ())
+    return differences
 
 
 def _leaf_check(
