@@ -525,6 +525,55 @@ def test_replace_truncates_once(env: CopyEnv) -> None:
     assert env.digest("dst", "(SELECT * FROM t WHERE id <> 100000)", "id") == env.digest("src", order="id")
 
 
+INHERITED = """
+CREATE TABLE t (id int{key}, note text);
+CREATE TABLE t_child (extra int) INHERITS (t);
+"""
+
+
+@pytest.mark.parametrize(
+    "key, spec",
+    [
+        (" PRIMARY KEY", CopySpec("t", mode="replace", chunk_size=70, parallelism=2)),
+        (" PRIMARY KEY", CopySpec("t", mode="upsert", chunk_size=70)),
+        ("", CopySpec("t", chunk_size=70, parallelism=2)),  # no key: page ranges
+    ],
+    ids=["replace", "upsert", "keyless-append"],
+)
+def test_a_parent_table_is_copied_without_the_rows_of_its_children(env: CopyEnv, key: str, spec: CopySpec) -> None:
+    """Like pg_dump, a copy reads ONLY the table: the rows of tables inheriting from it are
+    theirs, and the target's children (with ids like the parent's) are left as they were."""
+    env.both(INHERITED.format(key=key))
+    env.sql("src", "INSERT INTO t SELECT g, 'parent ' || g FROM generate_series(1, 500) g")
+    env.sql("src", "INSERT INTO t_child SELECT g, 'child ' || g, g FROM generate_series(1001, 1300) g")
+    env.sql("dst", "INSERT INTO t_child SELECT g, 'target child ' || g, g FROM generate_series(1, 20) g")
+    children = env.digest("dst", "ONLY t_child", "id")
+
+    summary = env.copy(spec)
+
+    assert summary["rows"] == summary["total_rows"] == 500 and summary["verified"]
+    assert env.digest("dst", "ONLY t", "id") == env.digest("src", "ONLY t", "id")
+    assert env.digest("dst", "ONLY t_child", "id") == children
+    env.assert_ledger_complete("copy-1", 500)
+
+
+def test_a_partitioned_table_is_copied_with_every_partition(env: CopyEnv) -> None:
+    """A partitioned table holds no rows of its own: its copy reads them all, through it."""
+    env.both(
+        "CREATE TABLE t (id int PRIMARY KEY, note text) PARTITION BY RANGE (id);"
+        "CREATE TABLE t_low PARTITION OF t FOR VALUES FROM (0) TO (400);"
+        "CREATE TABLE t_high PARTITION OF t FOR VALUES FROM (400) TO (10000)"
+    )
+    env.sql("src", "INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 900) g")
+    env.sql("dst", "INSERT INTO t VALUES (1, 'junk'), (500, 'junk')")
+
+    summary = env.copy(CopySpec("t", mode="replace", chunk_size=200, parallelism=2))
+
+    assert summary["rows"] == 900 and summary["verified"]
+    for partition in ("t_low", "t_high"):
+        assert env.digest("dst", partition, "id") == env.digest("src", partition, "id")
+
+
 UPSERT_TARGET = """
 INSERT INTO t SELECT g, 'stale ' || g, -g FROM generate_series(1, 100) g;       -- overlapping keys
 INSERT INTO t SELECT g, 'extra ' || g, g FROM generate_series(10001, 10050) g;  -- target-only keys

@@ -78,6 +78,7 @@ class Table:
     primary_key: tuple[str, ...] | None
     estimated_rows: int
     pages: int
+    partitioned: bool = False
     by_name: dict[str, Column] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +87,12 @@ class Table:
     @property
     def ident(self) -> sql.Identifier:
         return self.name.identifier()
+
+    @property
+    def own_rows(self) -> sql.Composable:
+        """The table to read, count or truncate: ``ONLY`` it, as pg_dump does, so rows of tables that
+        inherit from it stay theirs; a partitioned table holds no rows of its own, so all of it."""
+        return self.ident if self.partitioned else sql.SQL("ONLY {}").format(self.ident)
 
     def copyable_columns(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns if not c.generated)
@@ -172,6 +179,7 @@ def load_table(cur, name: TableName, side: Side) -> Table:
         primary_key=next((cols for primary, cols in keys if primary), None),
         estimated_rows=estimated_rows,
         pages=pages,
+        partitioned=relkind == "p",
     )
 
 

@@ -167,7 +167,7 @@ class ChunkCopier:
             fmt = sql.SQL("(FORMAT binary)" if run.binary else "(FORMAT text)")
             selected = sql.SQL("{} AND {}").format(plan.range_predicate(run.keyset, chunk), spec.row_filter.clause())
             copy_out = sql.SQL("COPY (SELECT {} FROM {} WHERE {}) TO STDOUT {}").format(
-                cols, run.source.ident, selected, fmt
+                cols, run.source.own_rows, selected, fmt
             )
             into = run.target.ident
             if spec.mode is CopyMode.UPSERT:
@@ -180,7 +180,7 @@ class ChunkCopier:
             copy_in = sql.SQL("COPY {} ({}) FROM STDIN {}").format(into, cols, fmt)
             source_sum = None
             if spec.verify_checksums:
-                source_sum = checksum.query(run.checksum, run.columns, run.source.ident, selected)
+                source_sum = checksum.query(run.checksum, run.columns, run.source.own_rows, selected)
             streamed = pipe(
                 scur, copy_out, tcur, copy_in, after_source=source_sum and (lambda: checksum.fetch(scur, source_sum))
             )
@@ -235,13 +235,13 @@ class ChunkCopier:
             keys = sql.SQL(" AND ").join(
                 sql.SQL("{} = {}").format(sql.Identifier("t", c), sql.Identifier("s", c)) for c in run.conflict
             )
-            source = sql.SQL("{} t JOIN {} s ON {}").format(run.target.ident, stage, keys)
+            source = sql.SQL("{} t JOIN {} s ON {}").format(run.target.own_rows, stage, keys)
             query = checksum.query(run.checksum, run.columns, source, sql.SQL("true"), alias="t")
         else:
             # The chunk's rows are those this transaction inserted (in the key range, for speed).
             in_range = plan.range_predicate(run.keyset, chunk) if run.verify_in_range else sql.SQL("true")
             written = sql.SQL("{} AND xmin = pg_current_xact_id()::xid").format(in_range)
-            query = checksum.query(run.checksum, run.columns, run.target.ident, written)
+            query = checksum.query(run.checksum, run.columns, run.target.own_rows, written)
         target_sum = checksum.fetch(tcur, query)
         if target_sum != source_sum:
             raise ChunkMismatch(

@@ -121,7 +121,7 @@ def _plan_keys(
                 "SELECT {bounds} FROM {table} WHERE {after} AND {where} ORDER BY {order} OFFSET {offset} LIMIT 1"
             ).format(
                 bounds=bounds,
-                table=table.ident,
+                table=table.own_rows,
                 after=after,
                 where=row_filter.clause(),
                 order=keyset.order_by(),
@@ -139,7 +139,7 @@ def _plan_keys(
     last = Chunk(len(chunks), lower, None)
     cur.execute(
         sql.SQL("SELECT count(*) FROM {} WHERE {} AND {}").format(
-            table.ident, range_predicate(keyset, last), row_filter.clause()
+            table.own_rows, range_predicate(keyset, last), row_filter.clause()
         )
     )
     remaining = cur.fetchone()[0]
@@ -155,7 +155,7 @@ def _plan_pages(cur, table: Table, row_filter: RowFilter, chunk_size: int) -> li
     cur.execute(
         sql.SQL(
             "SELECT count(*), pg_relation_size({oid}) / current_setting('block_size')::int FROM {table} WHERE {where}"
-        ).format(oid=sql.Literal(table.oid), table=table.ident, where=row_filter.clause())
+        ).format(oid=sql.Literal(table.oid), table=table.own_rows, where=row_filter.clause())
     )
     rows, pages = cur.fetchone()
     per_chunk = max(1, math.ceil(pages * chunk_size / rows)) if rows else max(pages, 1)

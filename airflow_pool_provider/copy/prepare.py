@@ -126,7 +126,7 @@ def prepare(
 def _load_sides(scur, tcur, spec: CopySpec) -> _Sides:
     """Read both tables (and check the filter on the source); CatalogError unless they can be copied."""
     source = catalog.load_table(scur, spec.source_name, Side.SOURCE)
-    spec.row_filter.check(scur, source.ident)
+    spec.row_filter.check(scur, source.own_rows)
     target = catalog.load_table(tcur, spec.target_name, Side.TARGET)
     columns = tuple(spec.columns) if spec.columns else source.copyable_columns()
     sides = _Sides(source, target, server_identity(scur), server_identity(tcur), columns)
@@ -193,7 +193,7 @@ def _new_plan(scur, tcur, ledger: Ledger, request: _Request, sides: _Sides) -> S
     keyset = plan.choose_keyset(source, tuple(spec.key) if spec.key else None)
     chunks = plan.plan(scur, source, keyset, spec.row_filter, spec.chunk_size, snapshot.stop.raise_if_stopped)
     if spec.mode is CopyMode.REPLACE:
-        tcur.execute(sql.SQL("TRUNCATE {}").format(target.ident))
+        tcur.execute(sql.SQL("TRUNCATE {}").format(target.own_rows))
     ledger.save_plan(tcur, copy_id, str(source.name), str(target.name), keyset, chunks)
     log.info(
         "copy %s: %s -> %s, %d chunk(s) of up to %d rows by %s; all workers read one snapshot of "

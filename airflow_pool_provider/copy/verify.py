@@ -50,7 +50,7 @@ def check_table(
     rows, digests = tcur.fetchone()
     source_sum = sum(_source_digest(text, method, target).total for text in digests or [])
     checksum.stable_output(tcur)
-    target_sum = checksum.fetch(tcur, checksum.query(method, columns, target.ident, sql.SQL("true")))
+    target_sum = checksum.fetch(tcur, checksum.query(method, columns, target.own_rows, sql.SQL("true")))
     return TableCheck(str(target.name), method, int(rows), target_sum.rows, source_sum, target_sum.total)
 
 

@@ -2,8 +2,8 @@
 
 Made before anything is written and refused as a whole when a part cannot work: an unknown
 table, a target table this migration did not create (``resume``), dependents outside the
-selection of a table to drop (``replace``), an extension the target lacks, pg_dump too old, a
-connection budget the servers cannot hold.
+selection of a table to drop (``replace``), a partition in a schema not selected, an extension
+the target lacks, pg_dump too old, a connection budget the servers cannot hold.
 """
 
 from __future__ import annotations
@@ -68,6 +68,17 @@ SELECT DISTINCT conrelid::regclass::text || ' (a foreign key ' || quote_ident(co
   FROM pg_constraint
  WHERE contype = 'f' AND confrelid IN (SELECT oid FROM selected) AND conrelid NOT IN (SELECT oid FROM selected)
 ORDER BY 1
+"""
+
+# Partitions, at any depth, of the selected partitioned tables that live in schemas not selected.
+_PARTITIONS_ELSEWHERE = """
+SELECT o, n.nspname, c.relname
+  FROM unnest(%(oids)s::oid[]) AS o
+ CROSS JOIN LATERAL pg_partition_tree(o) AS p
+  JOIN pg_class c ON c.oid = p.relid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname <> ALL(%(schemas)s)
+ ORDER BY n.nspname, c.relname
 """
 
 
@@ -178,6 +189,7 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
     selection = select(source, request.tables, request.exclude_tables)
     earlier = previous_run(MigrationLedger(request.ledger_schema, request.id), tcur)
     problems: list[str] = []
+    _check_partitions_elsewhere(scur, selection, request.schemas, problems)
     tables = _table_plans(scur, tcur, selection, request, earlier.created_tables, problems)
     extensions = catalog.extensions_used(scur, sorted(selection.restored))
     lacking = sorted(set(extensions) - catalog.installed_extensions(tcur))
@@ -238,6 +250,25 @@ def _check_large_objects(scur, selection: Selection, problems: list[str]) -> Non
             f"the source holds {count:,} large object(s), and {columns} hold OIDs that name them: large objects "
             "are not migrated; move them first (pg_dump --large-objects, pg_restore --data-only) or leave "
             "these tables out with exclude_tables"
+        )
+
+
+def _check_partitions_elsewhere(scur, selection: Selection, schemas: tuple[str, ...], problems: list[str]) -> None:
+    """The catalog reads the selected schemas only: a partition in another would be neither
+    created nor copied, and its rows missing."""
+    partitioned = {t.oid: t for t in selection.tables if t.is_partitioned}
+    if not partitioned:
+        return
+    scur.execute(_PARTITIONS_ELSEWHERE, {"oids": list(partitioned), "schemas": list(schemas)})
+    elsewhere: dict[int, list[TableName]] = {}
+    for table, schema, name in scur.fetchall():
+        elsewhere.setdefault(table, []).append(TableName(schema, name))
+    for table, partitions in elsewhere.items():
+        missing = sorted({p.schema for p in partitions})
+        problems.append(
+            f"partitioned table {partitioned[table].name} has partitions in schemas not selected: "
+            f"{', '.join(map(str, partitions))}; add their schemas {missing} to schemas, or leave the "
+            "table out with exclude_tables"
         )
 
 

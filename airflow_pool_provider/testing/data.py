@@ -57,14 +57,18 @@ def create_events(conn, rows: int, table: str = "events") -> None:
         conn.autocommit = autocommit
 
 
-def table_digest(conn, table: str = "events", key: str | None = "id") -> tuple[int, str | None]:
+def table_digest(
+    conn, table: str = "events", key: str | None = "id", *, schema: str | None = None, only: bool = False
+) -> tuple[int, str | None]:
     """Row count and an md5 over every row's text in key order (``key`` None: in the order of
-    the rows' text, for a table without a one-column key): equal digests, equal tables."""
+    the rows' text, for a table without a one-column key): equal digests, equal tables.
+    ``only``: the table's own rows, without those of tables inheriting from it."""
     order = sql.Identifier(key) if key else sql.SQL("t::text")
+    name = sql.Identifier(schema, table) if schema else sql.Identifier(table)
     with conn.cursor() as cur:
         cur.execute(
-            sql.SQL("SELECT count(*), md5(string_agg(t::text, E'\\n' ORDER BY {})) FROM {} t").format(
-                order, sql.Identifier(table)
+            sql.SQL("SELECT count(*), md5(string_agg(t::text, E'\\n' ORDER BY {})) FROM {}{} t").format(
+                order, sql.SQL("ONLY " if only else ""), name
             )
         )
         count, digest = cur.fetchone()
