@@ -157,3 +157,48 @@ def test_finished_copies_are_pruned_after_the_retention(env):
 
     kept = [r[0] for r in env.rows("dst", f"SELECT DISTINCT copy_id FROM {ledger} ORDER BY 1")]
     assert kept == ["latest", "old-unfinished", "recent"]  # an unfinished copy may still resume
+
+
+def _hide_odd_rows(env: CopyEnv, reader: str) -> None:
+    """Row-level security on the source's t: ``reader`` may see only its even ids."""
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
+    env.sql("src", "ALTER TABLE t ENABLE ROW LEVEL SECURITY")
+    env.sql(
+        "src", sql.SQL("CREATE POLICY even ON t FOR SELECT TO {} USING (id % 2 = 0)").format(sql.Identifier(reader))
+    )
+    assert env.count("src") == 1000  # the superuser sees them all
+
+
+def test_a_source_role_a_row_security_policy_applies_to_fails_and_copies_nothing(env, make_role):
+    reader = make_role("reader")
+    _hide_odd_rows(env, reader)
+
+    with pytest.raises(CopyMistake) as refused:  # never half the rows, reported verified
+        _copy(env, reader, env.server.user, CopySpec("t", chunk_size=200))
+
+    message = str(refused.value)
+    assert f'role "{reader}"' in message and 'cannot read every row of table "t"' in message
+    assert f'ALTER ROLE "{reader}" BYPASSRLS' in message and "the table's owner" in message
+    assert env.count("dst") == 0
+
+
+def test_a_source_role_with_bypassrls_copies_every_row_of_a_table_with_row_security(env, make_role, pg_server):
+    reader = make_role("reader")
+    _hide_odd_rows(env, reader)
+    pg_server.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(reader)))
+
+    summary = _copy(env, reader, env.server.user, CopySpec("t", chunk_size=200))
+
+    assert summary.rows == 1000
+    assert env.digest("dst", order="id") == env.digest("src", order="id")
+
+
+def test_the_owner_of_a_table_with_row_security_copies_every_row(env, make_role):
+    owner = make_role("owner")
+    _hide_odd_rows(env, owner)
+    env.sql("src", sql.SQL("ALTER TABLE t OWNER TO {}").format(sql.Identifier(owner)))
+
+    summary = _copy(env, owner, env.server.user, CopySpec("t", chunk_size=200))
+
+    assert summary.rows == 1000
+    assert env.digest("dst", order="id") == env.digest("src", order="id")
