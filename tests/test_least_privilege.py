@@ -14,8 +14,12 @@ import pytest
 from copy_helpers import CopyEnv
 from psycopg2 import sql
 
-from airflow_pool_provider.copy import CopySpec, TableCopy
+from airflow_pool_provider.copy import CopySpec, TableCopy, catalog
+from airflow_pool_provider.copy.catalog import Side
+from airflow_pool_provider.copy.checksum import ChecksumMethod
 from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE, Ledger
+from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.verify import check_table
 from airflow_pool_provider.errors import ChunkFailed, CopyMistake
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -96,14 +100,19 @@ def test_a_target_role_with_insert_and_select_uses_a_ledger_made_for_it(env, mak
     assert env.digest("dst", order="id") == env.digest("src", order="id")
 
 
-def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):
-    reader, writer = make_role("reader"), make_role("writer")
-    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
-    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+def _public_ledger(env: CopyEnv) -> None:
+    """The ledger in the target's public schema, made by the superuser."""
     admin = psycopg2.connect(env.server.dsn(env.db["dst"]))
     with admin, admin.cursor() as cur:  # one transaction, committed
         Ledger("public").ensure(cur)
     admin.close()
+
+
+def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):
+    reader, writer = make_role("reader"), make_role("writer")
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
+    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+    _public_ledger(env)
     env.sql(
         "dst",
         sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(CHUNK_LEDGER_TABLE), sql.Identifier(writer)),
@@ -202,3 +211,44 @@ def test_the_owner_of_a_table_with_row_security_copies_every_row(env, make_role)
 
     assert summary.rows == 1000
     assert env.digest("dst", order="id") == env.digest("src", order="id")
+
+
+def test_a_target_check_through_a_row_security_policy_fails_rather_than_count_the_rows_it_sees(env, make_role):
+    owner = make_role("owner")
+    env.sql("dst", "INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 1000) g")
+    env.sql("dst", sql.SQL("ALTER TABLE t OWNER TO {}").format(sql.Identifier(owner)))
+    env.sql("dst", "ALTER TABLE t ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")  # its owner too
+    env.sql("dst", "CREATE POLICY even ON t FOR SELECT USING (id % 2 = 0)")
+    _public_ledger(env)
+    env.sql(
+        "dst", sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(CHUNK_LEDGER_TABLE), sql.Identifier(owner))
+    )
+    conn = psycopg2.connect(env.server.dsn(env.db["dst"], user=owner))
+    try:
+        with conn.cursor() as cur:
+            target = catalog.load_table(cur, TableName.parse("t"), Side.TARGET)
+            with pytest.raises(psycopg2.errors.InsufficientPrivilege, match='row-level security policy for table "t"'):
+                check_table(cur, target, ("id", "note"), ChecksumMethod.TEXT, Ledger("public"), ["none"])
+    finally:
+        conn.close()
+
+
+def test_a_target_role_a_row_security_policy_applies_to_fails_saying_what_to_grant(env, make_role):
+    writer = make_role("writer")
+    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+    env.sql("dst", "ALTER TABLE t ENABLE ROW LEVEL SECURITY")
+    env.sql("dst", sql.SQL("CREATE POLICY even ON t TO {} USING (id % 2 = 0)").format(sql.Identifier(writer)))
+    _public_ledger(env)
+    env.sql(
+        "dst",
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+            sql.Identifier(CHUNK_LEDGER_TABLE), sql.Identifier(writer)
+        ),
+    )
+
+    with pytest.raises(CopyMistake) as refused:
+        _copy(env, env.server.user, writer, CopySpec("t", chunk_size=200))
+
+    assert f'the role "{writer}" on database "{env.db["dst"]}"' in str(refused.value)
+    assert 'cannot read every row of table "t"' in str(refused.value)
+    assert env.count("dst") == 0
