@@ -213,6 +213,18 @@ def test_the_owner_of_a_table_with_row_security_copies_every_row(env, make_role)
     assert env.digest("dst", order="id") == env.digest("src", order="id")
 
 
+def test_the_owner_of_a_table_that_forces_row_security_fails_saying_what_to_grant(env, make_role):
+    owner = make_role("owner")
+    _hide_odd_rows(env, owner)
+    env.sql("src", sql.SQL("ALTER TABLE t OWNER TO {}").format(sql.Identifier(owner)))
+    env.sql("src", "ALTER TABLE t FORCE ROW LEVEL SECURITY")
+
+    with pytest.raises(CopyMistake, match=f'ALTER ROLE "{owner}" BYPASSRLS'):
+        _copy(env, owner, env.server.user, CopySpec("t", chunk_size=200))
+
+    assert env.count("dst") == 0
+
+
 def test_a_target_check_through_a_row_security_policy_fails_rather_than_count_the_rows_it_sees(env, make_role):
     owner = make_role("owner")
     env.sql("dst", "INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 1000) g")

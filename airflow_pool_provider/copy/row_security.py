@@ -8,7 +8,8 @@ BYPASSRLS and is not the table's owner (an owner too if the table FORCEs row sec
 
 The setting is made per transaction (``SET LOCAL``), where each read transaction starts, and not
 on the pools' sessions: a pool may be shared with other code, and its connections are not reset
-between users.
+between users. The migration's snapshot holder reads no rows, and pg_dump (schema only here) runs
+with ``row_security`` off unless told ``--enable-row-security``, which it never is.
 """
 
 from __future__ import annotations
