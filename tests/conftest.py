@@ -115,13 +115,14 @@ def make_conn_id(monkeypatch: pytest.MonkeyPatch, pg_server: Server) -> Iterator
         conn_id: str | None = None,
         password: str | None = None,
         extra: dict | None = None,
+        user: str | None = None,
     ) -> str:
         server = server or pg_server
         conn_id = conn_id or f"pg_{uuid.uuid4().hex[:8]}"
         monkeypatch.setenv(
             f"AIRFLOW_CONN_{conn_id.upper()}",
             server.airflow_connection(
-                dbname, {"application_name": f"test-{conn_id}", **(extra or {})}, password=password
+                dbname, {"application_name": f"test-{conn_id}", **(extra or {})}, password=password, user=user
             ),
         )
         forget_cached_connections()

@@ -14,9 +14,14 @@ import pytest
 from copy_helpers import CopyEnv
 from psycopg2 import sql
 
-from airflow_pool_provider.copy import CopySpec, TableCopy
+from airflow_pool_provider.copy import CopySpec, TableCopy, catalog
+from airflow_pool_provider.copy.catalog import Side
+from airflow_pool_provider.copy.checksum import ChecksumMethod
 from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE, Ledger
-from airflow_pool_provider.errors import ChunkFailed, CopyMistake
+from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.row_security import explaining
+from airflow_pool_provider.copy.verify import check_table
+from airflow_pool_provider.errors import ChunkFailed, CopyMistake, MigrationMistake
 from airflow_pool_provider.pool import ConnectionPool
 
 TABLE = "CREATE TABLE {t} (id int PRIMARY KEY, note text)"
@@ -96,14 +101,19 @@ def test_a_target_role_with_insert_and_select_uses_a_ledger_made_for_it(env, mak
     assert env.digest("dst", order="id") == env.digest("src", order="id")
 
 
-def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):
-    reader, writer = make_role("reader"), make_role("writer")
-    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
-    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+def _public_ledger(env: CopyEnv) -> None:
+    """The ledger in the target's public schema, made by the superuser."""
     admin = psycopg2.connect(env.server.dsn(env.db["dst"]))
     with admin, admin.cursor() as cur:  # one transaction, committed
         Ledger("public").ensure(cur)
     admin.close()
+
+
+def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):
+    reader, writer = make_role("reader"), make_role("writer")
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
+    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+    _public_ledger(env)
     env.sql(
         "dst",
         sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(sql.Identifier(CHUNK_LEDGER_TABLE), sql.Identifier(writer)),
@@ -157,3 +167,103 @@ def test_finished_copies_are_pruned_after_the_retention(env):
 
     kept = [r[0] for r in env.rows("dst", f"SELECT DISTINCT copy_id FROM {ledger} ORDER BY 1")]
     assert kept == ["latest", "old-unfinished", "recent"]  # an unfinished copy may still resume
+
+
+def _hide_odd_rows(env: CopyEnv, reader: str) -> None:
+    """Row-level security on the source's t: ``reader`` may see only its even ids."""
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
+    env.sql("src", "ALTER TABLE t ENABLE ROW LEVEL SECURITY")
+    env.sql(
+        "src", sql.SQL("CREATE POLICY even ON t FOR SELECT TO {} USING (id % 2 = 0)").format(sql.Identifier(reader))
+    )
+    assert env.count("src") == 1000  # the superuser sees them all
+
+
+def test_a_source_role_a_row_security_policy_applies_to_fails_and_copies_nothing(env, make_role):
+    reader = make_role("reader")
+    _hide_odd_rows(env, reader)
+
+    with pytest.raises(CopyMistake) as refused:  # never half the rows, reported verified
+        _copy(env, reader, env.server.user, CopySpec("t", chunk_size=200))
+
+    message = str(refused.value)
+    assert f'role "{reader}"' in message and 'cannot read every row of table "t"' in message
+    assert f'ALTER ROLE "{reader}" BYPASSRLS' in message and "the table's owner" in message
+    assert env.count("dst") == 0
+
+
+def test_a_source_role_with_bypassrls_copies_every_row_of_a_table_with_row_security(env, make_role, pg_server):
+    reader = make_role("reader")
+    _hide_odd_rows(env, reader)
+    pg_server.execute(sql.SQL("ALTER ROLE {} BYPASSRLS").format(sql.Identifier(reader)))
+
+    summary = _copy(env, reader, env.server.user, CopySpec("t", chunk_size=200))
+
+    assert summary.rows == 1000
+    assert env.digest("dst", order="id") == env.digest("src", order="id")
+
+
+def test_the_owner_of_a_table_with_row_security_copies_every_row(env, make_role):
+    owner = make_role("owner")
+    _hide_odd_rows(env, owner)
+    env.sql("src", sql.SQL("ALTER TABLE t OWNER TO {}").format(sql.Identifier(owner)))
+
+    summary = _copy(env, owner, env.server.user, CopySpec("t", chunk_size=200))
+
+    assert summary.rows == 1000
+    assert env.digest("dst", order="id") == env.digest("src", order="id")
+
+
+def test_the_owner_of_a_table_that_forces_row_security_fails_saying_what_to_grant(env, make_role):
+    owner = make_role("owner")
+    _hide_odd_rows(env, owner)
+    env.sql("src", sql.SQL("ALTER TABLE t OWNER TO {}").format(sql.Identifier(owner)))
+    env.sql("src", "ALTER TABLE t FORCE ROW LEVEL SECURITY")
+
+    with pytest.raises(CopyMistake, match=f'ALTER ROLE "{owner}" BYPASSRLS'):
+        _copy(env, owner, env.server.user, CopySpec("t", chunk_size=200))
+
+    assert env.count("dst") == 0
+
+
+def test_a_target_check_through_a_row_security_policy_fails_rather_than_count_the_rows_it_sees(env, make_role):
+    owner = make_role("owner")
+    env.sql("dst", "INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 1000) g")
+    env.sql("dst", sql.SQL("ALTER TABLE t OWNER TO {}").format(sql.Identifier(owner)))
+    env.sql("dst", "ALTER TABLE t ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY")  # its owner too
+    env.sql("dst", "CREATE POLICY even ON t FOR SELECT USING (id % 2 = 0)")
+    _public_ledger(env)
+    env.sql(
+        "dst", sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(CHUNK_LEDGER_TABLE), sql.Identifier(owner))
+    )
+    conn = psycopg2.connect(env.server.dsn(env.db["dst"], user=owner))
+    try:
+        with conn.cursor() as cur:
+            target = catalog.load_table(cur, TableName.parse("t"), Side.TARGET)
+            # As the migration's verify stage raises it (its operators explain a raw refusal).
+            with pytest.raises(MigrationMistake, match=f'"{owner}" .* cannot read every row of table "t"'):
+                with explaining(MigrationMistake):
+                    check_table(cur, target, ("id", "note"), ChecksumMethod.TEXT, Ledger("public"), ["none"])
+    finally:
+        conn.close()
+
+
+def test_a_target_role_a_row_security_policy_applies_to_fails_saying_what_to_grant(env, make_role):
+    writer = make_role("writer")
+    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+    env.sql("dst", "ALTER TABLE t ENABLE ROW LEVEL SECURITY")
+    env.sql("dst", sql.SQL("CREATE POLICY even ON t TO {} USING (id % 2 = 0)").format(sql.Identifier(writer)))
+    _public_ledger(env)
+    env.sql(
+        "dst",
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+            sql.Identifier(CHUNK_LEDGER_TABLE), sql.Identifier(writer)
+        ),
+    )
+
+    with pytest.raises(CopyMistake) as refused:
+        _copy(env, env.server.user, writer, CopySpec("t", chunk_size=200))
+
+    assert f'the role "{writer}" on database "{env.db["dst"]}"' in str(refused.value)
+    assert 'cannot read every row of table "t"' in str(refused.value)
+    assert env.count("dst") == 0

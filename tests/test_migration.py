@@ -543,3 +543,39 @@ def test_partitions_in_every_selected_schema_all_arrive(airflow_db, migration_da
     for schema, leaf in PARTITION_LEAVES:
         digest = table_digest(dst, leaf, schema=schema)
         assert digest == table_digest(src, leaf, schema=schema) and digest[0] > 0, (schema, leaf)
+
+
+@pytest.fixture
+def policed_source(pg_server, migration_databases, make_conn_id):
+    """The source's only table t (1000 rows) with row-level security that shows a new login role
+    only its even ids; migration_source connects as that role. The role is dropped after."""
+    src, _ = migration_databases
+    role = f"reader_{uuid.uuid4().hex[:8]}"
+    pg_server.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    with src.cursor() as cur:
+        cur.execute("CREATE TABLE t (id int PRIMARY KEY, note text)")
+        cur.execute("INSERT INTO t SELECT g, 'note ' || g FROM generate_series(1, 1000) g")
+        cur.execute("ALTER TABLE t ENABLE ROW LEVEL SECURITY")
+        cur.execute(sql.SQL("CREATE POLICY even ON t FOR SELECT TO {} USING (id % 2 = 0)").format(sql.Identifier(role)))
+        cur.execute(sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(role)))
+    make_conn_id(src.info.dbname, conn_id="migration_source", user=role)
+    yield role
+    for conn in migration_databases:  # the target too: a migration that ran restored the policy
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    pg_server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_source_role_a_row_security_policy_applies_to_fails_the_migration_once(
+    airflow_db, migration_databases, policed_source, migrate, capsys
+):
+    src, dst = migration_databases
+    run, report = run_dag(migrate, {"tables": ["t"]}, task_id="verify")
+
+    assert run.state == "failed" and report is None  # nothing reported, let alone verified
+    assert _states(run)["plan_data"] == "failed" and tries(run, "plan_data") == 1
+    output = capsys.readouterr()
+    assert f'the role "{policed_source}"' in output.out + output.err
+    assert 'cannot read every row of table "t"' in output.out + output.err
+    assert f'ALTER ROLE "{policed_source}" BYPASSRLS' in output.out + output.err
+    assert _one(dst, "SELECT count(*) FROM t") == 0

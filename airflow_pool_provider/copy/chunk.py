@@ -22,6 +22,7 @@ from airflow_pool_provider.copy.ledger import ChunkResult
 from airflow_pool_provider.copy.plan import Chunk, KeysetKind
 from airflow_pool_provider.copy.prepare import PreparedCopy
 from airflow_pool_provider.copy.progress import Progress
+from airflow_pool_provider.copy.row_security import read_every_row
 from airflow_pool_provider.copy.snapshot import SourceSnapshot
 from airflow_pool_provider.copy.spec import CopyMode, CopySpec, TargetChecksum
 from airflow_pool_provider.copy.stopping import StopSignal
@@ -159,6 +160,7 @@ class ChunkCopier:
             # databases' own DateStyle, IntervalStyle or extra_float_digits.
             checksum.stable_output(scur)
             checksum.stable_output(tcur)
+            read_every_row(tcur)  # its check counts every row of the target, or fails
             # A chunk's commit need not wait for its WAL flush: its rows and its ledger row are
             # lost or kept together, and the copy ends with one synchronous commit that makes
             # every earlier chunk durable before it reports success.

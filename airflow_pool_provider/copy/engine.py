@@ -27,6 +27,7 @@ from airflow_pool_provider.copy.chunk import ChunkCopier
 from airflow_pool_provider.copy.plan import KeysetKind
 from airflow_pool_provider.copy.prepare import PreparedCopy, prepare
 from airflow_pool_provider.copy.progress import Progress
+from airflow_pool_provider.copy.row_security import explained
 from airflow_pool_provider.copy.snapshot import ExportedSnapshot, SharedSnapshot, SourceSnapshot
 from airflow_pool_provider.copy.spec import CopySpec
 from airflow_pool_provider.copy.stopping import StopSignal
@@ -133,6 +134,7 @@ class TableCopy:
         try:
             outcome.append(work())
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            exc = explained(exc, CopyMistake)
             if self.stopping.stopped and not self.stopping.by_failure and not isinstance(exc, CopyError):
                 # Stopped while planning or finishing: the statement running then was cancelled.
                 self.log.warning(

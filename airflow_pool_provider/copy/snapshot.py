@@ -20,14 +20,22 @@ from collections.abc import Callable
 
 import psycopg2
 
+from airflow_pool_provider.copy.row_security import read_every_row
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import SnapshotLost, first_line
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
 
 
+def begin(cur) -> None:
+    """Start a read-only REPEATABLE READ transaction on the source. Every source read of a copy or
+    a migration starts here, so each reads every row of a table or fails (``row_security`` off)."""
+    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    read_every_row(cur)
+
+
 def join(cur, snapshot: str) -> None:
     """Start ``cur``'s transaction on ``snapshot``; SnapshotLost if it is gone."""
-    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    begin(cur)
     try:
         cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
     except psycopg2.errors.InvalidParameterValue as exc:  # 22023, here: the exporter is gone
@@ -104,7 +112,7 @@ class ExportedSnapshot(SourceSnapshot):
     """The copy's own: exported by its transaction."""
 
     def _begin(self, cur) -> str:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        begin(cur)
         cur.execute("SELECT pg_export_snapshot()")
         if self.id is not None:
             self.renewals += 1

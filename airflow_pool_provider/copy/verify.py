@@ -16,6 +16,7 @@ from airflow_pool_provider.copy import checksum
 from airflow_pool_provider.copy.catalog import Side, Table
 from airflow_pool_provider.copy.checksum import ChecksumMethod, ChunkDigest
 from airflow_pool_provider.copy.ledger import Ledger
+from airflow_pool_provider.copy.row_security import read_every_row
 from airflow_pool_provider.errors import CopyMistake
 
 
@@ -50,6 +51,7 @@ def check_table(
     rows, digests = tcur.fetchone()
     source_sum = sum(_source_digest(text, method, target).total for text in digests or [])
     checksum.stable_output(tcur)
+    read_every_row(tcur)  # all its rows, not those a row-level security policy lets the role see
     target_sum = checksum.fetch(tcur, checksum.query(method, columns, target.own_rows, sql.SQL("true")))
     return TableCheck(str(target.name), method, int(rows), target_sum.rows, source_sum, target_sum.total)
 

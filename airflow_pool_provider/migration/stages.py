@@ -120,9 +120,9 @@ class Migration:
 
 @contextmanager
 def reading(pool: ConnectionPool) -> Iterator[Any]:
-    """A cursor in a read-only REPEATABLE READ transaction of its own."""
+    """A cursor in a read-only REPEATABLE READ transaction of its own (that reads every row or fails)."""
     with pool.connection() as conn, conn.cursor() as cur:
-        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        copy_snapshot.begin(cur)
         try:
             yield cur
         finally:

@@ -17,7 +17,9 @@ from airflow.sdk import BaseOperator, Context, chain
 from airflow_pool_provider import settings
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
 from airflow_pool_provider.copy.budget import connections_for
+from airflow_pool_provider.copy.row_security import explaining
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM
+from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
 from airflow_pool_provider.migration import data, stages
 from airflow_pool_provider.migration.request import DEFAULT_LEDGER_SCHEMA, MigrationRequest
@@ -140,7 +142,7 @@ class MigrationStageOperator(BaseOperator):
         )
 
     def execute(self, context: Context) -> Any:
-        with mistakes_fail_once():
+        with mistakes_fail_once(), explaining(MigrationMistake):
             request = replace(self.request(), run_id=context["run_id"])
             request = request.resolved(self.source_conn_id, self.target_conn_id)
             return self.run_stage(context, self.migration(request))

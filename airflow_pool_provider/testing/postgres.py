@@ -57,14 +57,16 @@ class Server:
         conn.autocommit = True
         return conn
 
-    def airflow_connection(self, dbname: str, extra: dict[str, Any] | None = None, password: str | None = None) -> str:
+    def airflow_connection(
+        self, dbname: str, extra: dict[str, Any] | None = None, password: str | None = None, user: str | None = None
+    ) -> str:
         """An Airflow postgres connection to ``dbname`` as the JSON of an ``AIRFLOW_CONN_*``
-        variable (``password``: instead of the server's)."""
+        variable (``password``, ``user``: instead of the server's superuser's)."""
         spec: dict[str, Any] = {
             "conn_type": "postgres",
             "host": self.host,
             "port": self.port,
-            "login": self.user,
+            "login": user or self.user,
             "password": password if password is not None else self.password,
             "schema": dbname,
         }
