@@ -176,6 +176,12 @@ def migration_databases(pg_server: Server, make_database: Callable[..., str], ma
     make_conn_id(src_db, conn_id="migration_source")
     make_conn_id(dst_db, conn_id="migration_target")
     yield src, dst
+    with dst.cursor() as cur:  # no snapshot holder of this source may outlive the test (a killed run leaves one)
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+            "AND application_name LIKE 'pool-provider snapshot %%'",
+            (src_db,),
+        )
     src.close()
     dst.close()
 
@@ -192,11 +198,6 @@ def legacy(migration_databases, legacy_scale: float):
     src, dst = migration_databases
     seed(src, legacy_scale)
     yield src, dst
-    with dst.cursor() as cur:  # no snapshot holder may outlive the test (a killed run leaves its own)
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name LIKE "
-            "'pool-provider snapshot %%'"
-        )
 
 
 @pytest.fixture(scope="session")

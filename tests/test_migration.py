@@ -102,7 +102,13 @@ def test_a_migration_moves_every_table_with_its_objects_and_verifies_it(airflow_
         assert table_digest(dst, table, key=None) == table_digest(src, table, key=None), table
     assert _objects(dst) == _objects(src)  # indexes, primary/unique/foreign keys, checks, triggers, views
     assert (
-        _one(dst, "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pool-provider snapshot %%'") == 0
+        _one(
+            dst,
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name LIKE 'pool-provider snapshot %%'",
+            (src.info.dbname,),
+        )
+        == 0
     )  # the snapshot was released at the end
     before = {t: table_digest(dst, t, key=None) for t in ("orders", "payments")}
 
