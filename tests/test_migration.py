@@ -585,3 +585,30 @@ def test_a_source_role_a_row_security_policy_applies_to_fails_the_migration_once
     assert 'cannot read every row of table "t"' in output.out + output.err
     assert f'ALTER ROLE "{policed_source}" BYPASSRLS' in output.out + output.err
     assert _one(dst, "SELECT count(*) FROM t") == 0
+
+
+def test_not_valid_constraints_stay_not_valid_and_the_rows_that_violate_them_arrive(
+    airflow_db, migration_databases, migrate
+):
+    src, dst = migration_databases
+    _run(
+        src,
+        """
+        CREATE TABLE readings (id int PRIMARY KEY, value int);
+        INSERT INTO readings VALUES (1, -5), (2, 10);
+        ALTER TABLE readings ADD CONSTRAINT readings_positive CHECK (value > 0) NOT VALID;
+        CREATE TABLE parents (id int PRIMARY KEY);
+        INSERT INTO parents VALUES (1);
+        CREATE TABLE children (id int PRIMARY KEY, parent_id int);
+        INSERT INTO children VALUES (1, 1), (2, 99);
+        ALTER TABLE children ADD CONSTRAINT children_parent FOREIGN KEY (parent_id) REFERENCES parents NOT VALID;
+        """,
+    )
+    run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
+    assert run.state == "success" and report["verified"], _states(run)
+    for table in ("readings", "children"):
+        assert table_digest(dst, table, key=None) == table_digest(src, table, key=None), table
+    constraints = (
+        "SELECT conname, convalidated FROM pg_constraint WHERE conname IN ('readings_positive', 'children_parent')"
+    )
+    assert sorted(_rows(dst, constraints)) == [("children_parent", False), ("readings_positive", False)]

@@ -10,7 +10,8 @@ ownership, partition attachment, comments). Lines left out of the list handed to
 Stages: **pre-data** restores schemas, types, domains, functions, sequences, tables (with their
 CHECK constraints, defaults and partitions) and views; indexes, primary keys, unique and foreign
 keys are built by the migration itself after the data (faster, and ``USING INDEX``);
-**post-data** restores the rest: triggers, rules, policies, row security, statistics objects.
+**post-data** restores the rest: the CHECK constraints pg_dump writes apart (NOT VALID ones, kept
+NOT VALID), triggers, rules, policies, row security, statistics objects.
 """
 
 from __future__ import annotations
@@ -116,12 +117,13 @@ PRE_DATA = frozenset(
         "SEQUENCE",
         "SEQUENCE OWNED BY",
         "DEFAULT",
-        "CHECK CONSTRAINT",
         "TABLE ATTACH",
     }
 )
 #: Restored in the post-data stage, when selected (the migration builds indexes and keys itself).
-POST_DATA = frozenset({"TRIGGER", "RULE", "POLICY", "ROW SECURITY", "STATISTICS"})
+#: A CHECK constraint has an entry of its own when it is NOT VALID (or must come after a function
+#: it calls): added before the data, it would refuse the source's rows that violate it.
+POST_DATA = frozenset({"CHECK CONSTRAINT", "TRIGGER", "RULE", "POLICY", "ROW SECURITY", "STATISTICS"})
 
 _LINE = re.compile(r"^(\d+);\s+(\d+)\s+(\d+)\s+(.*)$")
 
