@@ -612,3 +612,21 @@ def test_not_valid_constraints_stay_not_valid_and_the_rows_that_violate_them_arr
         "SELECT conname, convalidated FROM pg_constraint WHERE conname IN ('readings_positive', 'children_parent')"
     )
     assert sorted(_rows(dst, constraints)) == [("children_parent", False), ("readings_positive", False)]
+
+
+def test_cluster_on_markers_arrive(airflow_db, migration_databases, migrate):
+    src, dst = migration_databases
+    _run(
+        src,
+        """
+        CREATE TABLE visits (id int PRIMARY KEY, at timestamptz);
+        CREATE INDEX visits_at ON visits (at);
+        ALTER TABLE visits CLUSTER ON visits_at;
+        CREATE TABLE pages (id int PRIMARY KEY);
+        ALTER TABLE pages CLUSTER ON pages_pkey;
+        """,
+    )
+    run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
+    assert run.state == "success" and report["verified"], _states(run)
+    clustered = "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indisclustered"
+    assert sorted(_rows(dst, clustered)) == sorted(_rows(src, clustered)) == [("pages_pkey",), ("visits_at",)]

@@ -60,6 +60,7 @@ class ObjectKind(Choice):
     TRIGGER = "trigger"
     RESTORE = "restore"  # post-data's restore of triggers, rules and policies from the dump
     REFRESH = "refresh"  # a materialized view populated
+    CLUSTER = "cluster"  # a table's CLUSTER ON marker, on the index named
 
 
 @dataclass(frozen=True, order=True)

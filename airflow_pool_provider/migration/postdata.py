@@ -36,7 +36,8 @@ SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, c.contype::text, c.
        pg_get_constraintdef(c.oid), ic.relkind::text,
        (SELECT coalesce(sum(CASE WHEN a.atttypid = 'numeric'::regtype THEN 6
                                  WHEN a.attcollation <> 0 THEN 4 WHEN a.attlen > 0 THEN 1 ELSE 3 END), 8)
-          FROM unnest(i.indkey) AS k(attnum) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum)
+          FROM unnest(i.indkey) AS k(attnum) JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum),
+       i.indisclustered
   FROM pg_index i
   JOIN pg_class ic ON ic.oid = i.indexrelid
   LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid AND c.contype IN ('p', 'u', 'x')
@@ -73,6 +74,7 @@ class IndexDef:
     constraint_definition: str | None
     partitioned: bool  # an index of a partitioned table (built through its leaves)
     cost: int = 1  # relative: the costliest are built first, so that they do not end last
+    clustered: bool = False  # the table's CLUSTER ON index
 
     @property
     def key(self) -> ObjectKey:
@@ -114,8 +116,9 @@ def read_indexes(scur, oid: int, table: TableName) -> list[IndexDef]:
             condef,
             relkind == "I",  # a partitioned index
             cost,
+            clustered,
         )
-        for name, definition, conname, kind, deferrable, deferred, condef, relkind, cost in scur.fetchall()
+        for name, definition, conname, kind, deferrable, deferred, condef, relkind, cost, clustered in scur.fetchall()
     ]
 
 
@@ -187,6 +190,11 @@ def build_indexes(
         statement = _constraint_statement(index)
         if statement is not None and index.constraint_key is not None:
             once(index.constraint_key, statement)
+        if index.clustered:  # the index a CLUSTER without an index name uses
+            once(
+                ObjectKey.on_table(ObjectKind.CLUSTER, index.table, index.name),
+                sql.SQL("ALTER TABLE {} CLUSTER ON {}").format(index.table.identifier(), sql.Identifier(index.name)),
+            )
     if built:
         log.info("post-data %s: built %s", indexes[0].table, ", ".join(f"{k.kind.value} {k.name}" for k in built))
     return len(built)

@@ -38,6 +38,9 @@ SELECT CASE contype WHEN 'f' THEN 'foreign key' ELSE 'constraint' END, conname
   FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype <> 't'
 UNION ALL
 SELECT 'trigger', tgname FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal
+UNION ALL
+SELECT 'cluster', c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = to_regclass(%(t)s) AND i.indisclustered
 """
 _TIMING = """
 SELECT coalesce(sum(bytes_copied), 0),
