@@ -630,3 +630,24 @@ def test_cluster_on_markers_arrive(airflow_db, migration_databases, migrate):
     assert run.state == "success" and report["verified"], _states(run)
     clustered = "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indisclustered"
     assert sorted(_rows(dst, clustered)) == sorted(_rows(src, clustered)) == [("pages_pkey",), ("visits_at",)]
+
+
+def test_a_view_using_an_extension_the_target_lacks_is_refused_in_the_plan(
+    airflow_db, migration_databases, migrate, capsys
+):
+    src, dst = migration_databases
+    if not _one(src, "SELECT count(*) FROM pg_available_extensions WHERE name = 'hstore'"):
+        pytest.skip("this server has no hstore extension (contrib)")
+    _run(
+        src,
+        """
+        CREATE EXTENSION hstore;
+        CREATE TABLE people (id int PRIMARY KEY, name text);
+        CREATE VIEW people_tags AS SELECT id, array_length(akeys(hstore('name', name)), 1) AS tags FROM people;
+        """,
+    )
+    run, _ = run_dag(migrate, {"dry_run": False}, task_id="plan")
+    assert run.state == "failed" and _states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    output = capsys.readouterr()
+    assert "the target lacks the extension(s) ['hstore']" in output.out + output.err
+    assert _one(dst, "SELECT to_regclass('people') IS NULL")  # nothing written

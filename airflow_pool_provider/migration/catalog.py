@@ -46,12 +46,14 @@ SELECT DISTINCT r.ev_class, d.refobjid
  WHERE r.ev_class = ANY(%(views)s) AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class
 """
 
-# Extensions the relations depend on: column types, index operator classes, default functions.
+# Extensions the relations depend on: column types, index operator classes, default functions, and
+# the functions and types views use.
 _EXTENSIONS = """
 WITH objects AS (
     SELECT unnest(%(oids)s::oid[]) AS oid
     UNION SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = ANY(%(oids)s)
     UNION SELECT d.oid FROM pg_attrdef d WHERE d.adrelid = ANY(%(oids)s)
+    UNION SELECT r.oid FROM pg_rewrite r WHERE r.ev_class = ANY(%(oids)s)  -- what views call and read
 )
 SELECT DISTINCT e.extname
   FROM objects o
