@@ -651,3 +651,15 @@ def test_a_view_using_an_extension_the_target_lacks_is_refused_in_the_plan(
     output = capsys.readouterr()
     assert "the target lacks the extension(s) ['hstore']" in output.out + output.err
     assert _one(dst, "SELECT to_regclass('people') IS NULL")  # nothing written
+
+
+def test_an_index_name_the_target_uses_for_another_table_is_refused_in_the_plan(airflow_db, legacy, migrate, capsys):
+    src, dst = legacy
+    _run(dst, "CREATE TABLE other (customer_id int); CREATE INDEX orders_customer ON other (customer_id)")
+    run, _ = run_dag(migrate, {"tables": ["orders", "customers"], "dry_run": False}, task_id="plan")
+    assert run.state == "failed" and _states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    output = capsys.readouterr()
+    assert 'taken in the target by other relations: "public"."orders_customer" (an index of "public"."other")' in (
+        output.out + output.err
+    )
+    assert _one(dst, "SELECT to_regclass('orders') IS NULL")  # nothing written

@@ -41,6 +41,22 @@ SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) || '.' || quote_i
    AND (t.oid = 'oid'::regtype OR (t.typtype = 'd' AND t.typbasetype = 'oid'::regtype))
  ORDER BY 1
 """
+_SOURCE_INDEX_NAMES = """
+SELECT n.nspname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE i.indrelid = ANY(%(oids)s)
+"""
+# Relations of the target with these names, and the table of each that is an index.
+_TARGET_NAMES = """
+SELECT x.schema, x.name, tn.nspname, t.relname
+  FROM unnest(%(schemas)s::text[], %(names)s::text[]) AS x(schema, name)
+  JOIN pg_namespace n ON n.nspname = x.schema
+  JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = x.name
+  LEFT JOIN pg_index i ON i.indexrelid = c.oid
+  LEFT JOIN pg_class t ON t.oid = i.indrelid
+  LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+ ORDER BY 1, 2
+"""
 _INDEXES = """
 SELECT i.indrelid, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = ANY(%s) ORDER BY c.relname
@@ -200,6 +216,7 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
         )
     _check_index_build_memory(tcur, request.index_build_memory, problems)
     _check_large_objects(scur, selection, problems)
+    _check_index_names(scur, tcur, selection, problems)
     budget = _budget(scur, tcur, request.parallelism, copy_tasks)
     if not budget.fits:
         problems.append(
@@ -250,6 +267,28 @@ def _check_large_objects(scur, selection: Selection, problems: list[str]) -> Non
             f"the source holds {count:,} large object(s), and {columns} hold OIDs that name them: large objects "
             "are not migrated; move them first (pg_dump --large-objects, pg_restore --data-only) or leave "
             "these tables out with exclude_tables"
+        )
+
+
+def _check_index_names(scur, tcur, selection: Selection, problems: list[str]) -> None:
+    """An index name is unique in its schema: one the target uses for another table's index (or
+    for a relation) would stop the build after the data is in."""
+    tables = {oid: selection.catalog.relations[oid] for oid in selection.restored}
+    scur.execute(_SOURCE_INDEX_NAMES, {"oids": [oid for oid, r in tables.items() if r.is_table]})
+    names = scur.fetchall()
+    if not names:
+        return
+    tcur.execute(_TARGET_NAMES, {"schemas": [s for s, _ in names], "names": [n for _, n in names]})
+    ours = {r.name for r in tables.values()}
+    taken = []
+    for schema, name, owner_schema, owner_name in tcur.fetchall():
+        owner = TableName(owner_schema, owner_name) if owner_name else None
+        if owner not in ours:
+            taken.append(f"{TableName(schema, name)} ({f'an index of {owner}' if owner else 'not an index'})")
+    if taken:
+        problems.append(
+            f"index names the migration needs are taken in the target by other relations: {', '.join(taken)}; "
+            "rename or drop them, or leave out the tables whose indexes these are"
         )
 
 
