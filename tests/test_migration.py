@@ -663,3 +663,32 @@ def test_an_index_name_the_target_uses_for_another_table_is_refused_in_the_plan(
         output.out + output.err
     )
     assert _one(dst, "SELECT to_regclass('orders') IS NULL")  # nothing written
+
+
+def test_a_migration_from_postgresql_18_compares_not_null_as_a_column_property(
+    airflow_db, pg_server, make_database, make_conn_id, migrate
+):
+    from conftest import FAST_SERVER_SETTINGS
+
+    from airflow_pool_provider.testing.postgres import TemporaryPostgres
+
+    newer = TemporaryPostgres(FAST_SERVER_SETTINGS, major=18)  # 18 makes NOT NULL a constraint too
+    server = newer.start()
+    try:
+        src_db, dst_db = make_database(server, prefix="src18"), make_database(prefix="dst")
+        src = psycopg2.connect(server.dsn(src_db))
+        src.autocommit = True
+        _run(src, "CREATE TABLE t (id int PRIMARY KEY, name text NOT NULL); INSERT INTO t VALUES (1, 'a'), (2, 'b')")
+        make_conn_id(src_db, server=server, conn_id="migration_source")
+        make_conn_id(dst_db, conn_id="migration_target")
+        run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
+        assert run.state == "success" and report["verified"], _states(run)
+        dst = psycopg2.connect(pg_server.dsn(dst_db))
+        not_null = (
+            "SELECT attname FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND attnotnull ORDER BY 1"
+        )
+        assert _rows(dst, not_null) == _rows(src, not_null) == [("id",), ("name",)]
+        dst.close()
+        src.close()
+    finally:
+        newer.cleanup()

@@ -61,6 +61,7 @@ class ObjectKind(Choice):
     RESTORE = "restore"  # post-data's restore of triggers, rules and policies from the dump
     REFRESH = "refresh"  # a materialized view populated
     CLUSTER = "cluster"  # a table's CLUSTER ON marker, on the index named
+    NOT_NULL = "not null"  # a column's NOT NULL (compared, never recorded)
 
 
 @dataclass(frozen=True, order=True)

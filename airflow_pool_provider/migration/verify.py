@@ -35,7 +35,11 @@ SELECT 'index', c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexreli
  WHERE i.indrelid = to_regclass(%(t)s)
 UNION ALL
 SELECT CASE contype WHEN 'f' THEN 'foreign key' ELSE 'constraint' END, conname
-  FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype <> 't'
+  FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype NOT IN ('t', 'n')
+UNION ALL
+-- NOT NULL as the column's property: PostgreSQL 18 also makes it a constraint, 15 does not
+SELECT 'not null', attname FROM pg_attribute
+ WHERE attrelid = to_regclass(%(t)s) AND attnum > 0 AND NOT attisdropped AND attnotnull
 UNION ALL
 SELECT 'trigger', tgname FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal
 UNION ALL

