@@ -692,3 +692,28 @@ def test_a_migration_from_postgresql_18_compares_not_null_as_a_column_property(
         src.close()
     finally:
         newer.cleanup()
+
+
+def test_a_table_truncated_after_the_snapshot_is_refused_not_copied_empty(legacy):
+    from airflow_pool_provider.migration import stages
+    from airflow_pool_provider.migration.request import MigrationRequest
+    from airflow_pool_provider.pool import ConnectionPool
+
+    src, dst = legacy
+    request = MigrationRequest(tables=("customers",), run_id="run-1").resolved("source", "target")
+    source_pool = ConnectionPool(lambda: psycopg2.connect(src.dsn), max_size=6)
+    target_pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=6)
+    connect = psycopg2.extensions.parse_dsn(src.dsn)
+    m = stages.Migration(request, source_pool, target_pool, connect, logging.getLogger("test"), 600.0)
+    try:
+        m.snapshots.ensure()
+        stages.pre_data(m)
+        batches = stages.plan_data(m)
+        _run(src, "TRUNCATE customers CASCADE")  # after the snapshot: not MVCC-safe
+        with pytest.raises(MigrationMistake, match=r'table "public"."customers" was truncated or rewritten'):
+            for batch in batches:
+                stages.copy_data(m, batch)
+    finally:
+        m.snapshots.release()
+        source_pool.close()
+        target_pool.close()

@@ -20,6 +20,7 @@ from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
+from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.metrics import Metrics
 from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, toc, verify
 from airflow_pool_provider.migration.catalog import Relation, RelKind
@@ -169,6 +170,7 @@ def copy_data(m: Migration, batch: data.Batch) -> data.BatchResult:
     for part in batch.parts:
         epoch_before = m.snapshots.current().epoch
         summaries.append(context.table_copy(part.table, only_chunks=part.chunks).run())
+        _check_not_rewritten(m, part.table)
         _record_epochs(m, part.table, {epoch_before, m.snapshots.current().epoch})
         if _loaded(m, part.table):
             _finish_loaded(m, chosen, part.table)
@@ -179,6 +181,27 @@ def copy_data(m: Migration, batch: data.Batch) -> data.BatchResult:
         seconds=round(sum(s.seconds for s in summaries), 3),
         tables=[p.table for p in batch.parts],
     )
+
+
+def _check_not_rewritten(m: Migration, leaf: str) -> None:
+    """TRUNCATE and table rewrites (``ALTER COLUMN ... TYPE``, ``VACUUM FULL``, ``CLUSTER``) are not
+    MVCC-safe: committed after the snapshot, they leave the snapshot an empty table. The snapshot
+    still sees the table's old file, the catalog cache its new one: if they differ, what was read
+    may be short, and the copy is refused rather than verified."""
+    with m.source_reading() as scur:
+        scur.execute(_FILE_NODES, (leaf,))
+        row = scur.fetchone()
+    if row is not None and row[0] != row[1]:
+        raise MigrationMistake(
+            f"table {leaf} was truncated or rewritten on the source after the migration's snapshot was taken "
+            "(TRUNCATE, ALTER COLUMN ... TYPE, VACUUM FULL or CLUSTER), so the snapshot no longer sees its rows: "
+            "run the migration again with mode='replace' once such changes have stopped (a new run takes a "
+            "new snapshot)"
+        )
+
+
+#: The table's file as the snapshot sees it, and as the catalog has it now.
+_FILE_NODES = "SELECT relfilenode, pg_relation_filenode(oid) FROM pg_class WHERE oid = to_regclass(%s)"
 
 
 def _record_epochs(m: Migration, leaf: str, epochs: set[int]) -> None:
