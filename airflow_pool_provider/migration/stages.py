@@ -184,17 +184,19 @@ def copy_data(m: Migration, batch: data.Batch) -> data.BatchResult:
 
 
 def _check_not_rewritten(m: Migration, leaf: str) -> None:
-    """TRUNCATE and table rewrites (``ALTER COLUMN ... TYPE``, ``VACUUM FULL``, ``CLUSTER``) are not
-    MVCC-safe: committed after the snapshot, they leave the snapshot an empty table. The snapshot
-    still sees the table's old file, the catalog cache its new one: if they differ, what was read
-    may be short, and the copy is refused rather than verified."""
+    """TRUNCATE and the ALTER TABLE forms that rewrite a table are not MVCC-safe: committed after
+    the snapshot, they leave the snapshot an empty table. The snapshot still sees the table's old
+    file, the catalog cache its new one: if they differ, what was read may be short, and the copy
+    is refused rather than verified (a VACUUM FULL or CLUSTER, which keep the rows, changes the
+    file too: refused all the same, on the safe side)."""
     with m.source_reading() as scur:
         scur.execute(_FILE_NODES, (leaf,))
         row = scur.fetchone()
     if row is not None and row[0] != row[1]:
         raise MigrationMistake(
             f"table {leaf} was truncated or rewritten on the source after the migration's snapshot was taken "
-            "(TRUNCATE, ALTER COLUMN ... TYPE, VACUUM FULL or CLUSTER), so the snapshot no longer sees its rows: "
+            "(TRUNCATE, ALTER TABLE ... that rewrites it, VACUUM FULL or CLUSTER), so the snapshot may no longer "
+            "see its rows: "
             "run the migration again with mode='replace' once such changes have stopped (a new run takes a "
             "new snapshot)"
         )
