@@ -239,6 +239,8 @@ def _resumable_plan(tcur, ledger: Ledger, request: _Request, sides: _Sides) -> S
     stored = ledger.load_plan(tcur, copy_id, str(source.name), str(target.name))
     if stored is None or stored.keyset.kind is not KeysetKind.CTID or not stored.done or spec.mode is CopyMode.UPSERT:
         return stored
+    if len(stored.done) == len(stored.chunks):  # finished: nothing to resume, nothing copied again
+        return stored
     # Page ranges are only stable within one snapshot: rows updated since may have moved into a
     # chunk not yet copied. Resuming could double or lose them.
     if spec.mode is CopyMode.APPEND:
