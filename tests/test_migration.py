@@ -731,3 +731,15 @@ def test_a_finished_migration_of_a_table_without_a_unique_key_runs_again(airflow
     again, report = run_dag(migrate, conf, task_id="verify")  # it failed: "cannot resume exactly once"
     assert again.state == "success" and report["verified"], _states(again)
     assert table_digest(dst, "logs", key=None) == table_digest(src, "logs", key=None)  # nothing doubled
+
+
+def test_an_index_of_the_same_name_but_another_definition_is_a_difference(airflow_db, legacy, migrate, capsys):
+    src, dst = legacy
+    conf = {"tables": ["orders", "customers"], "dry_run": False}
+    first, report = run_dag(migrate, conf, task_id="verify")
+    assert first.state == "success" and report["verified"]
+    _run(dst, "DROP INDEX orders_ordered_at; CREATE INDEX orders_ordered_at ON orders (status)")
+    again, _ = run_dag(migrate, conf, task_id="verify")
+    assert again.state == "failed" and _states(again)["verify"] == "failed"
+    output = capsys.readouterr()
+    assert "index orders_ordered_at on orders defined otherwise" in output.out + output.err

@@ -29,21 +29,22 @@ from airflow_pool_provider.migration.report import render
 from airflow_pool_provider.migration.request import MigrationRequest
 from airflow_pool_provider.migration.selection import Selection
 
-# Each object as its ledger kind and name.
+# Each object as its ledger kind, its name and its definition (read with an empty search_path,
+# so that every name in it is schema-qualified on both sides).
 _OBJECTS = """
-SELECT 'index', c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+SELECT 'index', c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = to_regclass(%(t)s)
 UNION ALL
-SELECT CASE contype WHEN 'f' THEN 'foreign key' ELSE 'constraint' END, conname
+SELECT CASE contype WHEN 'f' THEN 'foreign key' ELSE 'constraint' END, conname, pg_get_constraintdef(oid)
   FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype NOT IN ('t', 'n')
 UNION ALL
 -- NOT NULL as the column's property: PostgreSQL 18 also makes it a constraint, 15 does not
-SELECT 'not null', attname FROM pg_attribute
+SELECT 'not null', attname, '' FROM pg_attribute
  WHERE attrelid = to_regclass(%(t)s) AND attnum > 0 AND NOT attisdropped AND attnotnull
 UNION ALL
-SELECT 'trigger', tgname FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal
+SELECT 'trigger', tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal
 UNION ALL
-SELECT 'cluster', c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+SELECT 'cluster', c.relname, '' FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = to_regclass(%(t)s) AND i.indisclustered
 """
 _TIMING = """
@@ -210,15 +211,26 @@ def _leaf_check(
 
 
 def _missing_objects(scur, tcur, relations: list[Relation], left_out: tuple[ObjectKey, ...]) -> list[str]:
-    """The source's indexes, constraints and triggers of ``relations`` that the target lacks,
-    but the foreign keys left out on purpose."""
-    missing: list[ObjectKey] = []
+    """The source's indexes, constraints, NOT NULLs, triggers and CLUSTER markers of ``relations``
+    that the target lacks or defines otherwise (an object of the same name is not enough), but
+    the foreign keys left out on purpose."""
+    differences = []
     for relation in relations:
         source, target = (_objects(cur, relation.name) for cur in (scur, tcur))
-        missing += sorted(source - target - set(left_out))
-    return [k.describe() for k in missing]
+        for key in sorted(set(source) - set(left_out)):
+            if key not in target:
+                differences.append(key.describe())
+            elif target[key] != source[key]:
+                differences.append(f"{key.describe()} defined otherwise ({target[key]!r}, not {source[key]!r})")
+    return differences
 
 
-def _objects(cur, table: TableName) -> set[ObjectKey]:
+def _objects(cur, table: TableName) -> dict[ObjectKey, str]:
+    """Read with an empty search_path, which is put back after (the rows' checks print reg* types
+    as the copy did)."""
+    cur.execute("SELECT current_setting('search_path'), set_config('search_path', '', true)")
+    search_path = cur.fetchone()[0]
     cur.execute(_OBJECTS, {"t": str(table)})
-    return {ObjectKey.on_table(ObjectKind(kind), table, name) for kind, name in cur.fetchall()}
+    found = {ObjectKey.on_table(ObjectKind(kind), table, name): definition for kind, name, definition in cur.fetchall()}
+    cur.execute("SELECT set_config('search_path', %s, true)", (search_path,))
+    return found
