@@ -743,3 +743,42 @@ def test_an_index_of_the_same_name_but_another_definition_is_a_difference(airflo
     assert again.state == "failed" and _states(again)["verify"] == "failed"
     output = capsys.readouterr()
     assert "index orders_ordered_at on orders defined otherwise" in output.out + output.err
+
+
+def test_types_domains_and_functions_the_target_made_otherwise_are_differences(
+    airflow_db, migration_databases, migrate, capsys
+):
+    src, dst = migration_databases
+    _run(
+        src,
+        """
+        CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE DOMAIN positive AS int CHECK (VALUE > 0);
+        CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
+        CREATE TABLE feelings (id int PRIMARY KEY, how mood, score positive);
+        INSERT INTO feelings VALUES (1, 'ok', 3);
+        """,
+    )
+    same = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); CREATE DOMAIN positive AS int CHECK (VALUE > 0);"
+    _run(dst, same + "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
+    run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")  # reused as they are: the same
+    assert run.state == "success" and report["verified"], _states(run)
+
+    _run(dst, "DROP TABLE feelings; DROP TYPE mood; DROP DOMAIN positive; DROP FUNCTION answer()")
+    _run(
+        dst,
+        """
+        CREATE TYPE mood AS ENUM ('happy', 'sad', 'ok');
+        CREATE DOMAIN positive AS int;
+        CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 41';
+        """,
+    )
+    again, _ = run_dag(migrate, {"dry_run": False, "mode": "replace"}, task_id="verify")
+    assert again.state == "failed" and _states(again)["verify"] == "failed"
+    output = capsys.readouterr().out
+    for difference in (
+        "domain public.positive is defined otherwise in the target",
+        "enum public.mood is defined otherwise in the target",
+        "function public.answer() is defined otherwise in the target",
+    ):
+        assert difference in output

@@ -9,6 +9,8 @@ tables read at different instants are named: foreign keys between them may then 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -46,6 +48,31 @@ SELECT 'trigger', tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid =
 UNION ALL
 SELECT 'cluster', c.relname, '' FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
  WHERE i.indrelid = to_regclass(%(t)s) AND i.indisclustered
+"""
+# The schema-level objects of the schemas, each with what defines it (read with an empty
+# search_path): enums by their labels in order, domains by base type and checks, functions and
+# procedures by pg_get_functiondef. Those of extensions are the extensions' business.
+_SCHEMA_OBJECTS = """
+WITH own AS (
+    SELECT t.oid, t.oid::regtype::text AS name, t.typtype
+      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+     WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd')
+       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e')
+)
+SELECT 'enum', name, (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+                        FROM pg_enum e WHERE e.enumtypid = own.oid)
+  FROM own WHERE typtype = 'e'
+UNION ALL
+SELECT 'domain', name, format_type(t.typbasetype, t.typtypmod) || CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END
+       || coalesce(' ' || (SELECT string_agg(pg_get_constraintdef(c.oid), ' ' ORDER BY c.conname)
+                            FROM pg_constraint c WHERE c.contypid = t.oid), '')
+  FROM own JOIN pg_type t ON t.oid = own.oid WHERE own.typtype = 'd'
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END, p.oid::regprocedure::text,
+       pg_get_functiondef(p.oid)
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = ANY(%(schemas)s) AND p.prokind IN ('f', 'p')
+   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
 """
 _TIMING = """
 SELECT coalesce(sum(bytes_copied), 0),
@@ -185,8 +212,27 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
         reports,
         len(all_epochs) <= 1,
         [k.describe() for k in left_out],
-        _materialized_view_differences(scur, tcur, selection),
+        _materialized_view_differences(scur, tcur, selection) + _schema_object_differences(scur, tcur, selection),
     )
+
+
+def _schema_object_differences(scur, tcur, selection: Selection) -> list[str]:
+    """Types, domains and functions of the schemas that the target lacks or defines otherwise:
+    pre-data reuses those that exist already, so one made otherwise in the target is found here."""
+    source, target = (_schema_objects(cur, selection.catalog.schemas) for cur in (scur, tcur))
+    differences = []
+    for (kind, name), definition in sorted(source.items()):
+        if (kind, name) not in target:
+            differences.append(f"{kind} {name} is missing")
+        elif target[(kind, name)] != definition:
+            differences.append(f"{kind} {name} is defined otherwise in the target")
+    return differences
+
+
+def _schema_objects(cur, schemas: tuple[str, ...]) -> dict[tuple[str, str], str]:
+    with _qualified(cur):
+        cur.execute(_SCHEMA_OBJECTS, {"schemas": list(schemas)})
+        return {(kind, name): definition for kind, name, definition in cur.fetchall()}
 
 
 def _materialized_view_differences(scur, tcur, selection: Selection) -> list[str]:
@@ -226,11 +272,18 @@ def _missing_objects(scur, tcur, relations: list[Relation], left_out: tuple[Obje
 
 
 def _objects(cur, table: TableName) -> dict[ObjectKey, str]:
-    """Read with an empty search_path, which is put back after (the rows' checks print reg* types
-    as the copy did)."""
+    with _qualified(cur):
+        cur.execute(_OBJECTS, {"t": str(table)})
+        return {ObjectKey.on_table(ObjectKind(kind), table, n): definition for kind, n, definition in cur.fetchall()}
+
+
+@contextmanager
+def _qualified(cur) -> Iterator[None]:
+    """An empty search_path, so that definitions name everything with its schema on both sides;
+    put back after (the rows' checks print reg* values as the copy did)."""
     cur.execute("SELECT current_setting('search_path'), set_config('search_path', '', true)")
     search_path = cur.fetchone()[0]
-    cur.execute(_OBJECTS, {"t": str(table)})
-    found = {ObjectKey.on_table(ObjectKind(kind), table, name): definition for kind, name, definition in cur.fetchall()}
-    cur.execute("SELECT set_config('search_path', %s, true)", (search_path,))
-    return found
+    try:
+        yield
+    finally:
+        cur.execute("SELECT set_config('search_path', %s, true)", (search_path,))
