@@ -782,3 +782,28 @@ def test_types_domains_and_functions_the_target_made_otherwise_are_differences(
         "function public.answer() is defined otherwise in the target",
     ):
         assert difference in output
+
+
+def test_a_foreign_key_to_a_partitioned_table_arrives_validated_with_its_per_partition_keys(
+    airflow_db, migration_databases, migrate
+):
+    src, dst = migration_databases
+    _run(
+        src,
+        """
+        CREATE TABLE accounts (id int PRIMARY KEY) PARTITION BY RANGE (id);
+        CREATE TABLE accounts_low PARTITION OF accounts FOR VALUES FROM (0) TO (100);
+        CREATE TABLE accounts_high PARTITION OF accounts FOR VALUES FROM (100) TO (200);
+        INSERT INTO accounts VALUES (1), (150);
+        CREATE TABLE transfers (id int PRIMARY KEY, account_id int REFERENCES accounts);
+        INSERT INTO transfers VALUES (1, 1), (2, 150);
+        """,
+    )
+    run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
+    assert run.state == "success" and report["verified"], _states(run)
+    keys = (
+        "SELECT conname, conrelid::regclass::text, confrelid::regclass::text, convalidated, conparentid <> 0 "
+        "FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2, 3"
+    )
+    assert _rows(dst, keys) == _rows(src, keys)
+    assert len(_rows(dst, keys)) == 3  # the key, and one per partition of the table it references

@@ -45,8 +45,9 @@ SELECT ic.relname, pg_get_indexdef(i.indexrelid), c.conname, c.contype::text, c.
  ORDER BY c.contype IS NULL, ic.relname
 """
 _FOREIGN_KEYS = """
-SELECT c.conname, c.conrelid, c.confrelid, pg_get_constraintdef(c.oid), c.convalidated, r.relkind::text
-  FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid
+SELECT c.conname, c.conrelid, c.confrelid, pg_get_constraintdef(c.oid), c.convalidated,
+       r.relkind = 'p' OR f.relkind = 'p'
+  FROM pg_constraint c JOIN pg_class r ON r.oid = c.conrelid JOIN pg_class f ON f.oid = c.confrelid
  WHERE c.contype = 'f' AND c.conrelid = ANY(%s) AND c.conparentid = 0
  ORDER BY c.conname
 """
@@ -94,7 +95,7 @@ class ForeignKey:
     references: TableName | None  # None: a table outside the selection
     definition: str
     validated: bool
-    partitioned: bool
+    partitioned: bool  # from or to a partitioned table: its per-partition keys come with it
 
     @property
     def key(self) -> ObjectKey:
@@ -126,8 +127,8 @@ def read_foreign_keys(scur, oids: dict[int, TableName]) -> list[ForeignKey]:
     scur.execute("SET LOCAL search_path = ''")
     scur.execute(_FOREIGN_KEYS, (list(oids),))
     return [
-        ForeignKey(name, oids[table], oids.get(ref), definition, validated, kind == "p")
-        for name, table, ref, definition, validated, kind in scur.fetchall()
+        ForeignKey(name, oids[table], oids.get(ref), definition, validated, partitioned)
+        for name, table, ref, definition, validated, partitioned in scur.fetchall()
     ]
 
 
@@ -245,7 +246,8 @@ def add_foreign_keys(
                 tconn.rollback()
                 continue
             table, name = key.table.identifier(), sql.Identifier(key.name)
-            # PostgreSQL 15 has no NOT VALID foreign keys on a partitioned table: validated as added.
+            # PostgreSQL 15 has no NOT VALID foreign keys on a partitioned table, and VALIDATE of one
+            # to a partitioned table leaves its per-partition keys NOT VALID: validated as added.
             deferred_check = key.validated and not key.partitioned and not key.definition.endswith("NOT VALID")
             tcur.execute(
                 sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}" + (" NOT VALID" if deferred_check else "")).format(
