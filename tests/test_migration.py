@@ -463,6 +463,14 @@ def test_foreign_tables_are_named_in_the_plan_as_not_migrated(airflow_db, migrat
     ]
 
 
+def test_views_over_relations_left_out_are_named_in_the_plan(airflow_db, legacy, migrate):
+    run, plan = run_dag(migrate, {"tables": ["products"], "dry_run": True}, task_id="plan")
+    assert run.state == "success" and plan["views"] == []
+    assert plan["left_out"] == [
+        '"public"."customer_order_totals" (a view that reads relations not migrated: select them too to bring it)'
+    ]
+
+
 def test_materialized_views_arrive_populated_with_their_indexes_and_replace_drops_them(airflow_db, legacy, migrate):
     src, dst = legacy
     with src.cursor() as cur:

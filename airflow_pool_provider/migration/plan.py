@@ -246,10 +246,15 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
 
 def _left_out(selection: Selection) -> list[str]:
     """Relations of the selected schemas a migration does not move, said in the plan."""
+    relations = sorted(selection.catalog.relations.values(), key=lambda r: str(r.name))
     return [
         f"{r.name} (a foreign table: create its server, user mapping and table in the target by hand)"
-        for r in sorted(selection.catalog.relations.values(), key=lambda r: str(r.name))
+        for r in relations
         if r.kind is RelKind.FOREIGN_TABLE
+    ] + [
+        f"{r.name} (a view that reads relations not migrated: select them too to bring it)"
+        for r in relations
+        if r.is_view and r.oid not in selection.restored
     ]
 
 
