@@ -14,11 +14,10 @@ from airflow.sdk import DAG, Param
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
 from airflow_pool_provider.operators.params import (
-    DEFAULT_CHUNK_SIZE,
     DEFAULT_PARALLELISM,
     FORM_POOL_SLOTS,
-    MAX_CHUNK_SIZE,
     MAX_FORM_PARALLELISM,
+    chunk_size_param,
     connection_params,
 )
 
@@ -61,14 +60,7 @@ with DAG(
             description="append: add the rows (fails on duplicate keys); replace: empty the target "
             "table first; upsert: insert new rows and update existing ones by key.",
         ),
-        "chunk_size": Param(
-            DEFAULT_CHUNK_SIZE,
-            type="integer",
-            minimum=1,
-            maximum=MAX_CHUNK_SIZE,
-            title="Rows per chunk",
-            description="Rows copied and verified in one target transaction.",
-        ),
+        "chunk_size": chunk_size_param("Rows copied and verified in one target transaction."),
         "parallelism": Param(
             DEFAULT_PARALLELISM,
             type="integer",

@@ -20,10 +20,9 @@ from airflow.sdk import DAG, Param
 
 from airflow_pool_provider.operators.migration import migration_stages
 from airflow_pool_provider.operators.params import (
-    DEFAULT_CHUNK_SIZE,
     DEFAULT_PARALLELISM,
-    MAX_CHUNK_SIZE,
     MAX_FORM_PARALLELISM,
+    chunk_size_param,
     connection_params,
 )
 
@@ -69,14 +68,7 @@ with DAG(
             title="Leave out",
             description="Tables not to migrate, one per line.",
         ),
-        "chunk_size": Param(
-            DEFAULT_CHUNK_SIZE,
-            type="integer",
-            minimum=1,
-            maximum=MAX_CHUNK_SIZE,
-            title="Rows per chunk",
-            description="Rows copied and verified in one transaction.",
-        ),
+        "chunk_size": chunk_size_param("Rows copied and verified in one transaction."),
         "parallelism": Param(
             DEFAULT_PARALLELISM,
             type="integer",

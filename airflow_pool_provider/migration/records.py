@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.verify import TableCheck
@@ -16,13 +16,11 @@ from airflow_pool_provider.migration.ledger import (
     MigrationLedger,
     ObjectKey,
     ObjectKind,
-    Readable,
+    R,
     Stage,
     StageRecord,
     Status,
 )
-
-R = TypeVar("R", bound=Readable)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,18 @@ MAX_FORM_PARALLELISM = 4
 FORM_POOL_SLOTS = connections_for(MAX_FORM_PARALLELISM)
 
 
+def chunk_size_param(description: str) -> Param:
+    """The form's ``chunk_size``, within the copy engine's limits."""
+    return Param(
+        DEFAULT_CHUNK_SIZE,
+        type="integer",
+        minimum=1,
+        maximum=MAX_CHUNK_SIZE,
+        title="Rows per chunk",
+        description=description,
+    )
+
+
 def connection_params(
     sources: list[str], targets: list[str], *, source_verb: str = "read from", target_verb: str = "write to"
 ) -> dict[str, Param]:
