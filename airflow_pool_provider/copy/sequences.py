@@ -131,6 +131,11 @@ def move(scur, tcur, source: sql.Identifier, target: sql.Identifier, increment: 
     return MoveOutcome(source_next if ahead else target_next, ahead)
 
 
+def next_value(cur, sequence: sql.Identifier, increment: int) -> int:
+    """The value ``nextval`` would give now."""
+    return _position(cur, sequence).next_value(increment)
+
+
 def increment(cur, sequence: sql.Identifier) -> int:
     cur.execute("SELECT seqincrement FROM pg_sequence WHERE seqrelid = %s::regclass", (_text(sequence),))
     return cur.fetchone()[0]

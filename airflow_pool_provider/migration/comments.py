@@ -1,10 +1,12 @@
-"""Comments on the migrated relations, their columns, indexes and constraints.
+"""Comments on the migrated relations, their columns, indexes and constraints, and on the
+schemas and their types, domains, functions and procedures.
 
 The schema dump's ``COMMENT`` entries name their objects by text only, so they are not restored
 from it: the post-data stage reads each relation's comments from the source's catalog and writes
 them with ``COMMENT ON`` (names quoted, text as a literal), after the indexes and keys exist.
 ``COMMENT ON`` replaces what is there, so a re-run writes them again harmlessly. The verify stage
-compares them, side against side, by the same read.
+compares them, side against side, by the same read (those of schema-level objects with their
+definitions, :mod:`~airflow_pool_provider.migration.definitions`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,62 @@ SELECT 'CONSTRAINT', k.conname, d.description
   FROM pg_constraint k JOIN pg_description d ON d.objoid = k.oid AND d.classoid = 'pg_constraint'::regclass
  WHERE k.conrelid = to_regclass(%(t)s)
 """
+
+# Comments on the schemas and on their types, domains, functions and procedures (not those of
+# extensions): kind, schema, name, the argument list of a function, text. Read with an empty
+# search_path, so that the argument types are schema-qualified.
+_SCHEMA_LEVEL_COMMENTS = """
+SELECT 'SCHEMA', n.nspname, '', '', d.description
+  FROM pg_namespace n JOIN pg_description d ON d.objoid = n.oid AND d.classoid = 'pg_namespace'::regclass
+ WHERE n.nspname = ANY(%(schemas)s)
+UNION ALL
+SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END, n.nspname, t.typname, '', d.description
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  JOIN pg_description d ON d.objoid = t.oid AND d.classoid = 'pg_type'::regclass
+ WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd', 'c', 'r')
+   AND (t.typtype <> 'c' OR (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')
+   AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = t.oid AND e.deptype = 'e')
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END, n.nspname, p.proname,
+       pg_get_function_identity_arguments(p.oid), d.description
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+  JOIN pg_description d ON d.objoid = p.oid AND d.classoid = 'pg_proc'::regclass
+ WHERE n.nspname = ANY(%(schemas)s) AND p.prokind IN ('f', 'p')
+   AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.objid = p.oid AND e.deptype = 'e')
+"""
+
+
+@dataclass(frozen=True, order=True)
+class SchemaLevelComment:
+    kind: str  # SCHEMA, TYPE, DOMAIN, FUNCTION or PROCEDURE
+    schema: str
+    name: str  # '' for the schema itself
+    arguments: str  # of a function or procedure, as PostgreSQL prints them
+    text: str
+
+    def statement(self) -> sql.Composable:
+        names = (self.schema, self.name) if self.name else (self.schema,)
+        target = sql.SQL(self.kind + " {}").format(sql.Identifier(*names))
+        if self.kind in ("FUNCTION", "PROCEDURE"):
+            # The argument list is PostgreSQL's own rendering (its identifiers quoted by the server):
+            # there is no composable form of a signature.
+            target = sql.SQL("{}({})").format(target, sql.SQL(self.arguments))
+        return sql.SQL("COMMENT ON {} IS {}").format(target, sql.Literal(self.text))
+
+
+def restore_schema_level(scur, tcur, schemas: tuple[str, ...]) -> int:
+    """Write the source's comments on the schemas and their types and functions in the target;
+    how many (``COMMENT ON`` replaces, so a re-run writes them again harmlessly)."""
+    scur.execute("SELECT current_setting('search_path'), set_config('search_path', '', true)")
+    search_path = scur.fetchone()[0]
+    try:
+        scur.execute(_SCHEMA_LEVEL_COMMENTS, {"schemas": list(schemas)})
+        found = sorted(SchemaLevelComment(*row) for row in scur.fetchall())
+    finally:
+        scur.execute("SELECT set_config('search_path', %s, true)", (search_path,))
+    for comment in found:
+        tcur.execute(comment.statement())
+    return len(found)
 
 
 @dataclass(frozen=True, order=True)

@@ -61,7 +61,15 @@ class ObjectKind(Choice):
     RESTORE = "restore"  # post-data's restore of triggers, rules and policies from the dump
     REFRESH = "refresh"  # a materialized view populated
     CLUSTER = "cluster"  # a table's CLUSTER ON marker, on the index named
-    NOT_NULL = "not null"  # a column's NOT NULL (compared, never recorded)
+    # Compared by the verify stage, never recorded:
+    NOT_NULL = "not null"  # a column's NOT NULL
+    DEFINITION = "definition"  # a table's or view's own (kind, partitioning, view query, ...)
+    COLUMN = "column"
+    RULE = "rule"
+    ROW_SECURITY = "row security"
+    POLICY = "policy"
+    STATISTICS = "statistics"
+    OWNER = "owner"
 
 
 @dataclass(frozen=True, order=True)
@@ -121,6 +129,8 @@ class ObjectKey:
             return self.kind.value
         if self.kind is ObjectKind.TABLE:
             return str(self.table_name)
+        if not self.name:
+            return f"{self.kind.value} of {self.table}"
         return f"{self.kind.value} {self.name} on {self.table}"
 
     def to_json(self) -> list[str]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg2.errors
 from psycopg2 import sql
 
 from airflow_pool_provider.copy.ledger import Ledger
@@ -133,7 +134,21 @@ def _existing_objects(tcur, entries: list[toc.TocEntry], selection: Selection) -
         schema_name, tag = named
         name, paren, args = tag.partition("(")
         text = f"{quote_ident(schema_name)}.{quote_ident(name)}{paren}{args}"
-        tcur.execute(sql.SQL("SELECT {}(%s) IS NOT NULL").format(sql.SQL(lookup)), (text,))
-        if tcur.fetchone()[0]:
+        if _exists_by_name(tcur, lookup, text):
             found[entry.dump_id] = f"{entry.desc.lower()} {schema_name}.{tag}"
+    return found
+
+
+def _exists_by_name(tcur, lookup: str, text: str) -> bool:
+    """Whether ``lookup`` (``to_regprocedure``, ...) finds ``text`` in the target: a signature
+    naming a type in a schema the target lacks raises rather than answering no, so the lookup
+    runs under a savepoint and that counts as not there."""
+    tcur.execute("SAVEPOINT pool_provider_lookup")
+    try:
+        tcur.execute(sql.SQL("SELECT {}(%s) IS NOT NULL").format(sql.SQL(lookup)), (text,))
+        found = tcur.fetchone()[0]
+    except psycopg2.errors.InvalidSchemaName:
+        tcur.execute("ROLLBACK TO SAVEPOINT pool_provider_lookup")
+        return False
+    tcur.execute("RELEASE SAVEPOINT pool_provider_lookup")
     return found

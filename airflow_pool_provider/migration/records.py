@@ -84,13 +84,20 @@ class RestoreRecord:
 @dataclass(frozen=True)
 class PostDataRecord:
     foreign_keys_left_out: tuple[ObjectKey, ...]  # to tables outside the migration
+    sequences: Mapping[str, int] = field(default_factory=dict)  # each one's next value as set
 
     def to_json(self) -> dict[str, Any]:
-        return {"foreign_keys_left_out": [k.to_json() for k in self.foreign_keys_left_out]}
+        return {
+            "foreign_keys_left_out": [k.to_json() for k in self.foreign_keys_left_out],
+            "sequences": dict(self.sequences),
+        }
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any]) -> PostDataRecord:
-        return cls(tuple(ObjectKey.from_json(k) for k in value.get("foreign_keys_left_out", ())))
+        return cls(
+            tuple(ObjectKey.from_json(k) for k in value.get("foreign_keys_left_out", ())),
+            dict(value.get("sequences", {})),
+        )
 
 
 @dataclass(frozen=True)

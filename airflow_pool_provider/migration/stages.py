@@ -284,9 +284,9 @@ def post_data(m: Migration) -> PostDataResult:
     with m.source_reading() as scur, m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         commented = comments.restore(
             scur, tcur, [chosen.catalog.relations[oid].name for oid in sorted(chosen.restored)]
-        )
+        ) + comments.restore_schema_level(scur, tcur, chosen.catalog.schemas)
         postdata.analyze(tcur, [t.name for t in chosen.tables])
-        m.ledger.record(tcur, Stage.POST_DATA, WHOLE_STAGE, PostDataRecord(foreign.left_out))
+        m.ledger.record(tcur, Stage.POST_DATA, WHOLE_STAGE, PostDataRecord(foreign.left_out, moved))
         tconn.commit()
     m.log.info(
         "post-data: %d index(es) and key(s) built now, %d foreign key(s) added and validated, %d "

@@ -1,16 +1,15 @@
 """The verification stage and the end-of-run report.
 
 Per table (through its leaves): rows and checksums of the target against what the data stage
-read (the ledger's per-chunk source sums), and the indexes, constraints and triggers present in
-the source present in the target too. One table in the log, the same as XCom; a failed check
-fails the task. When the source's snapshot had to be taken anew during the migration, the
-tables read at different instants are named: foreign keys between them may then not hold.
+read (the ledger's per-chunk source sums), and every object the migration moves compared by its
+definition, both sides read now (:mod:`~airflow_pool_provider.migration.definitions`). One
+table in the log, the same as XCom; a failed check fails the task. When the source's snapshot had
+to be taken anew during the migration, the tables read at different instants are named: foreign
+keys between them may then not hold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,60 +19,16 @@ from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy import checksum
 from airflow_pool_provider.copy.catalog import Side
 from airflow_pool_provider.copy.ledger import Ledger
-from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.verify import TableCheck, check_table
-from airflow_pool_provider.migration import comments, postdata
+from airflow_pool_provider.migration import comments, definitions, postdata
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.data import copy_id
-from airflow_pool_provider.migration.ledger import ObjectKey, ObjectKind
+from airflow_pool_provider.migration.ledger import ObjectKey
 from airflow_pool_provider.migration.records import PreviousRunState
 from airflow_pool_provider.migration.report import render
 from airflow_pool_provider.migration.request import MigrationRequest
 from airflow_pool_provider.migration.selection import Selection
 
-# Each object as its ledger kind, its name and its definition (read with an empty search_path,
-# so that every name in it is schema-qualified on both sides).
-_OBJECTS = """
-SELECT 'index', c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
- WHERE i.indrelid = to_regclass(%(t)s)
-UNION ALL
-SELECT CASE contype WHEN 'f' THEN 'foreign key' ELSE 'constraint' END, conname, pg_get_constraintdef(oid)
-  FROM pg_constraint WHERE conrelid = to_regclass(%(t)s) AND contype NOT IN ('t', 'n')
-UNION ALL
--- NOT NULL as the column's property: PostgreSQL 18 also makes it a constraint, 15 does not
-SELECT 'not null', attname, '' FROM pg_attribute
- WHERE attrelid = to_regclass(%(t)s) AND attnum > 0 AND NOT attisdropped AND attnotnull
-UNION ALL
-SELECT 'trigger', tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = to_regclass(%(t)s) AND NOT tgisinternal
-UNION ALL
-SELECT 'cluster', c.relname, '' FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
- WHERE i.indrelid = to_regclass(%(t)s) AND i.indisclustered
-"""
-# The schema-level objects of the schemas, each with what defines it (read with an empty
-# search_path): enums by their labels in order, domains by base type and checks, functions and
-# procedures by pg_get_functiondef. Those of extensions are the extensions' business.
-_SCHEMA_OBJECTS = """
-WITH own AS (
-    SELECT t.oid, t.oid::regtype::text AS name, t.typtype
-      FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
-     WHERE n.nspname = ANY(%(schemas)s) AND t.typtype IN ('e', 'd')
-       AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = t.oid AND d.deptype = 'e')
-)
-SELECT 'enum', name, (SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
-                        FROM pg_enum e WHERE e.enumtypid = own.oid)
-  FROM own WHERE typtype = 'e'
-UNION ALL
-SELECT 'domain', name, format_type(t.typbasetype, t.typtypmod) || CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END
-       || coalesce(' ' || (SELECT string_agg(pg_get_constraintdef(c.oid), ' ' ORDER BY c.conname)
-                            FROM pg_constraint c WHERE c.contypid = t.oid), '')
-  FROM own JOIN pg_type t ON t.oid = own.oid WHERE own.typtype = 'd'
-UNION ALL
-SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END, p.oid::regprocedure::text,
-       pg_get_functiondef(p.oid)
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE n.nspname = ANY(%(schemas)s) AND p.prokind IN ('f', 'p')
-   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e')
-"""
 _TIMING = """
 SELECT coalesce(sum(bytes_copied), 0),
        coalesce(extract(epoch FROM max(finished_at) - min(finished_at - seconds * interval '1 second')), 0)
@@ -147,8 +102,8 @@ class MigrationReport:
             + ("verified" if self.verified else "NOT verified"),
             render(("table", "rows", "MB", "seconds", "rows/s", "target read", "verified"), rows),
             "rows and checksums: each table's target rows against the sums of the source rows as the ledger kept "
-            "them when they were read (the source is not read again); indexes, constraints and triggers: both "
-            "sides read now",
+            "them when they were read (the source is not read again); the objects' definitions: both sides read "
+            f"now: {definitions.COMPARED}; not compared: {definitions.NOT_COMPARED}",
         ]
         if not self.one_instant:
             epochs = {t.table: t.snapshot_epochs for t in self.tables}
@@ -192,8 +147,6 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
         tcur.execute(sql.SQL(_TIMING).format(ledger.table), (ids,))
         nbytes, seconds = tcur.fetchone()
         relations = [table, *selection.catalog.descendants(table.oid)]
-        missing = _missing_objects(scur, tcur, relations, left_out)
-        missing += [d for r in relations for d in comments.differences(scur, tcur, r.name)]
         reports.append(
             TableReport(
                 str(table.name),
@@ -201,48 +154,54 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
                 int(nbytes) / 1e6,
                 float(seconds),
                 all(check.matches for check, _ in checks),
-                missing,
+                _relation_differences(scur, tcur, relations, request, left_out),
                 sorted({e for leaf in leaves for e in earlier.epochs.get(leaf.name, ())}),
                 ", ".join(sorted({when for _, when in checks})),
             )
         )
     all_epochs = {e for r in reports for e in r.snapshot_epochs}
-    return MigrationReport(
-        request.id,
-        reports,
-        len(all_epochs) <= 1,
-        [k.describe() for k in left_out],
-        _materialized_view_differences(scur, tcur, selection) + _schema_object_differences(scur, tcur, selection),
-    )
+    others = _view_differences(scur, tcur, selection, request) + _sequence_differences(scur, tcur, selection, earlier)
+    others += [
+        d.describe() for d in definitions.schema_differences(scur, tcur, selection.catalog.schemas, request.keep_owners)
+    ]
+    return MigrationReport(request.id, reports, len(all_epochs) <= 1, [k.describe() for k in left_out], others)
 
 
-def _schema_object_differences(scur, tcur, selection: Selection) -> list[str]:
-    """Types, domains and functions of the schemas that the target lacks or defines otherwise:
-    pre-data reuses those that exist already, so one made otherwise in the target is found here."""
-    source, target = (_schema_objects(cur, selection.catalog.schemas) for cur in (scur, tcur))
+def _relation_differences(
+    scur, tcur, relations: list[Relation], request: MigrationRequest, left_out: tuple[ObjectKey, ...] = ()
+) -> list[str]:
+    """Each relation's objects and comments that the target lacks or defines otherwise."""
+    found = []
+    for relation in relations:
+        found += [
+            d.describe()
+            for d in definitions.relation_differences(scur, tcur, relation.name, left_out, request.keep_owners)
+        ]
+        found += comments.differences(scur, tcur, relation.name)
+    return found
+
+
+def _view_differences(scur, tcur, selection: Selection, request: MigrationRequest) -> list[str]:
+    """Views by their definitions and objects; a materialized view populated on the source must
+    be populated on the target."""
     differences = []
-    for (kind, name), definition in sorted(source.items()):
-        if (kind, name) not in target:
-            differences.append(f"{kind} {name} is missing")
-        elif target[(kind, name)] != definition:
-            differences.append(f"{kind} {name} is defined otherwise in the target")
+    for view in selection.views:
+        if view.kind is RelKind.MATERIALIZED_VIEW and postdata.is_populated(scur, view.name):
+            if not postdata.is_populated(tcur, view.name):
+                differences.append(f"materialized view {view.name} is not populated")
+        differences += [f"{d} (view {view.name})" for d in _relation_differences(scur, tcur, [view], request)]
     return differences
 
 
-def _schema_objects(cur, schemas: tuple[str, ...]) -> dict[tuple[str, str], str]:
-    with _qualified(cur):
-        cur.execute(_SCHEMA_OBJECTS, {"schemas": list(schemas)})
-        return {(kind, name): definition for kind, name, definition in cur.fetchall()}
-
-
-def _materialized_view_differences(scur, tcur, selection: Selection) -> list[str]:
-    """A materialized view populated on the source must be on the target, with its indexes."""
-    differences = []
-    for view in (v for v in selection.views if v.kind is RelKind.MATERIALIZED_VIEW):
-        if postdata.is_populated(scur, view.name) and not postdata.is_populated(tcur, view.name):
-            differences.append(f"materialized view {view.name} is not populated")
-        differences += _missing_objects(scur, tcur, [view], ())
-    return differences
+def _sequence_differences(scur, tcur, selection: Selection, earlier: PreviousRunState) -> list[str]:
+    """Each sequence's definition, and its position at or past where post-data set it (the
+    source's position then; the source's now if no record says)."""
+    set_at = earlier.post_data.sequences if earlier.post_data else {}
+    return [
+        d.describe()
+        for s in selection.sequences
+        for d in definitions.sequence_differences(scur, tcur, s.name, set_at.get(str(s.name)))
+    ]
 
 
 def _leaf_check(
@@ -254,36 +213,3 @@ def _leaf_check(
     if at_load is not None and at_load.run is not None and at_load.run == request.run_id:
         return at_load.check, CHECKED_AT_LOAD
     return check_leaf(scur, tcur, leaf, request), CHECKED_NOW
-
-
-def _missing_objects(scur, tcur, relations: list[Relation], left_out: tuple[ObjectKey, ...]) -> list[str]:
-    """The source's indexes, constraints, NOT NULLs, triggers and CLUSTER markers of ``relations``
-    that the target lacks or defines otherwise (an object of the same name is not enough), but
-    the foreign keys left out on purpose."""
-    differences = []
-    for relation in relations:
-        source, target = (_objects(cur, relation.name) for cur in (scur, tcur))
-        for key in sorted(set(source) - set(left_out)):
-            if key not in target:
-                differences.append(key.describe())
-            elif target[key] != source[key]:
-                differences.append(f"{key.describe()} defined otherwise ({target[key]!r}, not {source[key]!r})")
-    return differences
-
-
-def _objects(cur, table: TableName) -> dict[ObjectKey, str]:
-    with _qualified(cur):
-        cur.execute(_OBJECTS, {"t": str(table)})
-        return {ObjectKey.on_table(ObjectKind(kind), table, n): definition for kind, n, definition in cur.fetchall()}
-
-
-@contextmanager
-def _qualified(cur) -> Iterator[None]:
-    """An empty search_path, so that definitions name everything with its schema on both sides;
-    put back after (the rows' checks print reg* values as the copy did)."""
-    cur.execute("SELECT current_setting('search_path'), set_config('search_path', '', true)")
-    search_path = cur.fetchone()[0]
-    try:
-        yield
-    finally:
-        cur.execute("SELECT set_config('search_path', %s, true)", (search_path,))
