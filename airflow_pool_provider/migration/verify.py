@@ -4,7 +4,9 @@ Per table (through its leaves): rows and checksums of the target against what th
 read (the ledger's per-chunk source sums), and the indexes, constraints and triggers present in
 the source present in the target too. One table in the log, the same as XCom; a failed check
 fails the task. When the source's snapshot had to be taken anew during the migration, the
-tables read at different instants are named: foreign keys between them may then not hold.
+tables read at different instants are named: foreign keys between them may then not hold. A
+table's instants are those its chunks recorded in the copy ledger, each in the transaction that
+committed its rows, so a task lost mid-table loses none of them.
 """
 
 from __future__ import annotations
@@ -184,6 +186,7 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
     leaf's snapshot epochs and the leaves checked right after their load."""
     ledger = Ledger(request.ledger_schema)
     left_out = earlier.post_data.foreign_keys_left_out if earlier.post_data else ()
+    epochs = _epochs_read(tcur, ledger, selection, request, earlier)
     reports = []
     for table in selection.tables:
         leaves = selection.data_sources(table)
@@ -202,7 +205,7 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
                 float(seconds),
                 all(check.matches for check, _ in checks),
                 missing,
-                sorted({e for leaf in leaves for e in earlier.epochs.get(leaf.name, ())}),
+                sorted({e for leaf in leaves for e in epochs.get(leaf.name, ())}),
                 ", ".join(sorted({when for _, when in checks})),
             )
         )
@@ -214,6 +217,19 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
         [k.describe() for k in left_out],
         _materialized_view_differences(scur, tcur, selection) + _schema_object_differences(scur, tcur, selection),
     )
+
+
+def _epochs_read(
+    tcur, ledger: Ledger, selection: Selection, request: MigrationRequest, earlier: PreviousRunState
+) -> dict[TableName, set[int]]:
+    """Each leaf's snapshot epochs, as its chunks recorded them in their own transactions (one
+    query), with those that earlier versions recorded in the stage ledger after each part."""
+    leaves = [leaf.name for table in selection.tables for leaf in selection.data_sources(table)]
+    by_copy = ledger.read_instants(tcur, [copy_id(request.id, str(leaf)) for leaf in leaves])
+    return {
+        leaf: set(by_copy.get(copy_id(request.id, str(leaf)), ())) | set(earlier.epochs.get(leaf, ()))
+        for leaf in leaves
+    }
 
 
 def _schema_object_differences(scur, tcur, selection: Selection) -> list[str]:
