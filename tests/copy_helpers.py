@@ -19,6 +19,14 @@ from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE
 from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.postgres import Server
 
+#: The ledger as versions before the chunks' read instants made it (``{}``: the table).
+EARLIER_LEDGER_DDL = """CREATE TABLE {} (
+    copy_id text NOT NULL, chunk_no integer NOT NULL, source_table text NOT NULL, target_table text NOT NULL,
+    key_kind text NOT NULL, key_columns jsonb NOT NULL, lower_bound jsonb, upper_bound jsonb, expected_rows bigint,
+    planned_at timestamptz NOT NULL DEFAULT now(), rows_copied bigint, bytes_copied bigint, checksum text,
+    seconds double precision, finished_at timestamptz, PRIMARY KEY (copy_id, chunk_no)
+)"""
+
 
 class CopyEnv:
     """A source and a target database, with setup connections and pools made on demand."""

@@ -10,14 +10,16 @@ from __future__ import annotations
 import threading
 import time
 from decimal import Decimal
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
 import pytest
-from copy_helpers import CopyEnv, expected_chunks, icu_collation
+from copy_helpers import EARLIER_LEDGER_DDL, CopyEnv, expected_chunks, icu_collation
+from psycopg2 import sql
 
 from airflow_pool_provider.copy import CopyError, CopySpec, TableCopy
-from airflow_pool_provider.copy.ledger import Ledger
+from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE, Ledger
 from airflow_pool_provider.errors import ChunkFailed, ChunkMismatch
 from airflow_pool_provider.pool import ConnectionPool
 
@@ -798,6 +800,73 @@ def test_keyless_replace_resume_starts_over_and_ends_exactly_once(env: CopyEnv) 
     assert summary["chunks_skipped"] == 0
     assert env.count("dst") == 3000
     assert env.sorted_rows("src") == env.sorted_rows("dst")
+
+
+#: The target, while it loads the row with id 250, ends the source backend (by pid) that holds the
+#: copy's snapshot, and waits until it is gone: the chunks after that one must read a new snapshot.
+_END_HOLDER_AT_250 = """
+CREATE FUNCTION end_holder() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.id = 250 THEN PERFORM pg_terminate_backend({pid}, 10000); END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER end_holder BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION end_holder();
+"""
+
+
+def _export_snapshot(env: CopyEnv) -> tuple[Any, str]:
+    """A source connection holding an exported snapshot, and the snapshot's id."""
+    holder = psycopg2.connect(env.server.dsn(env.db["src"]))
+    with holder.cursor() as cur:
+        cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur.execute("SELECT pg_export_snapshot()")
+        return holder, cur.fetchone()[0]
+
+
+def test_each_chunk_records_the_instant_of_the_snapshot_it_read(env: CopyEnv) -> None:
+    env.note_table(500)
+    first, first_id = _export_snapshot(env)
+    holders, instants = [first], {first_id: 1}
+
+    def replace(lost: str) -> str:
+        holder, snapshot = _export_snapshot(env)
+        holders.append(holder)
+        instants[snapshot] = len(instants) + 1
+        return snapshot
+
+    env.sql("dst", _END_HOLDER_AT_250.format(pid=first.info.backend_pid))
+    spec = CopySpec("t", chunk_size=100, parallelism=1)
+    try:
+        with env.pools() as (src, dst):
+            summary = TableCopy(
+                src,
+                dst,
+                spec,
+                copy_id="instants",
+                snapshot=first_id,
+                replace_snapshot=replace,
+                read_instant=instants.get,
+            ).run()
+    finally:
+        for holder in holders:
+            holder.close()
+    assert summary.snapshots == 2
+    chunks = env.assert_ledger_complete("instants", 500)
+    # The chunk that ended the first snapshot's holder had read it already; those after read the new one.
+    assert [(int_bounds(c), c["read_instant"]) for c in chunks] == [
+        (int_bounds(c), 1 if int_bounds(c)[0] < 250 else 2) for c in chunks
+    ]
+    assert {c["read_instant"] for c in chunks} == {1, 2}
+    assert_same(env)
+
+
+def test_a_ledger_made_by_an_earlier_version_is_given_the_read_instant_column(env: CopyEnv) -> None:
+    env.note_table(300)
+    env.sql("dst", sql.SQL(EARLIER_LEDGER_DDL).format(sql.Identifier("public", CHUNK_LEDGER_TABLE)))
+    with env.pools() as (src, dst):
+        TableCopy(src, dst, CopySpec("t", chunk_size=100), copy_id="old", read_instant=lambda _: 7).run()
+    assert [c["read_instant"] for c in env.assert_ledger_complete("old", 300)] == [7, 7, 7]
+    assert_same(env)
 
 
 # -- 6. checksum verification -------------------------------------------------------------------

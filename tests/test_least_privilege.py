@@ -11,7 +11,7 @@ import uuid
 
 import psycopg2
 import pytest
-from copy_helpers import CopyEnv
+from copy_helpers import EARLIER_LEDGER_DDL, CopyEnv
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import CopySpec, TableCopy, catalog
@@ -55,13 +55,13 @@ def make_role(pg_server, env):
         pg_server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
-def _copy(env: CopyEnv, source_role: str, target_role: str, spec: CopySpec, copy_id: str = "least"):
+def _copy(env: CopyEnv, source_role: str, target_role: str, spec: CopySpec, copy_id: str = "least", **kwargs):
     src_dsn = env.server.dsn(env.db["src"], user=source_role)
     dst_dsn = env.server.dsn(env.db["dst"], user=target_role)
     source = ConnectionPool(lambda: psycopg2.connect(src_dsn), name="source")
     target = ConnectionPool(lambda: psycopg2.connect(dst_dsn), name="target")
     try:
-        return TableCopy(source, target, spec, copy_id=copy_id).run()
+        return TableCopy(source, target, spec, copy_id=copy_id, **kwargs).run()
     finally:
         source.close()
         target.close()
@@ -107,6 +107,21 @@ def _public_ledger(env: CopyEnv) -> None:
     with admin, admin.cursor() as cur:  # one transaction, committed
         Ledger("public").ensure(cur)
     admin.close()
+
+
+def test_a_role_that_may_not_alter_a_ledger_of_an_earlier_version_copies_without_read_instants(env, make_role):
+    reader, writer = make_role("reader"), make_role("writer")
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
+    env.sql("dst", sql.SQL("GRANT INSERT, SELECT ON t TO {}").format(sql.Identifier(writer)))
+    ledger = sql.Identifier("public", CHUNK_LEDGER_TABLE)
+    env.sql("dst", sql.SQL(EARLIER_LEDGER_DDL).format(ledger))  # made and owned by an administrator
+    env.sql("dst", sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(ledger, sql.Identifier(writer)))
+
+    summary = _copy(env, reader, writer, CopySpec("t", chunk_size=200), read_instant=lambda _: 1)
+
+    assert summary.rows == 1000
+    assert env.digest("dst", order="id") == env.digest("src", order="id")
+    assert "read_instant" not in env.assert_ledger_complete("least", 1000)[0]  # left as it was
 
 
 def test_a_ledger_without_the_rights_says_what_to_grant(env, make_role):

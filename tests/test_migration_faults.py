@@ -1,10 +1,16 @@
 """A migration under faults and load: its task process killed in the data stage and in the
-post-data stage, then run again; and a source written to while it is migrated."""
+post-data stage, then run again; a task and its snapshot's holder lost mid-table; and a source
+written to while it is migrated."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg2
 import pytest
@@ -13,6 +19,10 @@ from dag_process import DagTestProcess
 from dag_runs import load_dag, run_dag
 from observe import wait_until
 
+from airflow_pool_provider.errors import CopyError
+from airflow_pool_provider.migration import stages
+from airflow_pool_provider.migration.request import MigrationRequest
+from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.data import table_digest
 from airflow_pool_provider.testing.legacy_db import TABLES
 
@@ -135,3 +145,88 @@ def test_a_source_written_to_during_the_migration_is_copied_as_of_one_instant(ai
         )
         == 0
     )  # every order has its items
+
+
+@contextmanager
+def _task(src, dst, request: MigrationRequest) -> Iterator[stages.Migration]:
+    """What one task of the migration works with (pools of its own, the snapshot read afresh)."""
+    source_pool = ConnectionPool(lambda: psycopg2.connect(src.dsn), max_size=6)
+    target_pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=6)
+    connect = psycopg2.extensions.parse_dsn(src.dsn)
+    try:
+        yield stages.Migration(request, source_pool, target_pool, connect, logging.getLogger("test"), 600.0)
+    finally:
+        source_pool.close()
+        target_pool.close()
+
+
+def _copy_all(m: stages.Migration) -> None:
+    for batch in stages.plan_data(m):
+        stages.copy_data(m, batch)
+
+
+#: The target refuses one row of customers' last chunk: the chunks before it commit, then the copy fails.
+_REFUSE_LAST_CUSTOMER = """
+CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.id = {id} THEN RAISE EXCEPTION 'row refused by the test'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_row BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTION refuse_row();
+"""
+
+
+@pytest.mark.parametrize("legacy_scale", [0.01])  # 500 customers
+def test_a_table_read_on_through_a_new_snapshot_after_its_task_and_holder_were_lost_is_not_one_instant(legacy):
+    src, dst = legacy
+    request = MigrationRequest(tables=("customers",), chunk_size=100, parallelism=1, run_id="run-1")
+    request = request.resolved("source", "target")
+    with _task(src, dst, request) as first:
+        first.snapshots.ensure()
+        stages.pre_data(first)
+        with dst.cursor() as cur:
+            cur.execute(_REFUSE_LAST_CUSTOMER.format(id=_one(src, "SELECT max(id) FROM customers")))
+        with pytest.raises(CopyError, match="row refused by the test"):
+            _copy_all(first)  # the task fails mid-table...
+        holder = first.snapshots.current()
+    assert 0 < chunks_done(dst) < ledger_counts(dst).chunks
+    os.kill(holder.pid, signal.SIGKILL)  # ...and its snapshot's holder is lost too
+    wait_until(
+        lambda: not _one(src, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (holder.backend_pid,)),
+        timeout=30,
+        what="the holder's backend to end",
+    )
+    with dst.cursor() as cur:
+        cur.execute("DROP TRIGGER refuse_row ON customers")
+
+    with _task(src, dst, request) as again:
+        try:
+            _copy_all(again)  # the rest of the table, through a new snapshot
+            stages.post_data(again)
+            report = stages.verify_and_report(again)
+        finally:
+            again.snapshots.release()
+    assert again.snapshots.current().epoch == 2
+    assert report.verified and not report.one_instant
+    assert [(t.table, t.snapshot_epochs) for t in report.tables] == [('"public"."customers"', [1, 2])]
+    assert "NOT one instant" in report.table()
+    assert table_digest(dst, "customers", key=None) == table_digest(src, "customers", key=None)
+
+
+@pytest.mark.parametrize("legacy_scale", [0.01])
+def test_a_migration_without_faults_reads_every_table_at_one_instant(legacy):
+    src, dst = legacy
+    request = MigrationRequest(tables=("customers", "products"), chunk_size=100, run_id="run-1")
+    with _task(src, dst, request.resolved("source", "target")) as m:
+        try:
+            m.snapshots.ensure()
+            stages.pre_data(m)
+            _copy_all(m)
+            report = stages.verify_and_report(m)
+        finally:
+            m.snapshots.release()
+    assert report.one_instant and "one instant" not in report.table()
+    assert {t.table: t.snapshot_epochs for t in report.tables} == {
+        '"public"."customers"': [1],
+        '"public"."products"': [1],
+    }

@@ -155,7 +155,7 @@ class ChunkCopier:
             if not run.ledger.claim(tcur, run.copy_id, chunk.no):
                 tgt.rollback()
                 return None  # another attempt finished it meanwhile
-            self.snapshot.join(scur)
+            joined = self.snapshot.join(scur)
             # Both sides print and parse values alike (text COPY, row hashes), whatever the
             # databases' own DateStyle, IntervalStyle or extra_float_digits.
             checksum.stable_output(scur)
@@ -200,7 +200,8 @@ class ChunkCopier:
             elif spec.verify_checksums:  # the table is checked as a whole after its load
                 digest = ChunkDigest(Side.SOURCE, run.checksum, streamed.after_source.total)
             result = ChunkResult(streamed.target_rows, streamed.bytes, digest)
-            run.ledger.finish(tcur, run.copy_id, chunk.no, result, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            run.ledger.finish(tcur, run.copy_id, chunk.no, result, seconds, self.snapshot.instant(joined))
         self.stop.raise_if_stopped()  # a stopped copy commits nothing more
         tgt.commit()
         src.rollback()

@@ -28,7 +28,7 @@ from airflow_pool_provider.copy.plan import KeysetKind
 from airflow_pool_provider.copy.prepare import PreparedCopy, prepare
 from airflow_pool_provider.copy.progress import Progress
 from airflow_pool_provider.copy.row_security import explained
-from airflow_pool_provider.copy.snapshot import ExportedSnapshot, SharedSnapshot, SourceSnapshot
+from airflow_pool_provider.copy.snapshot import ExportedSnapshot, ReadInstant, SharedSnapshot, SourceSnapshot
 from airflow_pool_provider.copy.spec import CopySpec
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.summary import CopySummary
@@ -49,6 +49,8 @@ class TableCopy:
     Run it again with the same ``copy_id`` after a failure and it resumes: chunks the ledger
     records as done are skipped, the rest are copied. ``connection_limit`` caps the connections
     it holds in all (both pools); ``ledger_retention_days`` (None: keep all) prunes finished copies.
+    ``read_instant`` labels the snapshots read (by id): each chunk's ledger row keeps the label of
+    the one its source transaction read.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class TableCopy:
         snapshot: str | None = None,
         replace_snapshot: Callable[[str], str] | None = None,
         only_chunks: Collection[int] | None = None,
+        read_instant: ReadInstant | None = None,
     ) -> None:
         self.source_pool = source_pool
         self.target_pool = target_pool
@@ -81,14 +84,20 @@ class TableCopy:
         self.shared_snapshot = snapshot
         self.replace_snapshot = replace_snapshot
         self.only_chunks = None if only_chunks is None else frozenset(only_chunks)
+        self.read_instant = read_instant
         self.stopping = StopSignal()
 
     def _snapshot(self) -> SourceSnapshot:
         """The copy's own snapshot, or the migration's it was given (``snapshot``)."""
         if self.shared_snapshot is None:
-            return ExportedSnapshot(self.source_pool, self.stopping, self.log)
+            return ExportedSnapshot(self.source_pool, self.stopping, self.log, self.read_instant)
         return SharedSnapshot(
-            self.source_pool, self.stopping, self.log, self.shared_snapshot, self.replace_snapshot or _cannot_replace
+            self.source_pool,
+            self.stopping,
+            self.log,
+            self.shared_snapshot,
+            self.replace_snapshot or _cannot_replace,
+            self.read_instant,
         )
 
     def stop(self, reason: str) -> None:

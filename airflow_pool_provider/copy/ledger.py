@@ -1,7 +1,9 @@
 """The progress ledger: the copy's plan and each chunk's result, kept in the target database.
 
 A chunk's rows and its ledger row commit in one transaction, so after any crash the ledger says
-exactly which chunks are in the target: a re-run skips those and redoes the rest.
+exactly which chunks are in the target: a re-run skips those and redoes the rest. A chunk's row
+also keeps the label its caller gave the instant the chunk's source transaction read (a
+migration: its snapshot epoch), so what the target holds can be told apart by instant.
 
 Where it lives: the schema given (``ledger_schema``), else the target table's schema, which the
 target role can write to whenever it can create the table there; a copy already recorded in a
@@ -27,6 +29,8 @@ from airflow_pool_provider.errors import CopyMistake, first_line
 CHUNK_LEDGER_TABLE = "airflow_pool_provider_copy_chunks"
 LEGACY_SCHEMA = "public"
 RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
+#: The column added after the first versions: a ledger made by one of those gets it when ensured.
+READ_INSTANT = "read_instant"
 
 _DDL = """CREATE TABLE IF NOT EXISTS {} (
     copy_id       text        NOT NULL,
@@ -44,6 +48,7 @@ _DDL = """CREATE TABLE IF NOT EXISTS {} (
     checksum      text,
     seconds       double precision,
     finished_at   timestamptz,
+    read_instant  integer,
     PRIMARY KEY (copy_id, chunk_no)
 )"""
 
@@ -94,6 +99,7 @@ class Ledger:
     def __init__(self, schema: str) -> None:
         self.schema = schema
         self.table = sql.Identifier(schema, CHUNK_LEDGER_TABLE)
+        self.keeps_instants = False  # known once ensured: whether chunks' read instants are recorded
 
     def __str__(self) -> str:
         return f"{quote_ident(self.schema)}.{quote_ident(CHUNK_LEDGER_TABLE)}"
@@ -114,6 +120,7 @@ class Ledger:
     def ensure(self, cur) -> None:
         """Create the ledger table once, or say what to grant; copies starting together wait here."""
         ensure_table(cur, self.schema, CHUNK_LEDGER_TABLE, _DDL, "the copy's ledger")
+        self.keeps_instants = _add_column(cur, self.schema, CHUNK_LEDGER_TABLE, READ_INSTANT, "integer")
 
     def load_plan(self, cur, copy_id: str, source: str, target: str) -> StoredPlan | None:
         """The stored plan of ``copy_id`` and the chunks already done, or None for a new copy."""
@@ -192,14 +199,35 @@ class Ledger:
             )
         return bool(row[0])
 
-    def finish(self, cur, copy_id: str, chunk_no: int, result: ChunkResult, seconds: float) -> None:
+    def finish(
+        self, cur, copy_id: str, chunk_no: int, result: ChunkResult, seconds: float, read_instant: int | None = None
+    ) -> None:
+        """Mark the chunk done, in the chunk's target transaction; ``read_instant``: the caller's
+        label of the instant its source transaction read (kept if the ledger has the column)."""
+        instant = sql.SQL(", {} = %s").format(sql.Identifier(READ_INSTANT)) if self.keeps_instants else sql.SQL("")
         cur.execute(
             sql.SQL(
                 "UPDATE {} SET rows_copied = %s, bytes_copied = %s, checksum = %s, seconds = %s, "
-                "finished_at = clock_timestamp() WHERE copy_id = %s AND chunk_no = %s"
-            ).format(self.table),
-            (result.rows, result.bytes, _text(result.checksum), seconds, copy_id, chunk_no),
+                "finished_at = clock_timestamp(){} WHERE copy_id = %s AND chunk_no = %s"
+            ).format(self.table, instant),
+            (result.rows, result.bytes, _text(result.checksum), seconds)
+            + ((read_instant,) if self.keeps_instants else ())
+            + (copy_id, chunk_no),
         )
+
+    def read_instants(self, cur, copy_ids: list[str]) -> dict[str, tuple[int, ...]]:
+        """The read instants each copy's done chunks recorded (in one query), in order; a copy
+        whose chunks recorded none (a ledger without the column, a caller without labels) is left out."""
+        if not _has_column(cur, self.schema, CHUNK_LEDGER_TABLE, READ_INSTANT):
+            return {}
+        cur.execute(
+            sql.SQL(
+                "SELECT copy_id, array_agg(DISTINCT {c} ORDER BY {c}) FROM {t} "
+                "WHERE copy_id = ANY(%s) AND {c} IS NOT NULL GROUP BY copy_id"
+            ).format(c=sql.Identifier(READ_INSTANT), t=self.table),
+            (copy_ids,),
+        )
+        return {copy_id: tuple(instants) for copy_id, instants in cur.fetchall()}
 
     def totals(self, cur, copy_id: str) -> LedgerTotals:
         cur.execute(
@@ -259,6 +287,36 @@ def ensure_table(cur, schema: str, table: str, ddl: str, what: str) -> None:
             f"{what} {shown} exists, but this role lacks {', '.join(missing)} on it. Have its owner run: "
             f"GRANT {', '.join(RIGHTS)} ON {shown} TO {quote_ident(_role(cur))};"
         )
+
+
+def _add_column(cur, schema: str, table: str, column: str, type_: str) -> bool:
+    """Add ``column`` to a bookkeeping table an earlier version made without it; False if it is
+    missing and this role may not add it (only the table's owner may): the work goes on without
+    it, and its owner's next run adds it."""
+    if _has_column(cur, schema, table, column):
+        return True
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+    cur.execute("SAVEPOINT ledger_column")
+    try:
+        cur.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                sql.Identifier(schema, table), sql.Identifier(column), sql.SQL(type_)
+            )
+        )
+    except psycopg2.errors.InsufficientPrivilege:
+        cur.execute("ROLLBACK TO SAVEPOINT ledger_column")
+        return False
+    cur.execute("RELEASE SAVEPOINT ledger_column")
+    return True
+
+
+def _has_column(cur, schema: str, table: str, column: str) -> bool:
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attname = %s "
+        "AND NOT attisdropped)",
+        (f"{quote_ident(schema)}.{quote_ident(table)}", column),
+    )
+    return cur.fetchone()[0]
 
 
 def _exists(cur, schema: str, table: str = CHUNK_LEDGER_TABLE) -> bool:

@@ -10,6 +10,10 @@ Two kinds: a copy on its own exports a snapshot of its own (:class:`ExportedSnap
 that is part of a migration joins the migration's (:class:`SharedSnapshot`), held elsewhere,
 and asks the migration for a new one when it is lost, so that every table of the migration
 knows which instant it was read at.
+
+A caller may label the instants (``read_instant``: a snapshot's id to a number of its choosing,
+e.g. a migration's snapshot epoch): each chunk records, with its rows, the label of the snapshot
+its own source transaction imported.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from airflow_pool_provider.copy.row_security import read_every_row
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import SnapshotLost, first_line
 from airflow_pool_provider.pool import ConnectionPool, PooledConnection
+
+#: A snapshot's id to the caller's label of the instant it reads (None: unknown).
+ReadInstant = Callable[[str], "int | None"]
 
 
 def begin(cur) -> None:
@@ -48,10 +55,17 @@ class SourceSnapshot:
     #: Whether the snapshot was taken for this copy (so a resumed copy reads a new instant).
     taken_now = True
 
-    def __init__(self, pool: ConnectionPool, stop: StopSignal, log: logging.Logger | logging.LoggerAdapter) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        stop: StopSignal,
+        log: logging.Logger | logging.LoggerAdapter,
+        read_instant: ReadInstant | None = None,
+    ) -> None:
         self.pool = pool
         self.stop = stop
         self.log = log
+        self._read_instant = read_instant
         self.renewals = 0
         self.id: str | None = None
         self.conn: PooledConnection | None = None
@@ -76,9 +90,14 @@ class SourceSnapshot:
         raise NotImplementedError
 
     def join(self, cur) -> str:
+        """Start ``cur``'s transaction on the current snapshot; returns that snapshot's id."""
         snapshot = self.id
         join(cur, snapshot)
         return snapshot
+
+    def instant(self, snapshot: str) -> int | None:
+        """The caller's label of the instant ``snapshot`` reads, if it gave labels."""
+        return None if self._read_instant is None else self._read_instant(snapshot)
 
     def renew(self, lost: str) -> str:
         """A new snapshot, unless another worker already took one since ``lost`` was seen."""
@@ -132,8 +151,9 @@ class SharedSnapshot(SourceSnapshot):
         log: logging.Logger | logging.LoggerAdapter,
         snapshot: str,
         replace: Callable[[str], str],
+        read_instant: ReadInstant | None = None,
     ) -> None:
-        super().__init__(pool, stop, log)
+        super().__init__(pool, stop, log, read_instant)
         self.id = snapshot
         self._replace = replace
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_pool_provider.copy import CopySpec, TableCopy
+from airflow_pool_provider.copy.ledger import READ_INSTANT
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.metrics import Metrics
 from airflow_pool_provider.migration.request import MigrationRequest
@@ -117,6 +118,7 @@ class CopyContext:
             snapshot=self.snapshots.current().snapshot,
             replace_snapshot=self.snapshots.replace,
             only_chunks=only_chunks,
+            read_instant=self.snapshots.epoch_of,
         )
 
 
@@ -139,8 +141,11 @@ def plan_batches(selection: Selection, context: CopyContext, batch_rows: int = D
     """Plan every leaf's chunks (stored in the ledger) and pack the pending ones into batches."""
     request = context.request
     pending = []
+    unlabelled: set[str] = set()  # ledgers that cannot keep the epochs chunks read
     for leaf in leaves(selection):
         prepared = context.table_copy(leaf).plan()
+        if not prepared.ledger.keeps_instants:
+            unlabelled.add(str(prepared.ledger))
         todo = [c for c in prepared.chunks if c.no not in prepared.done]
         if todo:
             pending.append(
@@ -151,6 +156,16 @@ def plan_batches(selection: Selection, context: CopyContext, batch_rows: int = D
                     [c.expected_rows or request.chunk_size for c in todo],
                 )
             )
+    for ledger in sorted(unlabelled):
+        context.log.warning(
+            "the copy ledger %s was made by an earlier version and this role may not add its %s column, so "
+            "the chunks do not record the snapshot epoch they read: the report cannot tell whether the "
+            "tables were read at one instant. Have its owner run: ALTER TABLE %s ADD COLUMN %s integer",
+            ledger,
+            READ_INSTANT,
+            ledger,
+            READ_INSTANT,
+        )
     return pack(pending, max(batch_rows, request.chunk_size))
 
 

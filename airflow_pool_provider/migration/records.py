@@ -57,7 +57,8 @@ class PreDataRecord:
 
 @dataclass(frozen=True)
 class DataRecord:
-    """A leaf's copy: the snapshot epochs its chunks were read through."""
+    """A leaf's copy: the snapshot epochs its chunks were read through, as earlier versions
+    recorded them after each part (now each chunk's ledger row keeps its own); still read."""
 
     epochs: tuple[int, ...]
 
@@ -124,7 +125,7 @@ class PreviousRunState:
     snapshot: SnapshotRecord | None = None
     pre_data: PreDataRecord | None = None
     created_tables: frozenset[TableName] = frozenset()  # by pre-data
-    epochs: Mapping[TableName, tuple[int, ...]] = field(default_factory=dict)  # per leaf, by the data stage
+    epochs: Mapping[TableName, tuple[int, ...]] = field(default_factory=dict)  # per leaf, by earlier versions
     checked: Mapping[TableName, CheckRecord] = field(default_factory=dict)  # per leaf, right after its load
     post_data: PostDataRecord | None = None
     restore: RestoreRecord | None = None

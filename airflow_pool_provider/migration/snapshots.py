@@ -2,8 +2,9 @@
 the snapshot stage, and taken anew, once for everyone, when it is lost.
 
 A new snapshot means the tables read from then on are read as of another instant than those
-read before: each table's data stage records the snapshot epoch it read, and the report says so
-plainly when they differ.
+read before: each chunk records, in its own transaction, the epoch of the snapshot its source
+transaction imported (:meth:`MigrationSnapshots.epoch_of`), and the report says so plainly when
+a migration's chunks were read at more than one.
 """
 
 from __future__ import annotations
@@ -38,15 +39,25 @@ class MigrationSnapshots:
         self.max_seconds = max_seconds
         self.log = log
         self._current: SnapshotRecord | None = None
+        self._epochs: dict[str, int] = {}  # every snapshot this task used, to its epoch
 
     def current(self) -> SnapshotRecord:
         """The migration's snapshot: the recorded one (read once per task), else a new one."""
         if self._current is None:
-            self._current = self._recorded()
+            self._keep(self._recorded())
         if self._current is None:
             self.ensure()
         assert self._current is not None
         return self._current
+
+    def epoch_of(self, snapshot: str) -> int | None:
+        """The epoch of a snapshot this task used (a copy asks after it was replaced, too)."""
+        return self._epochs.get(snapshot)
+
+    def _keep(self, record: SnapshotRecord | None) -> None:
+        if record is not None:
+            self._epochs[record.snapshot] = record.epoch
+            self._current = record
 
     def _recorded(self) -> SnapshotRecord | None:
         with self.target_pool.connection() as tconn, tconn.cursor() as tcur:
@@ -72,13 +83,13 @@ class MigrationSnapshots:
         current = self.ledger.read(tcur, Stage.SNAPSHOT, WHOLE_STAGE, SnapshotRecord)
         if current and current.snapshot != lost and self._held():
             tconn.rollback()
-            self._current = current
+            self._keep(current)
             return current.snapshot
         held = snapshot_holder.start(self.source_connect, self.ledger.migration_id, self.max_seconds)
         taken = SnapshotRecord(held.snapshot, held.pid, held.backend_pid, current.epoch + 1 if current else 1)
         self.ledger.record(tcur, Stage.SNAPSHOT, WHOLE_STAGE, taken)
         tconn.commit()
-        self._current = taken
+        self._keep(taken)
         self._log_taken(taken, lost)
         return taken.snapshot
 

@@ -31,12 +31,10 @@ from airflow_pool_provider.migration.ledger import (
     ObjectKey,
     ObjectKind,
     Stage,
-    Status,
 )
 from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, tools_for
 from airflow_pool_provider.migration.records import (
     CheckRecord,
-    DataRecord,
     PostDataRecord,
     RestoreRecord,
     previous_run,
@@ -162,16 +160,15 @@ def plan_data(m: Migration, batch_rows: int = data.DEFAULT_BATCH_ROWS) -> list[d
 
 def copy_data(m: Migration, batch: data.Batch) -> data.BatchResult:
     """Copy one batch, part by part; a table whose last chunk it copied gets its indexes and keys
-    right away."""
+    right away. Each chunk records the snapshot epoch it read in its own transaction (the report
+    reads them there), so a task lost mid-part loses none."""
     with m.source_reading() as scur:
         chosen = m.selection(scur)
     context = m.copy_context()
     summaries = []
     for part in batch.parts:
-        epoch_before = m.snapshots.current().epoch
         summaries.append(context.table_copy(part.table, only_chunks=part.chunks).run())
         _check_not_rewritten(m, part.table)
-        _record_epochs(m, part.table, {epoch_before, m.snapshots.current().epoch})
         if _loaded(m, part.table):
             _finish_loaded(m, chosen, part.table)
     return data.BatchResult(
@@ -204,18 +201,6 @@ def _check_not_rewritten(m: Migration, leaf: str) -> None:
 
 #: The table's file as the snapshot sees it, and as the catalog has it now.
 _FILE_NODES = "SELECT relfilenode, pg_relation_filenode(oid) FROM pg_class WHERE oid = to_regclass(%s)"
-
-
-def _record_epochs(m: Migration, leaf: str, epochs: set[int]) -> None:
-    """Add the snapshot epochs a part of ``leaf`` was read through to the leaf's data record
-    (locked: copy tasks of other parts of the leaf add theirs)."""
-    key = ObjectKey.of_table(TableName.parse(leaf))
-    with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
-        tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{m.migration_id} data {leaf}",))
-        known = m.ledger.read(tcur, Stage.DATA, key, DataRecord)
-        merged = DataRecord(tuple(sorted(set(known.epochs if known else ()) | epochs)))
-        m.ledger.record(tcur, Stage.DATA, key, merged, status=Status.PENDING)
-        tconn.commit()
 
 
 def _loaded(m: Migration, leaf: str) -> bool:

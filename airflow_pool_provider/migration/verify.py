@@ -5,7 +5,8 @@ read (the ledger's per-chunk source sums), and every object the migration moves 
 definition, both sides read now (:mod:`~airflow_pool_provider.migration.definitions`). One
 table in the log, the same as XCom; a failed check fails the task. When the source's snapshot had
 to be taken anew during the migration, the tables read at different instants are named: foreign
-keys between them may then not hold.
+keys between them may then not hold. A table's instants are those its chunks recorded in the copy
+ledger, each in the transaction that committed its rows, so a task lost mid-table loses none.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from airflow_pool_provider.copy import catalog as copy_catalog
 from airflow_pool_provider.copy import checksum
 from airflow_pool_provider.copy.catalog import Side
 from airflow_pool_provider.copy.ledger import Ledger
+from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.verify import TableCheck, check_table
 from airflow_pool_provider.migration import comments, definitions, postdata
 from airflow_pool_provider.migration.catalog import Relation, RelKind
@@ -139,6 +141,7 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
     leaf's snapshot epochs and the leaves checked right after their load."""
     ledger = Ledger(request.ledger_schema)
     left_out = earlier.post_data.foreign_keys_left_out if earlier.post_data else ()
+    epochs = _epochs_read(tcur, ledger, selection, request, earlier)
     reports = []
     for table in selection.tables:
         leaves = selection.data_sources(table)
@@ -155,7 +158,7 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
                 float(seconds),
                 all(check.matches for check, _ in checks),
                 _relation_differences(scur, tcur, relations, request, left_out),
-                sorted({e for leaf in leaves for e in earlier.epochs.get(leaf.name, ())}),
+                sorted({e for leaf in leaves for e in epochs.get(leaf.name, ())}),
                 ", ".join(sorted({when for _, when in checks})),
             )
         )
@@ -165,6 +168,19 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
         d.describe() for d in definitions.schema_differences(scur, tcur, selection.catalog.schemas, request.keep_owners)
     ]
     return MigrationReport(request.id, reports, len(all_epochs) <= 1, [k.describe() for k in left_out], others)
+
+
+def _epochs_read(
+    tcur, ledger: Ledger, selection: Selection, request: MigrationRequest, earlier: PreviousRunState
+) -> dict[TableName, set[int]]:
+    """Each leaf's snapshot epochs, as its chunks recorded them in their own transactions (one
+    query), with those that earlier versions recorded in the stage ledger after each part."""
+    leaves = [leaf.name for table in selection.tables for leaf in selection.data_sources(table)]
+    by_copy = ledger.read_instants(tcur, [copy_id(request.id, str(leaf)) for leaf in leaves])
+    return {
+        leaf: set(by_copy.get(copy_id(request.id, str(leaf)), ())) | set(earlier.epochs.get(leaf, ()))
+        for leaf in leaves
+    }
 
 
 def _relation_differences(
