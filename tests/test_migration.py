@@ -673,6 +673,63 @@ def test_an_index_name_the_target_uses_for_another_table_is_refused_in_the_plan(
     assert _one(dst, "SELECT to_regclass('orders') IS NULL")  # nothing written
 
 
+UTIL = """
+CREATE SCHEMA util;
+CREATE DOMAIN util.positive AS int CHECK (VALUE > 0);
+CREATE TYPE util.mood AS ENUM ('calm', 'busy');
+CREATE FUNCTION util.slug(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT lower(t) $$;
+CREATE FUNCTION util.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+"""
+
+
+def _refused_plan(migrate, conf: dict, capsys) -> str:
+    """Run the plan of a migration that is to be refused; the output that says why."""
+    run, _ = run_dag(migrate, {"dry_run": False, **conf}, task_id="plan")
+    assert run.state == "failed" and _states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    output = capsys.readouterr()
+    return output.out + output.err
+
+
+def _untouched(dst) -> None:
+    assert _one(dst, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
+    assert _one(dst, "SELECT count(*) FROM pg_namespace WHERE nspname IN ('util', 'audit', 'other')") == 0
+
+
+def test_types_and_functions_of_a_schema_not_selected_are_refused_in_the_plan_unless_the_target_has_them(
+    airflow_db, migration_databases, migrate, capsys
+):
+    """pg_dump -n dumps the selected schemas only: what their tables, views and own functions
+    use from another schema must be in the target already, by name and argument types."""
+    src, dst = migration_databases
+    _run(
+        src,
+        UTIL
+        + """
+        CREATE FUNCTION util.valid(int) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT $1 > 0 $$;
+        CREATE TABLE items (
+            id int PRIMARY KEY CHECK (util.valid(id)), qty util.positive, moods util.mood[], name text,
+            slug text GENERATED ALWAYS AS (util.slug(name)) STORED);
+        CREATE TRIGGER touch BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION util.touch();
+        CREATE VIEW item_names AS SELECT util.slug(name) AS name FROM items;
+        CREATE FUNCTION calm(m util.mood) RETURNS boolean LANGUAGE sql AS $$ SELECT m = 'calm' $$;
+        """,
+    )
+    _run(dst, "CREATE SCHEMA util; CREATE DOMAIN util.positive AS int;")  # the target has one of them
+    _run(dst, "CREATE FUNCTION util.valid(bigint) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$")
+    output = _refused_plan(migrate, {}, capsys)
+    options = "add 'util' to schemas, or create it in the target first"
+    missing = "in schema 'util' which is not migrated and missing in the target, is used by"
+    assert f"type util.mood, {missing} column moods of table items, function calm(util.mood): {options}" in output
+    assert f"function util.valid(integer), {missing} constraint items_id_check on table items: {options}" in output
+    assert f"function util.slug(text), {missing} default value for column slug of table items, view item_names:" in (
+        output
+    )
+    assert f"function util.touch(), {missing} trigger touch on table items: {options}" in output
+    assert "util.positive" not in output  # the target has it: used as it is
+    _run(dst, "DROP SCHEMA util CASCADE")
+    _untouched(dst)
+
+
 def test_a_migration_from_postgresql_18_compares_not_null_as_a_column_property(
     airflow_db, pg_server, make_database, make_conn_id, migrate
 ):
