@@ -730,6 +730,33 @@ def test_types_and_functions_of_a_schema_not_selected_are_refused_in_the_plan_un
     _untouched(dst)
 
 
+def test_a_rule_on_a_selected_table_over_a_relation_not_migrated_is_refused_in_the_plan(
+    airflow_db, migration_databases, migrate, capsys
+):
+    src, dst = migration_databases
+    _run(
+        src,
+        """
+        CREATE SCHEMA audit;
+        CREATE TABLE audit.deletions (id int, at timestamptz);
+        CREATE TABLE notes (order_id int, note text);
+        CREATE TABLE orders (id int PRIMARY KEY, total numeric);
+        CREATE RULE keep_deleted AS ON DELETE TO orders DO ALSO INSERT INTO audit.deletions VALUES (OLD.id, now());
+        CREATE RULE drop_notes AS ON DELETE TO orders DO ALSO DELETE FROM notes WHERE order_id = OLD.id;
+        CREATE VIEW order_notes AS SELECT o.id, n.note FROM orders o JOIN notes n ON n.order_id = o.id;
+        """,
+    )
+    output = _refused_plan(migrate, {"tables": ["orders"]}, capsys)
+    assert (
+        "rule keep_deleted on table orders reads or writes table audit.deletions, which is not migrated and missing "
+        "in the target: add it to the selection (tables, or 'audit' to schemas), create it in the target first, "
+        "or drop the rule"
+    ) in output
+    assert "rule drop_notes on table orders reads or writes table notes, which is not migrated" in output
+    assert "order_notes" not in output  # a view over them is left out and named in the plan, as before
+    _untouched(dst)
+
+
 def test_a_migration_from_postgresql_18_compares_not_null_as_a_column_property(
     airflow_db, pg_server, make_database, make_conn_id, migrate
 ):

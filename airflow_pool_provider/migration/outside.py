@@ -1,10 +1,10 @@
 """What the selection uses from outside the migration, checked in the plan.
 
 The schema dump holds the selected schemas only: a type or function of another schema that a
-selected table, view, default, constraint, trigger or the schemas' own types and functions use
-must exist in the target already, or the restore fails half-way. Each is looked up in the target
-by schema, name and (for a function) argument types; what is missing there is refused, with the
-choices.
+selected table, view, default, constraint, trigger or the schemas' own types and functions use,
+a relation a rule reads or writes, must exist in the target already, or the restore fails
+half-way. Each is looked up in the target by schema, name and (for a function) argument types;
+what is missing there is refused, with the choices.
 """
 
 from __future__ import annotations
@@ -97,6 +97,14 @@ SELECT * FROM uses
                      AND e.deptype = 'e')
 """
 
+# Relations the rules of the selected relations (not a view's own _RETURN rule) read or write.
+_RULE_READS = """
+SELECT DISTINCT d.refclassid, d.refobjid, pg_describe_object(d.classid, d.objid, 0) AS user_label
+  FROM pg_rewrite r
+  JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid AND d.refclassid = 'pg_class'::regclass
+ WHERE r.ev_class = ANY(%(restored)s) AND r.rulename <> '_RETURN' AND d.refobjid <> r.ev_class
+"""
+
 # Which of the keys (kind, schema, name, signature) the target has.
 _TARGET_HAS = (
     """
@@ -142,8 +150,10 @@ def check(scur, tcur, selection: Selection, problems: list[str]) -> None:
     schemas = list(selection.catalog.schemas)
     params = {"restored": sorted(selection.restored), "schemas": schemas}
     types_and_functions = _outside(scur, sql.SQL(_TYPES_AND_FUNCTIONS), params)
-    missing = _missing_in_target(tcur, types_and_functions)
+    rule_reads = _outside(scur, sql.SQL(_RULE_READS), params)
+    missing = _missing_in_target(tcur, [*types_and_functions, *rule_reads])
     problems += _missing_objects([u for u in types_and_functions if u.key in missing])
+    problems += _missing_relations_of_rules([u for u in rule_reads if u.key in missing])
 
 
 def _outside(scur, uses: sql.Composable, params: dict) -> list[OutsideUse]:
@@ -187,4 +197,12 @@ def _missing_objects(uses: list[OutsideUse]) -> list[str]:
         f"{label}, in schema {key.schema!r} which is not migrated and missing in the target, is used by "
         f"{_some(users)}: add {key.schema!r} to schemas, or create it in the target first"
         for (key, label), users in _by_object(uses).items()
+    ]
+
+
+def _missing_relations_of_rules(uses: list[OutsideUse]) -> list[str]:
+    return [
+        f"{u.user} reads or writes {u.label}, which is not migrated and missing in the target: add it to the "
+        f"selection (tables, or {u.key.schema!r} to schemas), create it in the target first, or drop the rule"
+        for u in uses
     ]
