@@ -757,6 +757,42 @@ def test_a_rule_on_a_selected_table_over_a_relation_not_migrated_is_refused_in_t
     _untouched(dst)
 
 
+def test_values_naming_objects_that_are_not_migrated_are_refused_in_the_plan(
+    airflow_db, migration_databases, migrate, capsys
+):
+    """regclass, regtype, regprocedure, regnamespace values are copied as names: what they name
+    must arrive with the migration or be in the target already."""
+    src, dst = migration_databases
+    _run(
+        src,
+        UTIL
+        + """
+        CREATE SCHEMA other;
+        CREATE TABLE other.lookup (id int PRIMARY KEY);
+        CREATE TABLE other.kept (id int);
+        CREATE DOMAIN relation AS regclass;
+        CREATE TABLE refs (id int PRIMARY KEY, rel regclass, dom relation, typ regtype, fn regprocedure,
+                           ns regnamespace);
+        INSERT INTO refs VALUES
+            (1, 'refs', 'refs_pkey', 'integer', 'lower(text)', 'public'),
+            (2, 'pg_class', 'other.kept', 'relation', 'util.slug(text)', 'util'),
+            (3, 'other.lookup', 'other.lookup_pkey', 'util.mood', NULL, NULL),
+            (4, NULL, NULL, NULL, NULL, NULL);
+        """,
+    )
+    _run(dst, "CREATE SCHEMA other; CREATE TABLE other.kept (id int)")  # the target has it
+    output = _refused_plan(migrate, {}, capsys)
+    missing = "which are not migrated and missing in the target (the copy writes them as names"
+    assert f"column rel of table refs holds values naming table other.lookup, {missing}" in output
+    assert f"column dom of table refs holds values naming index other.lookup_pkey, {missing}" in output
+    assert f"column typ of table refs holds values naming type util.mood, {missing}" in output
+    assert f"column fn of table refs holds values naming function util.slug(text), {missing}" in output
+    assert f"column ns of table refs holds values naming schema util, {missing}" in output
+    assert "other.kept" not in output and "refs_pkey" not in output  # in the target, or migrated
+    _run(dst, "DROP SCHEMA other CASCADE")
+    _untouched(dst)
+
+
 def test_a_migration_from_postgresql_18_compares_not_null_as_a_column_property(
     airflow_db, pg_server, make_database, make_conn_id, migrate
 ):

@@ -2,9 +2,10 @@
 
 The schema dump holds the selected schemas only: a type or function of another schema that a
 selected table, view, default, constraint, trigger or the schemas' own types and functions use,
-a relation a rule reads or writes, must exist in the target already, or the restore fails
-half-way. Each is looked up in the target by schema, name and (for a function) argument types;
-what is missing there is refused, with the choices.
+a relation a rule reads or writes, and the objects that ``regclass``, ``regtype``,
+``regproc(edure)`` and ``regnamespace`` values name (copied as names), must exist in the target
+already, or the restore or the copy fails half-way. Each is looked up in the target by schema,
+name and (for a function) argument types; what is missing there is refused, with the choices.
 """
 
 from __future__ import annotations
@@ -105,6 +106,27 @@ SELECT DISTINCT d.refclassid, d.refobjid, pg_describe_object(d.classid, d.objid,
  WHERE r.ev_class = ANY(%(restored)s) AND r.rulename <> '_RETURN' AND d.refobjid <> r.ev_class
 """
 
+# Columns of the selected tables whose type, or a domain's base type at any depth, names catalog
+# objects by OID (copied as names), with the catalog of the objects they name.
+_NAMING_COLUMNS = """
+WITH RECURSIVE chain(type, base) AS (
+    SELECT DISTINCT a.atttypid, a.atttypid FROM pg_attribute a
+     WHERE a.attrelid = ANY(%(tables)s) AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT c.type, t.typbasetype FROM chain c JOIN pg_type t ON t.oid = c.base WHERE t.typtype = 'd'
+)
+SELECT a.attrelid, a.attnum, a.attname,
+       CASE c.base WHEN 'regclass'::regtype THEN 'pg_class'::regclass
+                   WHEN 'regtype'::regtype THEN 'pg_type'::regclass
+                   WHEN 'regnamespace'::regtype THEN 'pg_namespace'::regclass
+                   ELSE 'pg_proc'::regclass END::oid
+  FROM pg_attribute a JOIN chain c ON c.type = a.atttypid
+ WHERE a.attrelid = ANY(%(tables)s) AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+   AND c.base IN ('regclass'::regtype, 'regtype'::regtype, 'regproc'::regtype, 'regprocedure'::regtype,
+                  'regnamespace'::regtype)
+ ORDER BY 1, 2
+"""
+
 # Which of the keys (kind, schema, name, signature) the target has.
 _TARGET_HAS = (
     """
@@ -151,9 +173,11 @@ def check(scur, tcur, selection: Selection, problems: list[str]) -> None:
     params = {"restored": sorted(selection.restored), "schemas": schemas}
     types_and_functions = _outside(scur, sql.SQL(_TYPES_AND_FUNCTIONS), params)
     rule_reads = _outside(scur, sql.SQL(_RULE_READS), params)
-    missing = _missing_in_target(tcur, [*types_and_functions, *rule_reads])
+    named = _named_by_values(scur, selection, params)
+    missing = _missing_in_target(tcur, [*types_and_functions, *rule_reads, *named])
     problems += _missing_objects([u for u in types_and_functions if u.key in missing])
     problems += _missing_relations_of_rules([u for u in rule_reads if u.key in missing])
+    problems += _missing_named_objects([u for u in named if u.key in missing])
 
 
 def _outside(scur, uses: sql.Composable, params: dict) -> list[OutsideUse]:
@@ -162,6 +186,37 @@ def _outside(scur, uses: sql.Composable, params: dict) -> list[OutsideUse]:
         OutsideUse(ObjectKey(kind, schema, name, signature), label, user)
         for kind, schema, name, signature, label, user in scur.fetchall()
     ]
+
+
+def _named_by_values(scur, selection: Selection, params: dict) -> list[OutsideUse]:
+    """Objects named by the values of the selected tables' OID-alias columns: one pass over each
+    table that has such columns (a partitioned table through its partitions). Only values that
+    name existing objects outside the migration come back, so the answer is as small as the catalog."""
+    tables = {t.oid: t for t in selection.tables}
+    scur.execute(_NAMING_COLUMNS, {"tables": list(tables)})
+    columns: dict[int, list[tuple[int, str, int]]] = {}
+    for table, attnum, name, catalog in scur.fetchall():
+        columns.setdefault(table, []).append((attnum, name, catalog))
+    uses = []
+    for table, named in columns.items():
+        relation = tables[table]
+        values = sql.SQL(", ").join(
+            sql.SQL("({}, {}, {}::oid)").format(sql.Literal(catalog), sql.Literal(attnum), sql.Identifier(name))
+            for attnum, name, catalog in named
+        )
+        query = sql.SQL(
+            "SELECT v.catalog AS refclassid, v.value AS refobjid,"
+            " pg_describe_object('pg_class'::regclass, {oid}, v.attnum) AS user_label"
+            " FROM (SELECT DISTINCT x.catalog, x.attnum, x.value FROM {only} {table}"
+            " CROSS JOIN LATERAL (VALUES {values}) AS x(catalog, attnum, value) WHERE x.value IS NOT NULL) AS v"
+        ).format(
+            oid=sql.Literal(table),
+            only=sql.SQL("" if relation.is_partitioned else "ONLY"),
+            table=relation.name.identifier(),
+            values=values,
+        )
+        uses += _outside(scur, query, params)
+    return uses
 
 
 def _missing_in_target(tcur, uses: list[OutsideUse]) -> set[ObjectKey]:
@@ -205,4 +260,16 @@ def _missing_relations_of_rules(uses: list[OutsideUse]) -> list[str]:
         f"{u.user} reads or writes {u.label}, which is not migrated and missing in the target: add it to the "
         f"selection (tables, or {u.key.schema!r} to schemas), create it in the target first, or drop the rule"
         for u in uses
+    ]
+
+
+def _missing_named_objects(uses: list[OutsideUse]) -> list[str]:
+    by_column: dict[str, list[str]] = {}
+    for use in uses:
+        by_column.setdefault(use.user, []).append(use.label)
+    return [
+        f"{column} holds values naming {_some(labels)}, which are not migrated and missing in the target "
+        "(the copy writes them as names: they would fail, or name other objects): add their schemas to "
+        "schemas or create them in the target first, or leave the table out with exclude_tables"
+        for column, labels in by_column.items()
     ]

@@ -3,8 +3,9 @@
 Made before anything is written and refused as a whole when a part cannot work: an unknown
 table, a target table this migration did not create (``resume``), dependents outside the
 selection of a table to drop (``replace``), a partition in a schema not selected, an extension
-the target lacks, a type, function or relation of another schema the selection uses that the
-target lacks, pg_dump too old, a connection budget the servers cannot hold.
+the target lacks, a type, function or relation of another schema the selection uses (or its
+``regclass``-like values name) that the target lacks, pg_dump too old, a connection budget the
+servers cannot hold.
 """
 
 from __future__ import annotations
