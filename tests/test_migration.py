@@ -673,6 +673,126 @@ def test_an_index_name_the_target_uses_for_another_table_is_refused_in_the_plan(
     assert _one(dst, "SELECT to_regclass('orders') IS NULL")  # nothing written
 
 
+UTIL = """
+CREATE SCHEMA util;
+CREATE DOMAIN util.positive AS int CHECK (VALUE > 0);
+CREATE TYPE util.mood AS ENUM ('calm', 'busy');
+CREATE FUNCTION util.slug(t text) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT lower(t) $$;
+CREATE FUNCTION util.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+"""
+
+
+def _refused_plan(migrate, conf: dict, capsys) -> str:
+    """Run the plan of a migration that is to be refused; the output that says why."""
+    run, _ = run_dag(migrate, {"dry_run": False, **conf}, task_id="plan")
+    assert run.state == "failed" and _states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    output = capsys.readouterr()
+    return output.out + output.err
+
+
+def _untouched(dst) -> None:
+    assert _one(dst, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
+    assert _one(dst, "SELECT count(*) FROM pg_namespace WHERE nspname IN ('util', 'audit', 'other')") == 0
+
+
+def test_types_and_functions_of_a_schema_not_selected_are_refused_in_the_plan_unless_the_target_has_them(
+    airflow_db, migration_databases, migrate, capsys
+):
+    """pg_dump -n dumps the selected schemas only: what their tables, views and own functions
+    use from another schema must be in the target already, by name and argument types."""
+    src, dst = migration_databases
+    _run(
+        src,
+        UTIL
+        + """
+        CREATE FUNCTION util.valid(int) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$ SELECT $1 > 0 $$;
+        CREATE TABLE items (
+            id int PRIMARY KEY CHECK (util.valid(id)), qty util.positive, moods util.mood[], name text,
+            slug text GENERATED ALWAYS AS (util.slug(name)) STORED);
+        CREATE TRIGGER touch BEFORE UPDATE ON items FOR EACH ROW EXECUTE FUNCTION util.touch();
+        CREATE VIEW item_names AS SELECT util.slug(name) AS name FROM items;
+        CREATE FUNCTION calm(m util.mood) RETURNS boolean LANGUAGE sql AS $$ SELECT m = 'calm' $$;
+        """,
+    )
+    _run(dst, "CREATE SCHEMA util; CREATE DOMAIN util.positive AS int;")  # the target has one of them
+    _run(dst, "CREATE FUNCTION util.valid(bigint) RETURNS boolean LANGUAGE sql AS $$ SELECT true $$")
+    output = _refused_plan(migrate, {}, capsys)
+    options = "add 'util' to schemas, or create it in the target first"
+    missing = "in schema 'util' which is not migrated and missing in the target, is used by"
+    assert f"type util.mood, {missing} column moods of table items, function calm(util.mood): {options}" in output
+    assert f"function util.valid(integer), {missing} constraint items_id_check on table items: {options}" in output
+    assert f"function util.slug(text), {missing} default value for column slug of table items, view item_names:" in (
+        output
+    )
+    assert f"function util.touch(), {missing} trigger touch on table items: {options}" in output
+    assert "util.positive" not in output  # the target has it: used as it is
+    _run(dst, "DROP SCHEMA util CASCADE")
+    _untouched(dst)
+
+
+def test_a_rule_on_a_selected_table_over_a_relation_not_migrated_is_refused_in_the_plan(
+    airflow_db, migration_databases, migrate, capsys
+):
+    src, dst = migration_databases
+    _run(
+        src,
+        """
+        CREATE SCHEMA audit;
+        CREATE TABLE audit.deletions (id int, at timestamptz);
+        CREATE TABLE notes (order_id int, note text);
+        CREATE TABLE orders (id int PRIMARY KEY, total numeric);
+        CREATE RULE keep_deleted AS ON DELETE TO orders DO ALSO INSERT INTO audit.deletions VALUES (OLD.id, now());
+        CREATE RULE drop_notes AS ON DELETE TO orders DO ALSO DELETE FROM notes WHERE order_id = OLD.id;
+        CREATE VIEW order_notes AS SELECT o.id, n.note FROM orders o JOIN notes n ON n.order_id = o.id;
+        """,
+    )
+    output = _refused_plan(migrate, {"tables": ["orders"]}, capsys)
+    assert (
+        "rule keep_deleted on table orders reads or writes table audit.deletions, which is not migrated and missing "
+        "in the target: add it to the selection (tables, or 'audit' to schemas), create it in the target first, "
+        "or drop the rule"
+    ) in output
+    assert "rule drop_notes on table orders reads or writes table notes, which is not migrated" in output
+    assert "order_notes" not in output  # a view over them is left out and named in the plan, as before
+    _untouched(dst)
+
+
+def test_values_naming_objects_that_are_not_migrated_are_refused_in_the_plan(
+    airflow_db, migration_databases, migrate, capsys
+):
+    """regclass, regtype, regprocedure, regnamespace values are copied as names: what they name
+    must arrive with the migration or be in the target already."""
+    src, dst = migration_databases
+    _run(
+        src,
+        UTIL
+        + """
+        CREATE SCHEMA other;
+        CREATE TABLE other.lookup (id int PRIMARY KEY);
+        CREATE TABLE other.kept (id int);
+        CREATE DOMAIN relation AS regclass;
+        CREATE TABLE refs (id int PRIMARY KEY, rel regclass, dom relation, typ regtype, fn regprocedure,
+                           ns regnamespace);
+        INSERT INTO refs VALUES
+            (1, 'refs', 'refs_pkey', 'integer', 'lower(text)', 'public'),
+            (2, 'pg_class', 'other.kept', 'relation', 'util.slug(text)', 'util'),
+            (3, 'other.lookup', 'other.lookup_pkey', 'util.mood', NULL, NULL),
+            (4, NULL, NULL, NULL, NULL, NULL);
+        """,
+    )
+    _run(dst, "CREATE SCHEMA other; CREATE TABLE other.kept (id int)")  # the target has it
+    output = _refused_plan(migrate, {}, capsys)
+    missing = "which are not migrated and missing in the target (the copy writes them as names"
+    assert f"column rel of table refs holds values naming table other.lookup, {missing}" in output
+    assert f"column dom of table refs holds values naming index other.lookup_pkey, {missing}" in output
+    assert f"column typ of table refs holds values naming type util.mood, {missing}" in output
+    assert f"column fn of table refs holds values naming function util.slug(text), {missing}" in output
+    assert f"column ns of table refs holds values naming schema util, {missing}" in output
+    assert "other.kept" not in output and "refs_pkey" not in output  # in the target, or migrated
+    _run(dst, "DROP SCHEMA other CASCADE")
+    _untouched(dst)
+
+
 def test_a_migration_from_postgresql_18_compares_not_null_as_a_column_property(
     airflow_db, pg_server, make_database, make_conn_id, migrate
 ):

@@ -3,7 +3,9 @@
 Made before anything is written and refused as a whole when a part cannot work: an unknown
 table, a target table this migration did not create (``resume``), dependents outside the
 selection of a table to drop (``replace``), a partition in a schema not selected, an extension
-the target lacks, pg_dump too old, a connection budget the servers cannot hold.
+the target lacks, a type, function or relation of another schema the selection uses (or its
+``regclass``-like values name) that the target lacks, pg_dump too old, a connection budget the
+servers cannot hold.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
 from airflow_pool_provider.errors import MigrationMistake, first_line
-from airflow_pool_provider.migration import catalog
+from airflow_pool_provider.migration import catalog, outside
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.ledger import MigrationLedger
 from airflow_pool_provider.migration.postdata import set_index_build_memory
@@ -214,6 +216,7 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
             f"the target lacks the extension(s) {lacking} the tables use: CREATE EXTENSION them in "
             "the target database first (a schema dump does not carry extensions)"
         )
+    outside.check(scur, tcur, selection, problems)
     _check_index_build_memory(tcur, request.index_build_memory, problems)
     _check_large_objects(scur, selection, problems)
     _check_index_names(scur, tcur, selection, problems)
