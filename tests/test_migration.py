@@ -499,6 +499,15 @@ def _run(conn, statements: str) -> None:
         cur.execute(statements)
 
 
+def _verify_fails_naming(migrate, conf: dict, capsys, *differences: str) -> None:
+    """A run whose verify stage fails, its report naming each of ``differences``."""
+    run, _ = run_dag(migrate, conf, task_id="verify")
+    assert run.state == "failed" and _states(run)["verify"] == "failed"
+    output = capsys.readouterr().out
+    for difference in differences:
+        assert difference in output, difference
+
+
 def test_a_parent_and_its_inheriting_child_each_keep_their_own_rows(airflow_db, migration_databases, migrate):
     """Each table is read, counted and checked ONLY: a child's rows arrive in the child alone, not
     a second time in the parent (whose target count would then take the child's in too)."""
@@ -901,15 +910,14 @@ def test_types_domains_and_functions_the_target_made_otherwise_are_differences(
         CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 41';
         """,
     )
-    again, _ = run_dag(migrate, {"dry_run": False, "mode": "replace"}, task_id="verify")
-    assert again.state == "failed" and _states(again)["verify"] == "failed"
-    output = capsys.readouterr().out
-    for difference in (
+    _verify_fails_naming(
+        migrate,
+        {"dry_run": False, "mode": "replace"},
+        capsys,
         "domain public.positive defined otherwise",
         "enum public.mood defined otherwise",
         "function public.answer() defined otherwise",
-    ):
-        assert difference in output
+    )
 
 
 _SCHEMA_LEVEL_COMMENTS = """
@@ -990,10 +998,10 @@ def test_columns_views_sequences_policies_statistics_and_rules_are_compared_by_d
         ALTER TABLE accounts FORCE ROW LEVEL SECURITY;
         """,
     )
-    again, _ = run_dag(migrate, {"dry_run": False, "mode": "resume"}, task_id="verify")
-    assert again.state == "failed" and _states(again)["verify"] == "failed"
-    output = capsys.readouterr().out
-    for difference in (
+    _verify_fails_naming(
+        migrate,
+        {"dry_run": False, "mode": "resume"},
+        capsys,
         "column owner on accounts defined otherwise",
         "column city on accounts defined otherwise",
         "column id on accounts defined otherwise",
@@ -1002,8 +1010,7 @@ def test_columns_views_sequences_policies_statistics_and_rules_are_compared_by_d
         "statistics accounts_place on accounts is missing",
         "rule no_audit_delete on audit is missing",
         "row security of accounts defined otherwise",
-    ):
-        assert difference in output, difference
+    )
     _run(dst, "SELECT setval('tickets', 100, false)")  # post-data would move it on again: compared directly
     with src.cursor() as scur, dst.cursor() as tcur:
         found = definitions.sequence_differences(scur, tcur, TableName("public", "tickets"), None)

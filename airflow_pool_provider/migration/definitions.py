@@ -144,7 +144,11 @@ COMPARED = (
     "(definition; position at or past the source's), enums (labels in order), domains, composite types, "
     "functions and procedures (whole definition), comments, and owners when kept"
 )
-NOT_COMPARED = "privileges (GRANTs are not migrated), security labels, per-column statistics targets"
+NOT_COMPARED = (
+    "privileges (GRANTs are not migrated), security labels, per-column statistics targets, and the schemas' "
+    "aggregates, operators, operator classes and families, collations, casts, conversions and text search "
+    "objects (restored with their schemas)"
+)
 
 
 @dataclass(frozen=True)
