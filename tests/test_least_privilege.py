@@ -282,3 +282,20 @@ def test_a_target_role_a_row_security_policy_applies_to_fails_saying_what_to_gra
     assert f'the role "{writer}" on database "{env.db["dst"]}"' in str(refused.value)
     assert 'cannot read every row of table "t"' in str(refused.value)
     assert env.count("dst") == 0
+
+
+def test_the_plan_warns_of_a_role_that_reaches_outside_its_database_and_not_of_a_plain_one(env, make_role, pg_server):
+    from airflow_pool_provider.migration.plan import _powerful_roles
+
+    role = make_role("plain")
+    conn = psycopg2.connect(env.server.dsn(env.db["dst"], user=role))
+    try:
+        with conn.cursor() as cur:
+            assert _powerful_roles(cur, "target") == []
+            pg_server.execute(sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(role)))
+            (warning,) = _powerful_roles(cur, "target")
+        assert warning.startswith("the target connection's role is a member of pg_signal_backend: ")
+        assert "runs on the target with its powers" in warning
+    finally:
+        conn.close()
+        pg_server.execute(sql.SQL("REVOKE pg_signal_backend FROM {}").format(sql.Identifier(role)))

@@ -71,6 +71,11 @@ def test_a_dry_run_plans_and_writes_nothing(airflow_db, legacy, migrate):
     assert set(orders["indexes"]) == {"orders_pkey", "orders_customer", "orders_ordered_at"}
     assert plan["views"] == ['"public"."customer_order_totals"'] and plan["budget"]["fits"]
     assert _states(run)["pre_data"] == "skipped"
+    # the tests' connections are superusers: the plan warns of both
+    assert [w.split(":")[0] for w in plan["warnings"]] == [
+        "the source connection's role is a superuser",
+        "the target connection's role is a superuser",
+    ]
     assert _one(dst, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace") == 0
 
 

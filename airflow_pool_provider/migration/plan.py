@@ -154,6 +154,7 @@ class MigrationPlan:
     budget: Budget
     resumed_stages: list[str]
     left_out: list[str] = field(default_factory=list)  # what the schemas hold that is not migrated, and why
+    warnings: list[str] = field(default_factory=list)  # what may run, but should not be so
 
     @property
     def total_rows(self) -> int:
@@ -186,6 +187,7 @@ class MigrationPlan:
             f"connection budget: {self.budget.describe()}"
             + (f"\nstages done by an earlier run: {self.resumed_stages}" if self.resumed_stages else "")
             + (f"\nNOT migrated: {'; '.join(self.left_out)}" if self.left_out else "")
+            + "".join(f"\nWARNING: {w}" for w in self.warnings)
         )
         return (
             head
@@ -244,7 +246,37 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
         budget=budget,
         resumed_stages=[stage.value for stage in earlier.stages_done],
         left_out=_left_out(selection),
+        warnings=_powerful_roles(scur, "source") + _powerful_roles(tcur, "target"),
     )
+
+
+# Whether the connection's role is a superuser, and the predefined roles that reach outside the
+# database (files, programs, other sessions) it is a member of.
+_POWERS = """
+SELECT rolsuper, ARRAY(SELECT p FROM unnest(ARRAY['pg_read_server_files', 'pg_write_server_files',
+                                                  'pg_execute_server_program', 'pg_signal_backend']) AS p
+                        WHERE pg_has_role(current_user, p, 'MEMBER'))
+  FROM pg_roles WHERE rolname = current_user
+"""
+
+
+def _powerful_roles(cur, side: str) -> list[str]:
+    """A warning when a connection's role can reach outside its database: the source schema is
+    code (CHECK functions, defaults, triggers fired by COPY) that runs on the target with the
+    target role's powers; the source role needs only to read."""
+    cur.execute(_POWERS)
+    superuser, memberships = cur.fetchone()
+    if not superuser and not memberships:
+        return []
+    powers = "a superuser" if superuser else f"a member of {', '.join(memberships)}"
+    if side == "target":
+        why = (
+            "the source schema's code (CHECK and default functions, triggers fired by the copy) runs on the "
+            "target with its powers; use a role that owns only the migrated schemas"
+        )
+    else:
+        why = "the migration only reads the source; use a role that can only read the selected schemas"
+    return [f"the {side} connection's role is {powers}: {why} (README: Roles for a migration)"]
 
 
 def _left_out(selection: Selection) -> list[str]:

@@ -181,6 +181,8 @@ class MigrationPlanOperator(MigrationStageOperator):
     def run_stage(self, context, m) -> dict[str, Any]:
         plan = stages.plan(m, self.copy_tasks)
         self.log.info("%s", plan.table())
+        for warning in plan.warnings:
+            self.log.warning("%s", warning)
         if m.request.dry_run:
             self.log.info("dry run: stopping after the plan; nothing was written")
         return plan.to_xcom()
