@@ -5,12 +5,10 @@ run, and be retried, in a task of its own."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from psycopg2 import sql
@@ -22,7 +20,7 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.metrics import Metrics
-from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, toc, verify
+from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, scratch, toc, verify
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.ledger import (
     RESTORE,
@@ -134,6 +132,7 @@ def plan(m: Migration, copy_tasks: int) -> MigrationPlan:
 
 
 def pre_data(m: Migration) -> predata.PreDataResult:
+    scratch.remove_leftovers(m.log)  # a killed run's dump and password file
     with m.source_reading() as scur, m.target_pool.connection() as tconn:
         chosen = m.selection(scur)
         with tconn.cursor() as tcur:
@@ -255,6 +254,7 @@ class PostDataResult:
 
 
 def post_data(m: Migration) -> PostDataResult:
+    scratch.remove_leftovers(m.log)  # a killed run's dump and password file
     with m.source_reading() as scur:
         chosen = m.selection(scur)
         restored_tables = {
@@ -342,9 +342,9 @@ def _restore_post_data(m: Migration, chosen: Selection) -> int:
             return 0
         with m.source_reading() as scur:
             tools = tools_for(scur, tcur, m.request)
-        with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
+        with scratch.folder("schema") as folder:
             snapshot = m.snapshots.current().snapshot
-            archive = schema.dump(tools, m.source_connect, m.request.schemas, snapshot, Path(folder))
+            archive = schema.dump(tools, m.source_connect, m.request.schemas, snapshot, folder)
             entries = toc.post_data(list(archive.entries), chosen)
             schema.apply(tcur, schema.script(tools, archive, entries))
         m.ledger.record(tcur, Stage.POST_DATA, RESTORE, RestoreRecord(len(entries)))
