@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import psycopg2
 import pytest
@@ -19,7 +20,8 @@ from dag_process import DagTestProcess
 from dag_runs import load_dag, run_dag
 from observe import wait_until
 
-from airflow_pool_provider.errors import CopyError
+from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.errors import CopyError, MigrationMistake
 from airflow_pool_provider.migration import stages
 from airflow_pool_provider.migration.request import MigrationRequest
 from airflow_pool_provider.pool import ConnectionPool
@@ -165,6 +167,29 @@ def _copy_all(m: stages.Migration) -> None:
         stages.copy_data(m, batch)
 
 
+@contextmanager
+def _copied(src, dst, request: MigrationRequest) -> Iterator[stages.Migration]:
+    """A task that took the snapshot and copied every table; its snapshot is released at the end."""
+    with _task(src, dst, request.resolved("source", "target")) as m:
+        try:
+            m.snapshots.ensure()
+            stages.pre_data(m)
+            _copy_all(m)
+            yield m
+        finally:
+            m.snapshots.release()
+
+
+def _lose_holder(src, holder) -> None:
+    """End the process holding the snapshot (as a job ending sessions idle in transaction would)."""
+    os.kill(holder.pid, signal.SIGKILL)
+    wait_until(
+        lambda: not _one(src, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (holder.backend_pid,)),
+        timeout=30,
+        what="the holder's backend to end",
+    )
+
+
 #: The target refuses one row of customers' last chunk: the chunks before it commit, then the copy fails.
 _REFUSE_LAST_CUSTOMER = """
 CREATE FUNCTION refuse_row() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -190,12 +215,7 @@ def test_a_table_read_on_through_a_new_snapshot_after_its_task_and_holder_were_l
             _copy_all(first)  # the task fails mid-table...
         holder = first.snapshots.current()
     assert 0 < chunks_done(dst) < ledger_counts(dst).chunks
-    os.kill(holder.pid, signal.SIGKILL)  # ...and its snapshot's holder is lost too
-    wait_until(
-        lambda: not _one(src, "SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (holder.backend_pid,)),
-        timeout=30,
-        what="the holder's backend to end",
-    )
+    _lose_holder(src, holder)  # ...and its snapshot's holder is lost too
     with dst.cursor() as cur:
         cur.execute("DROP TRIGGER refuse_row ON customers")
 
@@ -217,16 +237,67 @@ def test_a_table_read_on_through_a_new_snapshot_after_its_task_and_holder_were_l
 def test_a_migration_without_faults_reads_every_table_at_one_instant(legacy):
     src, dst = legacy
     request = MigrationRequest(tables=("customers", "products"), chunk_size=100, run_id="run-1")
-    with _task(src, dst, request.resolved("source", "target")) as m:
-        try:
-            m.snapshots.ensure()
-            stages.pre_data(m)
-            _copy_all(m)
-            report = stages.verify_and_report(m)
-        finally:
-            m.snapshots.release()
+    with _copied(src, dst, request) as m:
+        report = stages.verify_and_report(m)
     assert report.one_instant and "one instant" not in report.table()
     assert {t.table: t.snapshot_epochs for t in report.tables} == {
         '"public"."customers"': [1],
         '"public"."products"': [1],
     }
+
+
+def _copy_tables(m: stages.Migration, tables: set[str]) -> None:
+    """Copy only the chunks of ``tables`` (a task that copied those, then was lost)."""
+    for batch in stages.plan_data(m):
+        parts = [p for p in batch.parts if TableName.parse(p.table).name in tables]
+        if parts:
+            stages.copy_data(m, replace(batch, parts=parts))
+
+
+def _foreign_key(conn, name: str) -> bool | None:
+    """Whether the target's foreign key ``name`` is validated; None: there is none."""
+    return _one(conn, "SELECT convalidated FROM pg_constraint WHERE conname = %s AND contype = 'f'", (name,))
+
+
+@pytest.mark.parametrize("legacy_scale", [0.01])
+def test_a_foreign_key_left_unchecked_by_a_failed_or_killed_run_is_checked_when_run_again(legacy):
+    src, dst = legacy
+    request = MigrationRequest(tables=("customers", "orders"), chunk_size=500, run_id="run-1")
+    with _copied(src, dst, request) as m:
+        with dst.cursor() as cur:  # a row that breaks the key: its check fails, after it was added
+            cur.execute("INSERT INTO orders (id, customer_id, ordered_at) VALUES (-1, -1, now())")
+        with pytest.raises(psycopg2.errors.ForeignKeyViolation, match="orders_customer_id_fkey"):
+            stages.post_data(m)
+        assert _foreign_key(dst, "orders_customer_id_fkey") is False  # added NOT VALID, as a kill leaves it
+        with dst.cursor() as cur:
+            cur.execute("DELETE FROM orders WHERE id = -1")
+        stages.post_data(m)  # run again: the key is checked, not added twice
+    assert _foreign_key(dst, "orders_customer_id_fkey") is True
+
+
+@pytest.mark.parametrize("legacy_scale", [0.01])
+def test_a_foreign_key_broken_by_a_lost_snapshot_says_so_and_what_to_do(legacy):
+    src, dst = legacy
+    request = MigrationRequest(tables=("customers", "orders"), chunk_size=500, run_id="run-1")
+    request = request.resolved("source", "target")
+    with _task(src, dst, request) as first:
+        first.snapshots.ensure()
+        stages.pre_data(first)
+        _copy_tables(first, {"customers"})
+        holder = first.snapshots.current()
+    _lose_holder(src, holder)
+    with src.cursor() as cur:  # the source goes on: a new customer with an order
+        cur.execute("INSERT INTO customers (email, name) VALUES ('late@example.com', 'Late') RETURNING id")
+        cur.execute("INSERT INTO orders (customer_id, ordered_at) VALUES (%s, now())", (cur.fetchone()[0],))
+
+    with _task(src, dst, request) as again:
+        try:
+            _copy_all(again)  # orders, through a new snapshot
+            with pytest.raises(MigrationMistake) as raised:
+                stages.post_data(again)
+        finally:
+            again.snapshots.release()
+    message = str(raised.value)
+    assert "foreign key orders_customer_id_fkey on" in message and "snapshot was lost" in message
+    assert '\'"public"."customers"\': [1]' in message and '\'"public"."orders"\': [2]' in message
+    assert "mode='replace'" in message

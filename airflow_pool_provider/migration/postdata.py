@@ -9,7 +9,8 @@ blocking writes; a partitioned table validates as it adds), triggers, rules and 
 schema dump, sequences from the source's ``last_value``/``is_called``, and ``ANALYZE``.
 
 Each object is recorded done in the stage ledger in the transaction that built it, so a re-run
-builds exactly what is missing.
+builds exactly what is missing; a foreign key, added in one transaction and validated in another,
+is looked up in the target, so a re-run validates one a killed or failed run left unchecked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import psycopg2.errors
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import sequences
@@ -26,7 +28,7 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.workers import run_workers
 from airflow_pool_provider.errors import MigrationError, first_line
-from airflow_pool_provider.migration.ledger import MigrationLedger, ObjectKey, ObjectKind, Stage
+from airflow_pool_provider.migration.ledger import MigrationLedger, ObjectKey, ObjectKind, Stage, Status
 from airflow_pool_provider.pool import ConnectionPool
 
 # Read with an empty search_path, so every name in a definition comes schema-qualified.
@@ -236,36 +238,65 @@ def add_foreign_keys(
     keys: list[ForeignKey],
     ledger: MigrationLedger,
     log: logging.Logger | logging.LoggerAdapter,
+    on_violation: Callable[[ForeignKey], None] | None = None,
 ) -> ForeignKeysAdded:
-    """Add and validate the foreign keys between selected tables (those not added yet)."""
+    """Add and validate the foreign keys between selected tables (those not done yet).
+    ``on_violation``: called with a key whose rows do not hold, before its error is raised (it may
+    raise one that says why)."""
     left_out = tuple(k.key for k in keys if k.references is None)
     added = 0
     for key in (k for k in keys if k.references is not None):
-        with target_pool.connection() as tconn, tconn.cursor() as tcur:
-            if ledger.is_done(tcur, Stage.POST_DATA, key.key):
-                tconn.rollback()
-                continue
-            table, name = key.table.identifier(), sql.Identifier(key.name)
-            # PostgreSQL 15 has no NOT VALID foreign keys on a partitioned table, and VALIDATE of one
-            # to a partitioned table leaves its per-partition keys NOT VALID: validated as added.
-            deferred_check = key.validated and not key.partitioned and not key.definition.endswith("NOT VALID")
-            tcur.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}" + (" NOT VALID" if deferred_check else "")).format(
-                    table, name, sql.SQL(key.definition)
-                )
-            )
-            if deferred_check:
-                tconn.commit()  # the key holds for new rows from now on; the check reads without blocking
-                tcur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, name))
-            ledger.record(tcur, Stage.POST_DATA, key.key)
-            tconn.commit()
-            added += 1
+        try:
+            added += _add_foreign_key(target_pool, key, ledger)
+        except psycopg2.errors.ForeignKeyViolation:
+            if on_violation is not None:
+                on_violation(key)
+            raise
     if left_out:
         log.warning(
             "post-data: foreign keys to tables outside the migration were left out: %s",
             [k.describe() for k in left_out],
         )
     return ForeignKeysAdded(added, left_out)
+
+
+def _add_foreign_key(target_pool: ConnectionPool, key: ForeignKey, ledger: MigrationLedger) -> int:
+    """Each step on its own, found done or not in the target itself: ``ADD ... NOT VALID`` commits
+    before ``VALIDATE`` (which reads without blocking writes), so a run killed during the check, or a
+    check that failed, leaves the key there unchecked; the next run checks it (recorded pending,
+    then done). Returns 1 if the key was added or checked now."""
+    table, name = key.table.identifier(), sql.Identifier(key.name)
+    with target_pool.connection() as tconn, tconn.cursor() as tcur:
+        if ledger.is_done(tcur, Stage.POST_DATA, key.key):
+            tconn.rollback()
+            return 0
+        # PostgreSQL 15 has no NOT VALID foreign keys on a partitioned table, and VALIDATE of one
+        # to a partitioned table leaves its per-partition keys NOT VALID: validated as added.
+        deferred_check = key.validated and not key.partitioned and not key.definition.endswith("NOT VALID")
+        if _foreign_key_validated(tcur, key) is None:
+            tcur.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}" + (" NOT VALID" if deferred_check else "")).format(
+                    table, name, sql.SQL(key.definition)
+                )
+            )
+            if deferred_check:  # the key holds for new rows from now on
+                ledger.record(tcur, Stage.POST_DATA, key.key, status=Status.PENDING)
+                tconn.commit()
+        if key.validated and not _foreign_key_validated(tcur, key):
+            tcur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, name))
+        ledger.record(tcur, Stage.POST_DATA, key.key)
+        tconn.commit()
+    return 1
+
+
+def _foreign_key_validated(tcur, key: ForeignKey) -> bool | None:
+    """Whether the target's key of that name on that table is validated; None: there is none."""
+    tcur.execute(
+        "SELECT convalidated FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s AND contype = 'f'",
+        (str(key.table), key.name),
+    )
+    row = tcur.fetchone()
+    return None if row is None else bool(row[0])
 
 
 def move_sequence(scur, tcur, schema: str, name: str) -> int:

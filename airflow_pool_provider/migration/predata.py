@@ -10,10 +10,8 @@ already if anything outside the selection depends on them.
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import psycopg2.errors
@@ -21,7 +19,7 @@ from psycopg2 import sql
 
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import quote_ident
-from airflow_pool_provider.migration import catalog, schema, toc
+from airflow_pool_provider.migration import catalog, schema, scratch, toc
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.data import copy_id_prefix
 from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, ObjectKey, Stage
@@ -70,8 +68,8 @@ def run(
         if earlier is not None:  # replace, in a new run: everything recorded of the earlier one goes
             _start_over(tcur, ledger, request, log)
         dropped = _drop_selected(tcur, selection) if request.mode is Mode.REPLACE else []
-        with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
-            archive = schema.dump(tools, source_connect, request.schemas, snapshot, Path(folder))
+        with scratch.folder("schema") as folder:
+            archive = schema.dump(tools, source_connect, request.schemas, snapshot, folder)
             existing = catalog.existing_schemas(tcur, request.schemas)
             entries = toc.pre_data(list(archive.entries), selection, existing)
             reused = _existing_objects(tcur, entries, selection)

@@ -10,14 +10,13 @@ owners or grants, which fail for roles the target lacks.
 from __future__ import annotations
 
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airflow_pool_provider.copy.names import quote_ident
-from airflow_pool_provider.migration import toc
+from airflow_pool_provider.migration import scratch, toc
 from airflow_pool_provider.migration.tools import PgTools, libpq_env, run
 
 _SET = re.compile(r"^SET (\w+) = ")
@@ -51,8 +50,8 @@ def script(tools: PgTools, archive: SchemaArchive, entries: list[toc.TocEntry], 
     """The SQL of ``entries``, as pg_restore writes it: no grants, and no owners unless ``owners``."""
     if not entries:
         return ""
-    with tempfile.TemporaryDirectory(prefix="pool-provider-restore-") as folder:
-        listing, out = Path(folder) / "use.list", Path(folder) / "restore.sql"
+    with scratch.folder("restore") as folder:
+        listing, out = folder / "use.list", folder / "restore.sql"
         listing.write_text("".join(e.line + "\n" for e in entries))
         options = ["-x"] if owners else ["-O", "-x"]
         run(

@@ -5,12 +5,10 @@ run, and be retried, in a task of its own."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 from psycopg2 import sql
@@ -22,7 +20,7 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.metrics import Metrics
-from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, toc, verify
+from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, scratch, toc, verify
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.ledger import (
     RESTORE,
@@ -134,6 +132,7 @@ def plan(m: Migration, copy_tasks: int) -> MigrationPlan:
 
 
 def pre_data(m: Migration) -> predata.PreDataResult:
+    scratch.remove_leftovers(m.log)  # a killed run's dump and password file
     with m.source_reading() as scur, m.target_pool.connection() as tconn:
         chosen = m.selection(scur)
         with tconn.cursor() as tcur:
@@ -255,6 +254,7 @@ class PostDataResult:
 
 
 def post_data(m: Migration) -> PostDataResult:
+    scratch.remove_leftovers(m.log)  # a killed run's dump and password file
     with m.source_reading() as scur:
         chosen = m.selection(scur)
         restored_tables = {
@@ -262,7 +262,9 @@ def post_data(m: Migration) -> PostDataResult:
         }
         keys = postdata.read_foreign_keys(scur, restored_tables)
     built = sum(build_table(m, r) for r in _tables_leaves_first(chosen))
-    foreign = postdata.add_foreign_keys(m.target_pool, keys, m.ledger, m.log)
+    foreign = postdata.add_foreign_keys(
+        m.target_pool, keys, m.ledger, m.log, on_violation=lambda key: _explain_violation(m, chosen, key)
+    )
     restored = _restore_post_data(m, chosen)
     refreshed = sum(_populate(m, view) for view in chosen.views if view.kind is RelKind.MATERIALIZED_VIEW)
     moved = _move_sequences(m, chosen)
@@ -285,6 +287,28 @@ def post_data(m: Migration) -> PostDataResult:
         commented,
     )
     return PostDataResult(built, foreign.added, [k.describe() for k in foreign.left_out], restored, moved)
+
+
+def _explain_violation(m: Migration, chosen: Selection, key: postdata.ForeignKey) -> None:
+    """A key that does not hold when the tables were read at different instants (the snapshot
+    was lost and taken anew) is no fault of the data: say what happened and what to do."""
+    with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
+        epochs = verify.epochs_read(
+            tcur, Ledger(m.request.ledger_schema), chosen, m.request, previous_run(m.ledger, tcur)
+        )
+        tconn.rollback()
+    if len({e for read in epochs.values() for e in read}) <= 1:
+        return
+    read_at = {str(leaf): sorted(read) for leaf, read in epochs.items()}
+    raise MigrationMistake(
+        f"foreign key {key.name} on {key.table} (to {key.references}) does not hold in the target because the "
+        "migration's source snapshot was lost (the session holding it was ended, e.g. by a job that ends "
+        "sessions idle in transaction) and taken anew: its tables were read at different instants (snapshot "
+        f"epochs per table: {read_at}), and rows written on the source in between are in one table and not in "
+        "the other. Run the migration again with mode='replace' (in a new run, it drops the tables and reads "
+        "them all through one new snapshot), and keep the 'pool-provider snapshot' session on the source from "
+        "being ended while it runs"
+    )
 
 
 def _tables_leaves_first(chosen: Selection) -> list[Relation]:
@@ -318,9 +342,9 @@ def _restore_post_data(m: Migration, chosen: Selection) -> int:
             return 0
         with m.source_reading() as scur:
             tools = tools_for(scur, tcur, m.request)
-        with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
+        with scratch.folder("schema") as folder:
             snapshot = m.snapshots.current().snapshot
-            archive = schema.dump(tools, m.source_connect, m.request.schemas, snapshot, Path(folder))
+            archive = schema.dump(tools, m.source_connect, m.request.schemas, snapshot, folder)
             entries = toc.post_data(list(archive.entries), chosen)
             schema.apply(tcur, schema.script(tools, archive, entries))
         m.ledger.record(tcur, Stage.POST_DATA, RESTORE, RestoreRecord(len(entries)))

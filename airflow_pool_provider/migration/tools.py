@@ -7,7 +7,8 @@ entries (``--use-list ... -f``) and the migration runs that SQL in its own trans
 stage's ledger row commits with it and settings a newer pg_restore emits (``SET
 transaction_timeout``) are dropped for an older target.
 
-Passwords reach pg_dump through a temporary passfile (``PGPASSFILE``), never its command line.
+Passwords reach pg_dump through a temporary passfile (``PGPASSFILE``), never its command line;
+its folder goes when the program ends, and with it on SIGTERM (:mod:`scratch`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import glob
 import os
 import re
 import shutil
+import signal
 import subprocess
-import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_pool_provider.errors import ToolFailed, ToolMissing
+from airflow_pool_provider.migration import scratch
 
 #: libpq keywords with an environment variable, for what pg_dump must not see on its command line.
 _ENV = {
@@ -142,9 +145,9 @@ def libpq_env(connect_kwargs: Mapping[str, Any]) -> Iterator[dict[str, str]]:
         if key in _ENV and value is not None:
             env[_ENV[key]] = str(value)
     password = connect_kwargs.get("password")
-    with tempfile.TemporaryDirectory(prefix="pool-provider-pgpass-") as folder:
+    with scratch.folder("pgpass") as folder:
         if password:
-            passfile = Path(folder) / "pgpass"
+            passfile = folder / "pgpass"
             passfile.write_text("*:*:*:*:" + str(password).replace("\\", "\\\\").replace(":", "\\:") + "\n")
             passfile.chmod(0o600)
             env["PGPASSFILE"] = str(passfile)
@@ -153,9 +156,39 @@ def libpq_env(connect_kwargs: Mapping[str, Any]) -> Iterator[dict[str, str]]:
 
 def run(tools_program: Path, args: Sequence[str], env: Mapping[str, str], what: str) -> str:
     """Run a client program; ToolFailed with its stderr when it fails."""
-    result = subprocess.run([str(tools_program), *args], env=dict(env), capture_output=True, text=True)
-    if result.returncode != 0:
-        raise ToolFailed(
-            f"{what} failed ({tools_program.name} exit {result.returncode}): {result.stderr.strip()[-2000:]}"
-        )
-    return result.stdout
+    pipe = subprocess.PIPE
+    with (
+        subprocess.Popen([str(tools_program), *args], env=dict(env), stdout=pipe, stderr=pipe, text=True) as process,
+        _ended_with_the_task(process),
+    ):
+        stdout, stderr = process.communicate()
+    code = process.returncode
+    if code != 0:
+        how = f"stopped by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
+        raise ToolFailed(f"{what} failed ({tools_program.name} {how}): {stderr.strip()[-2000:]}")
+    return stdout
+
+
+@contextmanager
+def _ended_with_the_task(process: subprocess.Popen) -> Iterator[None]:
+    """SIGTERM (how Airflow stops a task) ends the program too, then the handler that was there runs:
+    Airflow's calls the operator's ``on_kill`` and the program's failure ends the stage; the default
+    one ends the process, here by SystemExit, so that every block's cleanup runs (the password
+    file, the dump). Only the main thread can set a handler; elsewhere nothing changes."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or previous is None:
+        yield
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        process.terminate()
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

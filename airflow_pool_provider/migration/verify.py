@@ -141,7 +141,7 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
     leaf's snapshot epochs and the leaves checked right after their load."""
     ledger = Ledger(request.ledger_schema)
     left_out = earlier.post_data.foreign_keys_left_out if earlier.post_data else ()
-    epochs = _epochs_read(tcur, ledger, selection, request, earlier)
+    epochs = epochs_read(tcur, ledger, selection, request, earlier)
     reports = []
     for table in selection.tables:
         leaves = selection.data_sources(table)
@@ -170,7 +170,7 @@ def verify(scur, tcur, selection: Selection, request: MigrationRequest, earlier:
     return MigrationReport(request.id, reports, len(all_epochs) <= 1, [k.describe() for k in left_out], others)
 
 
-def _epochs_read(
+def epochs_read(
     tcur, ledger: Ledger, selection: Selection, request: MigrationRequest, earlier: PreviousRunState
 ) -> dict[TableName, set[int]]:
     """Each leaf's snapshot epochs, as its chunks recorded them in their own transactions (one
