@@ -22,7 +22,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
-from airflow_pool_provider.operators.params import connection_params
+from airflow_pool_provider.operators.params import chunk_size_param, connection_params
 
 SOURCES = ["migration_source"]
 TARGETS = ["migration_target"]
@@ -61,6 +61,7 @@ with DAG(
             description="Also read rows stamped this long before the interval: rows "
             "committed late with an earlier timestamp are not missed.",
         ),
+        "chunk_size": chunk_size_param("Rows upserted and verified in one target transaction."),
     },
 ):
 
@@ -96,4 +97,5 @@ with DAG(
         source_table="{{ params.table }}",
         where=window,
         mode="upsert",
+        chunk_size="{{ params.chunk_size }}",
     )
