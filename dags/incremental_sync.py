@@ -3,7 +3,9 @@
 Rows are picked by an ``updated_at``-style column: changed in ``[data_interval_start - lookback,
 data_interval_end)``. The lookback catches a row committed late with an earlier timestamp (a
 long transaction that stamped its rows when it started). Re-running an interval is safe: rows are
-upserted by the target's primary key. The first run on an empty target loads the whole table.
+upserted by the target's primary key. The first run on an empty target loads the whole table; a
+first load that stopped part way is resumed by the next runs until the ledger says it finished
+(see airflow_pool_provider.copy.incremental).
 
 Deletes: a row deleted from the source is NOT seen (nothing changed is left to read). With a
 soft-delete column (``deleted_at``), a deleted row is an updated row, and its flag reaches the
@@ -22,7 +24,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
-from airflow_pool_provider.operators.params import connection_params
+from airflow_pool_provider.operators.params import chunk_size_param, connection_params
 
 SOURCES = ["migration_source"]
 TARGETS = ["migration_target"]
@@ -61,32 +63,30 @@ with DAG(
             description="Also read rows stamped this long before the interval: rows "
             "committed late with an earlier timestamp are not missed.",
         ),
+        "chunk_size": chunk_size_param("Rows upserted and verified in one target transaction."),
     },
 ):
 
-    @task
-    def changed_rows(params: dict | None = None, data_interval_start=None, data_interval_end=None) -> str:
-        """The row filter of this run: the interval with its lookback, or every row for an empty target."""
-        from psycopg2 import sql
-
+    @task(multiple_outputs=True)
+    def changed_rows(params: dict | None = None, data_interval_start=None, data_interval_end=None) -> dict[str, str]:
+        """This run's row filter and copy id: the first load until the ledger says it finished
+        (resumed by each run), then the interval with its lookback."""
+        from airflow_pool_provider.copy.incremental import next_step
         from airflow_pool_provider.copy.names import TableName
         from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
 
-        table = TableName.parse(params["table"])
         target = PooledPostgresHook(params["target_conn_id"])
         with target.get_pool().connection() as conn, conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(table.identifier()))
-            empty = cur.fetchone()[0]
-            conn.rollback()
-            if empty:
-                return ""  # the first run: the whole table
-            start = data_interval_start - timedelta(minutes=params["lookback_minutes"])
-            column = sql.Identifier(params["updated_column"])
-            return (
-                sql.SQL("{} >= {} AND {} < {}")
-                .format(column, sql.Literal(start.isoformat()), column, sql.Literal(data_interval_end.isoformat()))
-                .as_string(conn.raw)
+            step = next_step(
+                cur,
+                TableName.parse(params["table"]),
+                params["updated_column"],
+                data_interval_start,
+                data_interval_end,
+                timedelta(minutes=params["lookback_minutes"]),
             )
+            conn.rollback()
+        return {"where": step.where, "copy_id": step.copy_id}
 
     window = changed_rows()
     ChunkedTableCopyOperator(
@@ -94,6 +94,8 @@ with DAG(
         source_conn_id="{{ params.source_conn_id }}",
         target_conn_id="{{ params.target_conn_id }}",
         source_table="{{ params.table }}",
-        where=window,
+        where=window["where"],
+        copy_id=window["copy_id"],
         mode="upsert",
+        chunk_size="{{ params.chunk_size }}",
     )

@@ -1047,3 +1047,40 @@ def test_a_foreign_key_to_a_partitioned_table_arrives_validated_with_its_per_par
     )
     assert _rows(dst, keys) == _rows(src, keys)
     assert len(_rows(dst, keys)) == 3  # the key, and one per partition of the table it references
+
+
+ODD_SCHEMAS = """
+CREATE SCHEMA "Sales Dept"; CREATE SCHEMA "DATA";
+CREATE TYPE "Sales Dept".mood AS ENUM ('calm', 'busy');
+CREATE TABLE "Sales Dept"."order items" (id serial PRIMARY KEY, mood "Sales Dept".mood NOT NULL, note text);
+CREATE TABLE "DATA"."SET" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                           item int NOT NULL REFERENCES "Sales Dept"."order items" (id), x text);
+CREATE INDEX "SET x" ON "DATA"."SET" (x);
+INSERT INTO "Sales Dept"."order items" (mood, note)
+SELECT (ARRAY['calm', 'busy'])[1 + g % 2]::"Sales Dept".mood, 'note ' || g FROM generate_series(1, 300) g;
+INSERT INTO "DATA"."SET" (item, x) SELECT 1 + g % 300, 'x ' || g FROM generate_series(1, 500) g;
+"""
+ODD_TABLES = [("Sales Dept", "order items"), ("DATA", "SET")]
+
+
+def test_schemas_and_tables_named_with_spaces_or_dump_words_arrive_and_are_replaced(
+    airflow_db, migration_databases, migrate
+):
+    """The schema dump lists entries as ``<kind> <schema> <tag> <owner>`` without quoting: a schema
+    with a space, or named like a kind's last word (``TABLE DATA``), is read by its fields."""
+    src, dst = migration_databases
+    _run(src, ODD_SCHEMAS)
+    _run(dst, 'CREATE SCHEMA "Sales Dept"')  # made empty beforehand
+    conf = {"schemas": ["Sales Dept", "DATA"], "chunk_size": 200}
+    run, report = run_dag(migrate, conf, task_id="verify")
+    assert run.state == "success", _states(run)
+    assert report["verified"]
+    for schema, table in ODD_TABLES:
+        digest = table_digest(dst, table, schema=schema)
+        assert digest == table_digest(src, table, schema=schema) and digest[0] > 0, (schema, table)
+    _run(dst, 'DELETE FROM "DATA"."SET" WHERE id <= 10')
+    again, report = run_dag(migrate, {**conf, "mode": "replace"}, task_id="verify")  # a new run
+    assert again.state == "success", _states(again)
+    assert report["verified"]
+    for schema, table in ODD_TABLES:
+        assert table_digest(dst, table, schema=schema) == table_digest(src, table, schema=schema), (schema, table)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg2
@@ -91,6 +92,20 @@ class LedgerTotals:
     chunks_done: int
     rows: int
     bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CopyProgress:
+    """What the ledger holds of one copy: when it was planned and when its last chunk finished."""
+
+    chunks: int
+    chunks_done: int
+    planned_at: datetime
+    last_finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.chunks_done == self.chunks
 
 
 class Ledger:
@@ -239,6 +254,19 @@ class Ledger:
         )
         chunks, done, rows, nbytes = cur.fetchone()
         return LedgerTotals(chunks, done, int(rows), int(nbytes))
+
+    def progress(self, cur, copy_id: str) -> CopyProgress | None:
+        """The copy's progress; None if the ledger holds nothing of it (never planned, or pruned)."""
+        if not _exists(cur, self.schema):
+            return None
+        cur.execute(
+            sql.SQL(
+                "SELECT count(*), count(finished_at), min(planned_at), max(finished_at) FROM {} WHERE copy_id = %s"
+            ).format(self.table),
+            (copy_id,),
+        )
+        chunks, done, planned_at, last_finished_at = cur.fetchone()
+        return CopyProgress(chunks, done, planned_at, last_finished_at) if chunks else None
 
     def prune(self, cur, retention_days: float) -> int:
         """Delete the rows of copies whose every chunk finished more than ``retention_days`` ago.

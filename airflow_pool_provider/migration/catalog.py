@@ -105,6 +105,7 @@ class SourceCatalog:
     relations: dict[int, Relation]
     owner: dict[tuple[int, int], int]  # (catalog oid, object oid) -> table oid
     view_reads: dict[int, frozenset[int]] = field(default_factory=dict)
+    roles: frozenset[str] = frozenset()  # every role of the source: the owners a schema dump names
 
     def by_name(self) -> dict[TableName, Relation]:
         return {r.name: r for r in self.relations.values()}
@@ -139,7 +140,9 @@ def load(cur, schemas: tuple[str, ...]) -> SourceCatalog:
     reads: dict[int, set[int]] = {}
     for view, relation in cur.fetchall():
         reads.setdefault(view, set()).add(relation)
-    return SourceCatalog(tuple(schemas), relations, owner, {v: frozenset(r) for v, r in reads.items()})
+    cur.execute("SELECT rolname FROM pg_roles")
+    roles = frozenset(row[0] for row in cur.fetchall())
+    return SourceCatalog(tuple(schemas), relations, owner, {v: frozenset(r) for v, r in reads.items()}, roles)
 
 
 def extensions_used(cur, table_oids: list[int]) -> list[str]:

@@ -69,7 +69,7 @@ def run(
             _start_over(tcur, ledger, request, log)
         dropped = _drop_selected(tcur, selection) if request.mode is Mode.REPLACE else []
         with scratch.folder("schema") as folder:
-            archive = schema.dump(tools, source_connect, request.schemas, snapshot, folder)
+            archive = schema.dump(tools, source_connect, selection.catalog, snapshot, folder)
             existing = catalog.existing_schemas(tcur, request.schemas)
             entries = toc.pre_data(list(archive.entries), selection, existing)
             reused = _existing_objects(tcur, entries, selection)
@@ -124,16 +124,14 @@ def _existing_objects(tcur, entries: list[toc.TocEntry], selection: Selection) -
     found = {}
     for entry in entries:
         lookup = _LOOKUPS.get(entry.desc)
-        named = entry.tag_in(selection.catalog.schemas) if lookup else None
-        if named is None:
+        if lookup is None or entry.schema not in selection.catalog.schemas:
             continue
         if entry.desc == "SEQUENCE" and selection.owns(1259, entry.oid):
             continue  # a table's own sequence goes with its table
-        schema_name, tag = named
-        name, paren, args = tag.partition("(")
-        text = f"{quote_ident(schema_name)}.{quote_ident(name)}{paren}{args}"
+        name, paren, args = entry.tag.partition("(")
+        text = f"{quote_ident(entry.schema)}.{quote_ident(name)}{paren}{args}"
         if _exists_by_name(tcur, lookup, text):
-            found[entry.dump_id] = f"{entry.desc.lower()} {schema_name}.{tag}"
+            found[entry.dump_id] = f"{entry.desc.lower()} {entry.schema}.{entry.tag}"
     return found
 
 

@@ -10,13 +10,14 @@ owners or grants, which fail for roles the target lacks.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.migration import scratch, toc
+from airflow_pool_provider.migration.catalog import SourceCatalog
 from airflow_pool_provider.migration.tools import PgTools, libpq_env, run
 
 _SET = re.compile(r"^SET (\w+) = ")
@@ -32,18 +33,18 @@ class SchemaArchive:
 
 
 def dump(
-    tools: PgTools, connect_kwargs: Mapping[str, Any], schemas: Iterable[str], snapshot: str | None, folder: Path
+    tools: PgTools, connect_kwargs: Mapping[str, Any], source: SourceCatalog, snapshot: str | None, folder: Path
 ) -> SchemaArchive:
-    """Dump the schemas' pre- and post-data (through ``snapshot`` when given) into ``folder``."""
+    """Dump the catalog's schemas' pre- and post-data (through ``snapshot`` when given) into ``folder``."""
     path = folder / "schema.dump"
     args = ["-Fc", "--section=pre-data", "--section=post-data", "-f", str(path)]
-    args += [f"--schema={_exact(s)}" for s in schemas]
+    args += [f"--schema={_exact(s)}" for s in source.schemas]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
     with libpq_env(connect_kwargs) as env:
         run(tools.pg_dump, args, env, "pg_dump of the source schema")
     listing = run(tools.pg_restore, ["--list", str(path)], {}, "pg_restore --list")
-    return SchemaArchive(path, tuple(toc.parse(listing)))
+    return SchemaArchive(path, tuple(toc.parse(listing, toc.KnownNames(source.schemas, source.roles))))
 
 
 def script(tools: PgTools, archive: SchemaArchive, entries: list[toc.TocEntry], owners: bool = False) -> str:

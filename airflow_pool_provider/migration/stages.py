@@ -344,7 +344,7 @@ def _restore_post_data(m: Migration, chosen: Selection) -> int:
             tools = tools_for(scur, tcur, m.request)
         with scratch.folder("schema") as folder:
             snapshot = m.snapshots.current().snapshot
-            archive = schema.dump(tools, m.source_connect, m.request.schemas, snapshot, folder)
+            archive = schema.dump(tools, m.source_connect, chosen.catalog, snapshot, folder)
             entries = toc.post_data(list(archive.entries), chosen)
             schema.apply(tcur, schema.script(tools, archive, entries))
         m.ledger.record(tcur, Stage.POST_DATA, RESTORE, RestoreRecord(len(entries)))
