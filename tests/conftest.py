@@ -67,9 +67,9 @@ def make_database(request: pytest.FixtureRequest) -> Iterator[Callable[..., str]
     dropped after the test."""
     made: list[tuple[Server, str]] = []
 
-    def make(server: Server | None = None, prefix: str = "t") -> str:
+    def make(server: Server | None = None, prefix: str = "t", template: str | None = None) -> str:
         server = server or request.getfixturevalue("pg_server")
-        name = server.create_database(prefix)
+        name = server.create_database(prefix, template)
         made.append((server, name))
         return name
 
@@ -167,10 +167,22 @@ def make_events(pg_server: Server, make_database: Callable[..., str]) -> Iterato
 
 
 @pytest.fixture
-def migration_databases(pg_server: Server, make_database: Callable[..., str], make_conn_id: Callable[..., str]):
+def migration_source_template() -> str | None:
+    """The database the ``migration_databases`` source is a copy of (None: an empty one); a test
+    module may name one it built once."""
+    return None
+
+
+@pytest.fixture
+def migration_databases(
+    pg_server: Server,
+    make_database: Callable[..., str],
+    make_conn_id: Callable[..., str],
+    migration_source_template: str | None,
+):
     """A source and a target database as the example DAGs' connections migration_source and
     migration_target; yields autocommit connections to them."""
-    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    src_db, dst_db = make_database(prefix="src", template=migration_source_template), make_database(prefix="dst")
     src, dst = psycopg2.connect(pg_server.dsn(src_db)), psycopg2.connect(pg_server.dsn(dst_db))
     src.autocommit = dst.autocommit = True
     make_conn_id(src_db, conn_id="migration_source")

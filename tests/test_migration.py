@@ -8,7 +8,7 @@ import uuid
 
 import psycopg2
 import pytest
-from dag_runs import load_dag, run_dag, tries
+from dag_runs import load_dag, run_dag, states, tries
 from psycopg2 import sql
 
 from airflow_pool_provider.copy.names import TableName
@@ -27,20 +27,6 @@ def _one(conn, query, params=None):
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchone()[0]
-
-
-def _states(run) -> dict[str, str]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.settings import Session
-    from sqlalchemy import select as sa_select
-
-    with Session() as session:
-        rows = session.execute(
-            sa_select(TaskInstance.task_id, TaskInstance.state).where(
-                TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
-            )
-        ).all()
-    return {task: str(state) for task, state in rows}
 
 
 def test_the_forms_empty_optional_fields_arrive_as_null_and_mean_their_default(airflow_db, legacy, migrate):
@@ -70,7 +56,7 @@ def test_a_dry_run_plans_and_writes_nothing(airflow_db, legacy, migrate):
     assert orders["estimated_rows"] == 2500 and orders["in_target"] == "no"
     assert set(orders["indexes"]) == {"orders_pkey", "orders_customer", "orders_ordered_at"}
     assert plan["views"] == ['"public"."customer_order_totals"'] and plan["budget"]["fits"]
-    assert _states(run)["pre_data"] == "skipped"
+    assert states(run)["pre_data"] == "skipped"
     # the tests' connections are superusers: the plan warns of both
     assert [w.split(":")[0] for w in plan["warnings"]] == [
         "the source connection's role is a superuser",
@@ -99,7 +85,7 @@ def _objects(conn) -> set[str]:
 def test_a_migration_moves_every_table_with_its_objects_and_verifies_it(airflow_db, legacy, migrate):
     src, dst = legacy
     run, report = run_dag(migrate, {"chunk_size": 700}, task_id="verify")
-    assert run.state == "success", _states(run)
+    assert run.state == "success", states(run)
     assert report["verified"] and report["one_instant"]
     assert {t["checked"] for t in report["tables"]} == {"at load"}  # each table checked right after its load
     for table in ("customers", "products", "orders", "order_items", "events", "payments"):
@@ -147,7 +133,7 @@ def test_resume_refuses_a_target_table_it_did_not_create(airflow_db, legacy, mig
     with dst.cursor() as cur:
         cur.execute("CREATE TABLE orders (id int)")
     run, _ = run_dag(migrate, {"tables": ["orders", "customers"]}, task_id="plan")
-    assert run.state == "failed" and _states(run)["plan"] == "failed"
+    assert run.state == "failed" and states(run)["plan"] == "failed"
     output = capsys.readouterr()
     assert 'target table "public"."orders" exists and this migration did not create it' in output.out + output.err
     assert _one(dst, "SELECT to_regclass('customers')") is None  # nothing written
@@ -167,7 +153,7 @@ def test_replace_refuses_when_objects_outside_the_selection_depend_on_its_tables
 
 def test_a_table_name_that_cannot_be_read_fails_the_plan_once(airflow_db, legacy, migrate, capsys):
     run, _ = run_dag(migrate, {"tables": ["orders", "a.b.c"], "dry_run": True}, task_id="plan")
-    assert run.state == "failed" and _states(run)["plan"] == "failed"
+    assert run.state == "failed" and states(run)["plan"] == "failed"
     assert tries(run, "plan") == 1  # a mistake: the DAG's retries=2 are not used
     output = capsys.readouterr().out
     assert "cannot read table name 'a.b.c'" in output and "not retried: trying again cannot help" in output
@@ -246,7 +232,7 @@ def test_replace_in_a_new_run_drops_and_migrates_the_selection_again(airflow_db,
         cur.execute("DELETE FROM orders WHERE id <= 10")
         cur.execute("CREATE TABLE keep_me (id int)")
     again, report = run_dag(migrate, {"tables": ["customers", "orders"], "mode": "replace"}, task_id="verify")
-    assert again.state == "success", _states(again)
+    assert again.state == "success", states(again)
     assert report["verified"]
     assert table_digest(dst, "orders", key=None) == table_digest(src, "orders", key=None)
     assert _one(dst, "SELECT to_regclass('keep_me') IS NOT NULL")  # nothing outside the selection is touched
@@ -257,11 +243,11 @@ def test_replace_of_a_whole_schema_with_a_partitioned_table_is_not_refused(airfl
     orders) are part of the selection: replacing every table of the schema drops and migrates them."""
     src, dst = legacy
     first, _ = run_dag(migrate, {}, task_id="verify")
-    assert first.state == "success", _states(first)
+    assert first.state == "success", states(first)
     with dst.cursor() as cur:
         cur.execute("DELETE FROM payments WHERE order_id <= 100")
     again, report = run_dag(migrate, {"mode": "replace"}, task_id="verify")
-    assert again.state == "success", _states(again)
+    assert again.state == "success", states(again)
     assert report["verified"]
     assert table_digest(dst, "payments", key=None) == table_digest(src, "payments", key=None)
 
@@ -271,7 +257,7 @@ def test_the_configured_bin_directory_is_where_pg_dump_is_looked_for(
 ):
     monkeypatch.setenv("AIRFLOW__POOLED_POSTGRES__PG_BIN_DIR", str(tmp_path))
     run, _ = run_dag(migrate, {"dry_run": True}, task_id="plan")
-    assert run.state == "failed" and _states(run)["plan"] == "failed"
+    assert run.state == "failed" and states(run)["plan"] == "failed"
     output = capsys.readouterr()
     assert f"no pg_dump and pg_restore in {tmp_path}" in output.out + output.err
 
@@ -325,7 +311,7 @@ def test_an_index_build_memory_the_target_refuses_is_named_before_anything_runs(
     src, dst = legacy
     monkeypatch.setenv("AIRFLOW__POOLED_POSTGRES__INDEX_BUILD_MEMORY", "64kB")  # below the 1MB minimum
     run, _ = run_dag(migrate, {"tables": ["customers"]}, task_id="plan")
-    assert run.state == "failed" and _states(run)["plan"] == "failed"
+    assert run.state == "failed" and states(run)["plan"] == "failed"
     output = capsys.readouterr()
     assert "index_build_memory '64kB' is not a maintenance_work_mem the target accepts" in output.out + output.err
     assert _one(dst, "SELECT to_regclass('customers')") is None
@@ -389,7 +375,7 @@ def test_a_bare_name_names_the_table_in_every_selected_schema(airflow_db, migrat
     assert run.state == "success"
     assert [t["name"] for t in plan["tables"]] == ['"archive"."orders"', '"sales"."orders"']
     run, report = run_dag(migrate, {**conf, "dry_run": False}, task_id="verify")  # dag.test keeps the last conf
-    assert run.state == "success" and report is not None and report["verified"], _states(run)
+    assert run.state == "success" and report is not None and report["verified"], states(run)
     assert [t["table"] for t in report["tables"]] == ['"archive"."orders"', '"sales"."orders"']
     assert _one(dst, "SELECT count(*) FROM pg_class WHERE relname = 'audit_log'") == 0
     assert _one(dst, "SELECT count(*) FROM archive.orders") == _one(dst, "SELECT count(*) FROM sales.orders") == 2
@@ -402,7 +388,7 @@ def test_a_finished_migration_run_again_reads_the_target_again(airflow_db, legac
     with dst.cursor() as cur:  # the target changed after the migration was verified
         cur.execute("UPDATE customers SET name = name || '!' WHERE id <= 3")
     again, _ = run_dag(migrate, {"tables": ["customers", "orders"]}, task_id="verify")
-    assert again.state == "failed" and _states(again)["verify"] == "failed"
+    assert again.state == "failed" and states(again)["verify"] == "failed"
     assert tries(again, "verify") == 1  # checking again cannot help
     output = capsys.readouterr()
     report = next(
@@ -432,7 +418,7 @@ def test_comments_on_tables_columns_indexes_constraints_views_and_sequences_arri
         cur.execute("COMMENT ON SEQUENCE invoice_number_seq IS 'invoice numbers'")
         cur.execute("COMMENT ON TABLE payments IS 'partitioned by month'")
     run, report = run_dag(migrate, {}, task_id="verify")
-    assert run.state == "success" and report["verified"], _states(run)
+    assert run.state == "success" and report["verified"], states(run)
     source = set(_rows(src, _COMMENTS))
     assert len(source) == 7 and set(_rows(dst, _COMMENTS)) == source
     with dst.cursor() as cur:  # the verify stage compares them: a changed one is a difference
@@ -487,7 +473,7 @@ def test_materialized_views_arrive_populated_with_their_indexes_and_replace_drop
         cur.execute("CREATE MATERIALIZED VIEW not_yet AS SELECT id FROM customers WITH NO DATA")
     conf = {"tables": ["orders", "customers"]}
     run, report = run_dag(migrate, conf, task_id="verify")
-    assert run.state == "success" and report["verified"], _states(run)
+    assert run.state == "success" and report["verified"], states(run)
     for view in ("order_counts", "busy_customers"):
         assert _one(dst, f"SELECT relispopulated FROM pg_class WHERE relname = '{view}'") is True
         assert table_digest(dst, view, key=None) == table_digest(src, view, key=None), view
@@ -495,7 +481,7 @@ def test_materialized_views_arrive_populated_with_their_indexes_and_replace_drop
     assert _one(dst, "SELECT relispopulated FROM pg_class WHERE relname = 'not_yet'") is False
 
     again, report = run_dag(migrate, {**conf, "mode": "replace"}, task_id="verify")  # drops and makes them again
-    assert again.state == "success" and report["verified"], _states(again)
+    assert again.state == "success" and report["verified"], states(again)
     assert table_digest(dst, "busy_customers", key=None) == table_digest(src, "busy_customers", key=None)
 
 
@@ -507,7 +493,7 @@ def _run(conn, statements: str) -> None:
 def _verify_fails_naming(migrate, conf: dict, capsys, *differences: str) -> None:
     """A run whose verify stage fails, its report naming each of ``differences``."""
     run, _ = run_dag(migrate, conf, task_id="verify")
-    assert run.state == "failed" and _states(run)["verify"] == "failed"
+    assert run.state == "failed" and states(run)["verify"] == "failed"
     output = capsys.readouterr().out
     for difference in differences:
         assert difference in output, difference
@@ -525,7 +511,7 @@ def test_a_parent_and_its_inheriting_child_each_keep_their_own_rows(airflow_db, 
         "INSERT INTO child SELECT g, 'child ' || g, g FROM generate_series(1001, 1200) g",
     )
     run, report = run_dag(migrate, {"chunk_size": 70}, task_id="verify")
-    assert run.state == "success", _states(run)
+    assert run.state == "success", states(run)
     assert report["verified"]
     assert {t["table"]: t["rows"] for t in report["tables"]} == {'"public"."child"': 200, '"public"."parent"': 300}
     for table in ("parent", "child"):
@@ -551,7 +537,7 @@ def test_a_partition_in_a_schema_not_selected_is_named_by_the_plan(airflow_db, m
     src, dst = migration_databases
     _run(src, PARTITIONS_IN_TWO_SCHEMAS)
     run, _ = run_dag(migrate, {"schemas": ["a"]}, task_id="plan")
-    assert run.state == "failed" and _states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    assert run.state == "failed" and states(run)["plan"] == "failed" and tries(run, "plan") == 1
     output = capsys.readouterr()
     assert (
         'partitioned table "a"."t" has partitions in schemas not selected: "b"."t_high", "b"."t_top_leaf"; '
@@ -565,7 +551,7 @@ def test_partitions_in_every_selected_schema_all_arrive(airflow_db, migration_da
     src, dst = migration_databases
     _run(src, PARTITIONS_IN_TWO_SCHEMAS)
     run, report = run_dag(migrate, {"schemas": ["a", "b"], "chunk_size": 70}, task_id="verify")
-    assert run.state == "success", _states(run)
+    assert run.state == "success", states(run)
     assert report["verified"]
     assert {t["table"]: t["rows"] for t in report["tables"]} == {'"a"."t"': 500}
     for schema, leaf in PARTITION_LEAVES:
@@ -601,7 +587,7 @@ def test_a_source_role_a_row_security_policy_applies_to_fails_the_migration_once
     run, report = run_dag(migrate, {"tables": ["t"]}, task_id="verify")
 
     assert run.state == "failed" and report is None  # nothing reported, let alone verified
-    assert _states(run)["plan_data"] == "failed" and tries(run, "plan_data") == 1
+    assert states(run)["plan_data"] == "failed" and tries(run, "plan_data") == 1
     output = capsys.readouterr()
     assert f'the role "{policed_source}"' in output.out + output.err
     assert 'cannot read every row of table "t"' in output.out + output.err
@@ -627,7 +613,7 @@ def test_not_valid_constraints_stay_not_valid_and_the_rows_that_violate_them_arr
         """,
     )
     run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
-    assert run.state == "success" and report["verified"], _states(run)
+    assert run.state == "success" and report["verified"], states(run)
     for table in ("readings", "children"):
         assert table_digest(dst, table, key=None) == table_digest(src, table, key=None), table
     constraints = (
@@ -649,7 +635,7 @@ def test_cluster_on_markers_arrive(airflow_db, migration_databases, migrate):
         """,
     )
     run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
-    assert run.state == "success" and report["verified"], _states(run)
+    assert run.state == "success" and report["verified"], states(run)
     clustered = "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indisclustered"
     assert sorted(_rows(dst, clustered)) == sorted(_rows(src, clustered)) == [("pages_pkey",), ("visits_at",)]
 
@@ -669,7 +655,7 @@ def test_a_view_using_an_extension_the_target_lacks_is_refused_in_the_plan(
         """,
     )
     run, _ = run_dag(migrate, {"dry_run": False}, task_id="plan")
-    assert run.state == "failed" and _states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    assert run.state == "failed" and states(run)["plan"] == "failed" and tries(run, "plan") == 1
     output = capsys.readouterr()
     assert "the target lacks the extension(s) ['hstore']" in output.out + output.err
     assert _one(dst, "SELECT to_regclass('people') IS NULL")  # nothing written
@@ -679,7 +665,7 @@ def test_an_index_name_the_target_uses_for_another_table_is_refused_in_the_plan(
     src, dst = legacy
     _run(dst, "CREATE TABLE other (customer_id int); CREATE INDEX orders_customer ON other (customer_id)")
     run, _ = run_dag(migrate, {"tables": ["orders", "customers"], "dry_run": False}, task_id="plan")
-    assert run.state == "failed" and _states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    assert run.state == "failed" and states(run)["plan"] == "failed" and tries(run, "plan") == 1
     output = capsys.readouterr()
     assert 'taken in the target by other relations: "public"."orders_customer" (an index of "public"."other")' in (
         output.out + output.err
@@ -699,7 +685,7 @@ CREATE FUNCTION util.touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN
 def _refused_plan(migrate, conf: dict, capsys) -> str:
     """Run the plan of a migration that is to be refused; the output that says why."""
     run, _ = run_dag(migrate, {"dry_run": False, **conf}, task_id="plan")
-    assert run.state == "failed" and _states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    assert run.state == "failed" and states(run)["plan"] == "failed" and tries(run, "plan") == 1
     output = capsys.readouterr()
     return output.out + output.err
 
@@ -824,7 +810,7 @@ def test_a_migration_from_postgresql_18_compares_not_null_as_a_column_property(
         make_conn_id(src_db, server=server, conn_id="migration_source")
         make_conn_id(dst_db, conn_id="migration_target")
         run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
-        assert run.state == "success" and report["verified"], _states(run)
+        assert run.state == "success" and report["verified"], states(run)
         dst = psycopg2.connect(pg_server.dsn(dst_db))
         not_null = (
             "SELECT attname FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0 AND attnotnull ORDER BY 1"
@@ -871,7 +857,7 @@ def test_a_finished_migration_of_a_table_without_a_unique_key_runs_again(airflow
     run, report = run_dag(migrate, conf, task_id="verify")
     assert run.state == "success" and report["verified"]
     again, report = run_dag(migrate, conf, task_id="verify")  # it failed: "cannot resume exactly once"
-    assert again.state == "success" and report["verified"], _states(again)
+    assert again.state == "success" and report["verified"], states(again)
     assert table_digest(dst, "logs", key=None) == table_digest(src, "logs", key=None)  # nothing doubled
 
 
@@ -882,7 +868,7 @@ def test_an_index_of_the_same_name_but_another_definition_is_a_difference(airflo
     assert first.state == "success" and report["verified"]
     _run(dst, "DROP INDEX orders_ordered_at; CREATE INDEX orders_ordered_at ON orders (status)")
     again, _ = run_dag(migrate, conf, task_id="verify")
-    assert again.state == "failed" and _states(again)["verify"] == "failed"
+    assert again.state == "failed" and states(again)["verify"] == "failed"
     output = capsys.readouterr()
     assert "index orders_ordered_at on orders defined otherwise" in output.out + output.err
 
@@ -904,7 +890,7 @@ def test_types_domains_and_functions_the_target_made_otherwise_are_differences(
     same = "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy'); CREATE DOMAIN positive AS int CHECK (VALUE > 0);"
     _run(dst, same + "CREATE FUNCTION answer() RETURNS int LANGUAGE sql AS 'SELECT 42'")
     run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")  # reused as they are: the same
-    assert run.state == "success" and report["verified"], _states(run)
+    assert run.state == "success" and report["verified"], states(run)
 
     _run(dst, "DROP TABLE feelings; DROP TYPE mood; DROP DOMAIN positive; DROP FUNCTION answer()")
     _run(
@@ -948,7 +934,7 @@ def test_comments_on_schemas_types_domains_and_functions_arrive(airflow_db, migr
         """,
     )
     run, report = run_dag(migrate, {"dry_run": False, "schemas": ["shop"]}, task_id="verify")
-    assert run.state == "success" and report["verified"], _states(run)
+    assert run.state == "success" and report["verified"], states(run)
     assert _rows(dst, _SCHEMA_LEVEL_COMMENTS) == _rows(src, _SCHEMA_LEVEL_COMMENTS)
     assert len(_rows(dst, _SCHEMA_LEVEL_COMMENTS)) == 4
 
@@ -987,7 +973,7 @@ def test_columns_views_sequences_policies_statistics_and_rules_are_compared_by_d
         """,
     )
     run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
-    assert run.state == "success" and report["verified"], _states(run)
+    assert run.state == "success" and report["verified"], states(run)
     capsys.readouterr()
 
     _run(
@@ -1040,7 +1026,7 @@ def test_a_foreign_key_to_a_partitioned_table_arrives_validated_with_its_per_par
         """,
     )
     run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
-    assert run.state == "success" and report["verified"], _states(run)
+    assert run.state == "success" and report["verified"], states(run)
     keys = (
         "SELECT conname, conrelid::regclass::text, confrelid::regclass::text, convalidated, conparentid <> 0 "
         "FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2, 3"
@@ -1073,14 +1059,14 @@ def test_schemas_and_tables_named_with_spaces_or_dump_words_arrive_and_are_repla
     _run(dst, 'CREATE SCHEMA "Sales Dept"')  # made empty beforehand
     conf = {"schemas": ["Sales Dept", "DATA"], "chunk_size": 200}
     run, report = run_dag(migrate, conf, task_id="verify")
-    assert run.state == "success", _states(run)
+    assert run.state == "success", states(run)
     assert report["verified"]
     for schema, table in ODD_TABLES:
         digest = table_digest(dst, table, schema=schema)
         assert digest == table_digest(src, table, schema=schema) and digest[0] > 0, (schema, table)
     _run(dst, 'DELETE FROM "DATA"."SET" WHERE id <= 10')
     again, report = run_dag(migrate, {**conf, "mode": "replace"}, task_id="verify")  # a new run
-    assert again.state == "success", _states(again)
+    assert again.state == "success", states(again)
     assert report["verified"]
     for schema, table in ODD_TABLES:
         assert table_digest(dst, table, schema=schema) == table_digest(src, table, schema=schema), (schema, table)

@@ -74,17 +74,22 @@ class Server:
             spec["extra"] = extra
         return json.dumps(spec)
 
-    def create_database(self, prefix: str = "app") -> str:
-        """A new, uniquely named database (the server may be shared with others)."""
+    def create_database(self, prefix: str = "app", template: str | None = None) -> str:
+        """A new, uniquely named database (the server may be shared with others), a copy of the
+        database ``template`` if given (no one may be connected to it)."""
         name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-        self.ensure_database(name)
+        self.ensure_database(name, template)
         return name
 
-    def ensure_database(self, name: str) -> bool:
-        """Create the database ``name`` unless it exists; whether it was created."""
+    def ensure_database(self, name: str, template: str | None = None) -> bool:
+        """Create the database ``name`` (from ``template`` if given) unless it exists; whether it
+        was created."""
         if self.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)):
             return False
-        self.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template is not None:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        self.execute(statement)
         return True
 
     def drop_database(self, name: str) -> None:
