@@ -21,6 +21,8 @@ from psycopg2 import sql
 
 from airflow_pool_provider.copy.names import TableName
 
+pytestmark = pytest.mark.sample  # a second tier: about two minutes (CI runs it: ./dev test -m sample)
+
 SCHEMAS = [
     "musicbrainz",
     "cover_art_archive",
@@ -161,23 +163,13 @@ def test_the_plan_refuses_a_target_without_the_extensions_the_tables_use(
 ):
     src, dst = migration_databases
     output = refusal(migrate, capsys)
-    assert "the target lacks the extension(s) ['cube', 'earthdistance'] the tables use" in output
+    assert "the target lacks the extension(s) ['cube', 'earthdistance', 'unaccent'] the tables use" in output
     assert _rows(dst, "SELECT count(*) FROM pg_namespace WHERE nspname = 'musicbrainz'") == [(0,)]  # nothing written
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the plan checks the extensions of the tables only: unaccent, which the text search configuration "
-    "musicbrainz.mb_simple and musicbrainz.musicbrainz_unaccent() use, is not named, and pre_data fails "
-    'with: text search dictionary "public.unaccent" does not exist',
-)
 def test_the_plan_names_unaccent_too(airflow_db, migration_databases, migrate, capsys):
     create_extensions(migration_databases[1], ["cube", "earthdistance"])
     assert "unaccent" in refusal(migrate, capsys)
-
-
-class PreDataLooksUpFunctionsByTypesNotMadeYet(Exception):
-    """The known failure of pre_data (see the xfail below)."""
 
 
 #: Views and CHECK constraints whose definition PostgreSQL prints otherwise once it has read its
@@ -189,14 +181,6 @@ READ_BACK_OTHERWISE = {
 }
 
 
-@pytest.mark.xfail(
-    raises=PreDataLooksUpFunctionsByTypesNotMadeYet,
-    strict=True,
-    reason="pre_data asks the target whether each function exists with to_regprocedure('schema.f(arg types)'), "
-    "which raises for argument types the target does not have yet (an enum or a table's row type of the "
-    'migrated schemas): schema "musicbrainz" does not exist (with the schema made by hand: type '
-    '"musicbrainz.taggable_entity_type" does not exist)',
-)
 def test_musicbrainz_migrates_whole_and_the_catalogs_agree(airflow_db, migration_databases, migrate, capsys):
     src, dst = migration_databases
     create_extensions(dst, EXTENSIONS)
@@ -211,10 +195,6 @@ def test_musicbrainz_migrates_whole_and_the_catalogs_agree(airflow_db, migration
     )
     assert sorted(t["name"] for t in plan["tables"]) == sorted(str(TableName(*t)) for t in tables)
     assert len(plan["tables"]) == 512 and len(plan["views"]) == 12 and plan["left_out"] == []
-    output = capsys.readouterr()
-    if states(run)["pre_data"] == "failed" and 'schema "musicbrainz" does not exist' in output.out + output.err:
-        raise PreDataLooksUpFunctionsByTypesNotMadeYet()
-
     assert run.state == "success", states(run)
     assert report is not None and report["verified"], "NOT verified: see the verify task's log"
     source, target = inventory(src), inventory(dst)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from airflow_pool_provider.copy.choices import Choice
-from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.names import TableName, quote_ident
 
 _RELATIONS = """
 SELECT c.oid, n.nspname, c.relname, c.relkind::text, p.inhparent, c.relispartition,
@@ -54,10 +54,18 @@ WITH objects AS (
     UNION SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = ANY(%(oids)s)
     UNION SELECT d.oid FROM pg_attrdef d WHERE d.adrelid = ANY(%(oids)s)
     UNION SELECT r.oid FROM pg_rewrite r WHERE r.ev_class = ANY(%(oids)s)  -- what views call and read
+    -- the schemas' own objects, which pre-data restores whatever the selection: types, domains,
+    -- functions, text search configurations and dictionaries (an unaccent dictionary), collations
+    UNION SELECT t.oid FROM pg_type t WHERE t.typnamespace = ANY(%(schemas)s::regnamespace[])
+    UNION SELECT p.oid FROM pg_proc p WHERE p.pronamespace = ANY(%(schemas)s::regnamespace[])
+    UNION SELECT c.oid FROM pg_ts_config c WHERE c.cfgnamespace = ANY(%(schemas)s::regnamespace[])
+    UNION SELECT t.oid FROM pg_ts_dict t WHERE t.dictnamespace = ANY(%(schemas)s::regnamespace[])
+    UNION SELECT c.oid FROM pg_collation c WHERE c.collnamespace = ANY(%(schemas)s::regnamespace[])
 )
 SELECT DISTINCT e.extname
   FROM objects o
   JOIN pg_depend d ON d.objid = o.oid
+   AND NOT EXISTS (SELECT 1 FROM pg_depend x WHERE x.objid = o.oid AND x.deptype = 'e')  -- not a member
   JOIN pg_depend m ON m.classid = d.refclassid AND m.objid = d.refobjid AND m.deptype = 'e'
   JOIN pg_extension e ON e.oid = m.refobjid
  ORDER BY 1
@@ -145,9 +153,10 @@ def load(cur, schemas: tuple[str, ...]) -> SourceCatalog:
     return SourceCatalog(tuple(schemas), relations, owner, {v: frozenset(r) for v, r in reads.items()}, roles)
 
 
-def extensions_used(cur, table_oids: list[int]) -> list[str]:
-    """Extensions whose types, operator classes or functions the tables use."""
-    cur.execute(_EXTENSIONS, {"oids": table_oids})
+def extensions_used(cur, table_oids: list[int], schemas: tuple[str, ...]) -> list[str]:
+    """Extensions whose types, operator classes, functions or text search templates the tables,
+    or the schemas' own types, functions and text search objects, use."""
+    cur.execute(_EXTENSIONS, {"oids": table_oids, "schemas": [quote_ident(s) for s in schemas]})
     return [row[0] for row in cur.fetchall()]
 
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
+import psycopg2
 from psycopg2 import sql
 
 from airflow_pool_provider.copy import sequences
@@ -27,9 +28,10 @@ SELECT 'definition', '', concat_ws(' ', c.relkind, c.relpersistence, pg_get_part
        pg_get_expr(c.relpartbound, c.oid), array_to_string(c.reloptions, ','),
        'INHERITS ' || (SELECT string_agg(h.inhparent::regclass::text, ', ' ORDER BY h.inhseqno)
                          FROM pg_inherits h WHERE h.inhrelid = c.oid AND NOT c.relispartition),
-       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
        CASE WHEN c.relkind = 'm' AND NOT c.relispopulated THEN 'WITH NO DATA' END)
   FROM pg_class c WHERE c.oid = to_regclass(%(t)s)
+UNION ALL
+SELECT 'query', '', pg_get_viewdef(c.oid) FROM pg_class c WHERE c.oid = to_regclass(%(t)s) AND c.relkind IN ('v', 'm')
 UNION ALL
 SELECT 'column', a.attname, concat_ws(' ', format_type(a.atttypid, a.atttypmod),
        CASE WHEN a.attcollation <> t.typcollation THEN 'COLLATE ' || a.attcollation::regcollation::text END,
@@ -173,7 +175,13 @@ def relation_differences(
     lacks or defines otherwise, but the foreign keys left out on purpose."""
     source, target = (_relation_objects(cur, relation, owners) for cur in (scur, tcur))
     skipped = set(left_out)
-    return _compare({k: v for k, v in source.items() if k not in skipped}, target, lambda key: key.describe())
+    differences = []
+    for key in sorted(k for k in source if k not in skipped):
+        if key not in target:
+            differences.append(Difference(f"{key.describe()} is missing"))
+        elif target[key] != source[key] and _read_back(tcur, relation, key, source[key]) != target[key]:
+            differences.append(Difference(key.describe(), target[key], source[key]))
+    return differences
 
 
 def schema_differences(scur, tcur, schemas: tuple[str, ...], owners: bool = False) -> list[Difference]:
@@ -203,6 +211,41 @@ def sequence_differences(scur, tcur, sequence: TableName, at_least: int | None) 
     if (have - wanted) * increment < 0:
         return [Difference(f"{what} is behind the source (next value {have}, not {wanted})")]
     return []
+
+
+def _read_back(tcur, relation: TableName, key: ObjectKey, definition: str) -> str | None:
+    """The source's definition of a view's query or a CHECK constraint as the target's PostgreSQL
+    prints it once it has read it (in a savepoint, on a temporary copy, rolled back): a restore
+    prints some expressions otherwise than they were written (``(ARRAY[...])::text[]`` becomes
+    ``ARRAY[(...)::text, ...]``), equal in meaning. None for other kinds, or if it cannot be read.
+    The definition is the source catalog's own SQL, as the schema dump restores it."""
+    if key.kind is ObjectKind.QUERY:
+        make = [sql.SQL("CREATE TEMPORARY VIEW pool_provider_read_back AS {}").format(sql.SQL(definition))]
+        read = "SELECT pg_get_viewdef('pg_temp.pool_provider_read_back'::regclass)"
+    elif key.kind is ObjectKind.CONSTRAINT and definition.startswith("CHECK "):
+        make = [
+            sql.SQL("CREATE TEMPORARY TABLE pool_provider_read_back (LIKE {})").format(relation.identifier()),
+            sql.SQL("ALTER TABLE pg_temp.pool_provider_read_back ADD CONSTRAINT read_back {}").format(
+                sql.SQL(definition)
+            ),
+        ]
+        read = (
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE conrelid = 'pg_temp.pool_provider_read_back'::regclass AND conname = 'read_back'"
+        )
+    else:
+        return None
+    with _qualified(tcur):
+        tcur.execute("SAVEPOINT pool_provider_read_back")
+        try:
+            for statement in make:
+                tcur.execute(statement)
+            tcur.execute(read)
+            return tcur.fetchone()[0]
+        except psycopg2.Error:
+            return None
+        finally:
+            tcur.execute("ROLLBACK TO SAVEPOINT pool_provider_read_back")
 
 
 def _compare(source: Mapping[K, str], target: Mapping[K, str], name: Callable[[K], str]) -> list[Difference]:

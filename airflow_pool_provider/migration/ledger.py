@@ -63,7 +63,8 @@ class ObjectKind(Choice):
     CLUSTER = "cluster"  # a table's CLUSTER ON marker, on the index named
     # Compared by the verify stage, never recorded:
     NOT_NULL = "not null"  # a column's NOT NULL
-    DEFINITION = "definition"  # a table's or view's own (kind, partitioning, view query, ...)
+    DEFINITION = "definition"  # a table's or view's own (kind, partitioning, storage, ...)
+    QUERY = "query"  # a view's
     COLUMN = "column"
     RULE = "rule"
     ROW_SECURITY = "row security"

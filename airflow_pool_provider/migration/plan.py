@@ -211,7 +211,7 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
     problems: list[str] = []
     _check_partitions_elsewhere(scur, selection, request.schemas, problems)
     tables = _table_plans(scur, tcur, selection, request, earlier.created_tables, problems)
-    extensions = catalog.extensions_used(scur, sorted(selection.restored))
+    extensions = catalog.extensions_used(scur, sorted(selection.restored), request.schemas)
     lacking = sorted(set(extensions) - catalog.installed_extensions(tcur))
     if lacking:
         problems.append(
