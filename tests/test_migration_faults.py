@@ -180,7 +180,7 @@ CREATE TRIGGER refuse_row BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTI
 def test_a_table_read_on_through_a_new_snapshot_after_its_task_and_holder_were_lost_is_not_one_instant(legacy):
     src, dst = legacy
     request = MigrationRequest(tables=("customers",), chunk_size=100, parallelism=1, run_id="run-1")
-    request = request.resolved("source", "target")
+    request = request.resolved("lost-mid-table")
     with _task(src, dst, request) as first:
         first.snapshots.ensure()
         stages.pre_data(first)
@@ -217,7 +217,7 @@ def test_a_table_read_on_through_a_new_snapshot_after_its_task_and_holder_were_l
 def test_a_migration_without_faults_reads_every_table_at_one_instant(legacy):
     src, dst = legacy
     request = MigrationRequest(tables=("customers", "products"), chunk_size=100, run_id="run-1")
-    with _task(src, dst, request.resolved("source", "target")) as m:
+    with _task(src, dst, request.resolved("one-instant")) as m:
         try:
             m.snapshots.ensure()
             stages.pre_data(m)
