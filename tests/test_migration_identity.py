@@ -10,13 +10,16 @@ from contextlib import contextmanager
 
 import psycopg2
 import pytest
+from copy_helpers import ledger_counts
 from observe import wait_until
+from psycopg2 import sql
 
 from airflow_pool_provider.migration import stages
 from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, Stage
 from airflow_pool_provider.migration.records import PreDataRecord
-from airflow_pool_provider.migration.request import MigrationRequest
+from airflow_pool_provider.migration.request import MigrationRequest, Mode
 from airflow_pool_provider.pool import ConnectionPool
+from airflow_pool_provider.testing.data import table_digest
 
 LOG = logging.getLogger("test")
 _ONE_ROW = "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)"
@@ -141,3 +144,62 @@ def test_a_migration_started_under_the_id_an_earlier_version_derived_goes_on_und
         assert m.migration_id not in (earlier, new)  # another selection: another migration
     with _task(pg_server, src_db, dst_db, MigrationRequest(tables=("t",), migration_id="given")) as m:
         assert m.migration_id == "given"
+
+
+_TABLES = {"m1": "a", "m10": "b", "m1:x": "c"}
+
+
+def _migrate(pg_server, src_db: str, dst_db: str, request: MigrationRequest) -> None:
+    with _task(pg_server, src_db, dst_db, request) as m:
+        try:
+            m.snapshots.ensure()
+            stages.pre_data(m)
+            for batch in stages.plan_data(m):
+                stages.copy_data(m, batch)
+        finally:
+            m.snapshots.release()
+
+
+def _pending_batches(pg_server, src_db: str, dst_db: str, request: MigrationRequest) -> int:
+    with _task(pg_server, src_db, dst_db, request) as m:
+        try:
+            return len(stages.plan_data(m))
+        finally:
+            m.snapshots.release()
+
+
+def test_replace_clears_only_its_own_records_not_those_of_ids_it_begins(pg_server, make_database):
+    src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
+    dst = _connect(pg_server, dst_db)
+    try:
+        for table in _TABLES.values():
+            pg_server.execute(
+                sql.SQL("CREATE TABLE {0} (id int PRIMARY KEY); INSERT INTO {0} SELECT generate_series(1, 300)").format(
+                    sql.Identifier(table)
+                ),
+                dbname=src_db,
+            )
+        requests = {
+            i: MigrationRequest(tables=(t,), migration_id=i, chunk_size=100, run_id="run-1") for i, t in _TABLES.items()
+        }
+        for request in requests.values():
+            _migrate(pg_server, src_db, dst_db, request)
+        others = {i: ledger_counts(dst, f'{i}:"public"."{_TABLES[i]}"') for i in ("m10", "m1:x")}
+        assert all(c.done == c.chunks == 3 for c in others.values())
+        digests = {t: table_digest(dst, t, key=None) for t in ("b", "c")}
+
+        replace = MigrationRequest(tables=("a",), migration_id="m1", chunk_size=100, mode=Mode.REPLACE, run_id="run-2")
+        _migrate(pg_server, src_db, dst_db, replace)  # in a new run: m1 starts over
+
+        assert _one(dst, "SELECT count(*) FROM a") == 300
+        for migration_id in others:  # the others keep their records, rows, and nothing to copy again
+            assert ledger_counts(dst, f'{migration_id}:"public"."{_TABLES[migration_id]}"') == others[migration_id]
+            assert _one(
+                dst,
+                "SELECT count(*) FROM airflow_pool_provider_migrations WHERE migration_id = %s AND stage = 'pre_data'",
+                (migration_id,),
+            )
+            assert _pending_batches(pg_server, src_db, dst_db, requests[migration_id]) == 0
+        assert {t: table_digest(dst, t, key=None) for t in ("b", "c")} == digests
+    finally:
+        dst.close()

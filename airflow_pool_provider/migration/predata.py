@@ -95,7 +95,7 @@ def run(
 def _start_over(tcur, ledger: MigrationLedger, request: MigrationRequest, log) -> None:
     """Forget an earlier run's records (but the snapshot) and its chunks."""
     ledger.forget(tcur, keep=(Stage.SNAPSHOT,))
-    Ledger(request.ledger_schema).forget_prefix(tcur, copy_id_prefix(ledger.migration_id))
+    Ledger(request.ledger_schema).forget_prefix(tcur, copy_id_prefix(ledger.migration_id))  # its copies only
     log.info(
         "pre-data: mode=replace: the earlier run's records of migration %s are cleared; it starts over",
         ledger.migration_id,
