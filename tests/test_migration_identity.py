@@ -14,6 +14,7 @@ from copy_helpers import ledger_counts
 from observe import wait_until
 from psycopg2 import sql
 
+from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.migration import stages
 from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, Stage
 from airflow_pool_provider.migration.records import PreDataRecord
@@ -203,3 +204,35 @@ def test_replace_clears_only_its_own_records_not_those_of_ids_it_begins(pg_serve
         assert {t: table_digest(dst, t, key=None) for t in ("b", "c")} == digests
     finally:
         dst.close()
+
+
+@pytest.mark.parametrize("mode", [Mode.REPLACE, Mode.RESUME])
+def test_a_migration_onto_its_own_source_is_refused_in_the_plan_once(pg_server, make_database, make_conn_id, mode):
+    from airflow.providers.common.compat.sdk import AirflowFailException
+
+    from airflow_pool_provider.operators.migration import MigrationPlanOperator
+
+    database = make_database(prefix="src")
+    pg_server.execute(_ONE_ROW, dbname=database)
+    make_conn_id(database, conn_id="migration_source")
+    make_conn_id(database, conn_id="migration_target")
+    plan = MigrationPlanOperator(
+        task_id="plan", source_conn_id="migration_source", target_conn_id="migration_target", mode=mode.value
+    )
+    with pytest.raises(AirflowFailException, match="the source and the target are the same database") as raised:
+        plan.execute({"run_id": "run-1"})
+    assert "not retried" in str(raised.value) and "Point the target connection at another database" in str(raised.value)
+
+
+@pytest.mark.timeout(60)  # it waited for its own pg_dump forever
+def test_pre_data_onto_its_own_source_is_refused_without_waiting(pg_server, make_database):
+    database = make_database(prefix="src")
+    pg_server.execute(_ONE_ROW, dbname=database)
+    request = MigrationRequest(tables=("t",), mode=Mode.REPLACE, run_id="run-1", migration_id="onto-itself")
+    with _task(pg_server, database, database, request) as m:
+        try:
+            with pytest.raises(MigrationMistake, match="the source and the target are the same database"):
+                stages.pre_data(m)  # run alone, without the plan
+        finally:
+            m.snapshots.release()
+    assert pg_server.execute("SELECT count(*) FROM t", dbname=database) == [(1,)]

@@ -69,9 +69,11 @@ def run(
             return PreDataResult(0, [], [], [str(t) for t in tables], skipped=True)
         if earlier is not None:  # replace, in a new run: everything recorded of the earlier one goes
             _start_over(tcur, ledger, request, log)
-        dropped = _drop_selected(tcur, selection) if request.mode is Mode.REPLACE else []
         with tempfile.TemporaryDirectory(prefix="pool-provider-schema-") as folder:
+            # The dump first: pg_dump reads the source in a session of its own, which must never
+            # wait for the locks of this transaction's drops.
             archive = schema.dump(tools, source_connect, request.schemas, snapshot, Path(folder))
+            dropped = _drop_selected(tcur, selection) if request.mode is Mode.REPLACE else []
             existing = catalog.existing_schemas(tcur, request.schemas)
             entries = toc.pre_data(list(archive.entries), selection, existing)
             reused = _existing_objects(tcur, entries, selection)

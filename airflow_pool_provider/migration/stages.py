@@ -33,7 +33,7 @@ from airflow_pool_provider.migration.ledger import (
     ObjectKind,
     Stage,
 )
-from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, tools_for
+from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, refuse_onto_itself, tools_for
 from airflow_pool_provider.migration.records import (
     CheckRecord,
     PostDataRecord,
@@ -166,6 +166,7 @@ def pre_data(m: Migration) -> predata.PreDataResult:
     with m.source_reading() as scur, m.target_pool.connection() as tconn:
         chosen = m.selection(scur)
         with tconn.cursor() as tcur:
+            refuse_onto_itself(scur, tcur)  # the plan did, unless this task runs alone
             tools = tools_for(scur, tcur, m.request)
         tconn.rollback()
         snapshot = m.snapshots.current().snapshot
