@@ -828,7 +828,7 @@ def test_a_table_truncated_after_the_snapshot_is_refused_not_copied_empty(legacy
     from airflow_pool_provider.pool import ConnectionPool
 
     src, dst = legacy
-    request = MigrationRequest(tables=("customers",), run_id="run-1").resolved("source", "target")
+    request = MigrationRequest(tables=("customers",), run_id="run-1", migration_id="truncated")
     source_pool = ConnectionPool(lambda: psycopg2.connect(src.dsn), max_size=6)
     target_pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=6)
     connect = psycopg2.extensions.parse_dsn(src.dsn)

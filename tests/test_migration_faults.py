@@ -170,7 +170,7 @@ def _copy_all(m: stages.Migration) -> None:
 @contextmanager
 def _copied(src, dst, request: MigrationRequest) -> Iterator[stages.Migration]:
     """A task that took the snapshot and copied every table; its snapshot is released at the end."""
-    with _task(src, dst, request.resolved("source", "target")) as m:
+    with _task(src, dst, request.resolved("faults")) as m:
         try:
             m.snapshots.ensure()
             stages.pre_data(m)
@@ -205,7 +205,7 @@ CREATE TRIGGER refuse_row BEFORE INSERT ON customers FOR EACH ROW EXECUTE FUNCTI
 def test_a_table_read_on_through_a_new_snapshot_after_its_task_and_holder_were_lost_is_not_one_instant(legacy):
     src, dst = legacy
     request = MigrationRequest(tables=("customers",), chunk_size=100, parallelism=1, run_id="run-1")
-    request = request.resolved("source", "target")
+    request = request.resolved("lost-mid-table")
     with _task(src, dst, request) as first:
         first.snapshots.ensure()
         stages.pre_data(first)
@@ -279,7 +279,7 @@ def test_a_foreign_key_left_unchecked_by_a_failed_or_killed_run_is_checked_when_
 def test_a_foreign_key_broken_by_a_lost_snapshot_says_so_and_what_to_do(legacy):
     src, dst = legacy
     request = MigrationRequest(tables=("customers", "orders"), chunk_size=500, run_id="run-1")
-    request = request.resolved("source", "target")
+    request = request.resolved("faults")
     with _task(src, dst, request) as first:
         first.snapshots.ensure()
         stages.pre_data(first)

@@ -45,7 +45,7 @@ def test_the_next_stage_removes_what_a_killed_process_left_and_keeps_a_live_ones
     left, kept = _folder_of(ended.pid), _folder_of(living.pid)
     source_pool = ConnectionPool(lambda: psycopg2.connect(src.dsn), max_size=2)
     target_pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=2)
-    request = MigrationRequest(tables=("customers",), run_id="run-1").resolved("source", "target")
+    request = MigrationRequest(tables=("customers",), run_id="run-1").resolved("leftovers")
     connect = psycopg2.extensions.parse_dsn(src.dsn)
     m = stages.Migration(request, source_pool, target_pool, connect, logging.getLogger("test"), 600.0)
     try:

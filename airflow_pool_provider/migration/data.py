@@ -70,12 +70,16 @@ class Batch:
 
 
 def copy_id_prefix(migration_id: str) -> str:
-    """What the copy ids of a migration's leaves start with, in the chunk ledger."""
-    return f"{migration_id}:"
+    """What the copy ids of a migration's leaves, and no other migration's, start with, in the
+    chunk ledger: its id, a colon and the leaf's name, which always starts with a double quote
+    (:class:`TableName` quotes it). An id holds no double quote, so ``m1:"`` is never the start
+    of ``m10:...`` or of ``m1:b:...``."""
+    return f'{migration_id}:"'
 
 
 def copy_id(migration_id: str, leaf: str) -> str:
-    return copy_id_prefix(migration_id) + leaf
+    """``leaf``: a quoted name (``str(TableName)``), as the ids of earlier versions had it."""
+    return f"{migration_id}:{leaf}"
 
 
 def leaf_spec(leaf: str, request: MigrationRequest) -> CopySpec:

@@ -190,6 +190,15 @@ class MigrationLedger:
         )
         return cur.fetchone()[0]
 
+    def has_records(self, cur) -> bool:
+        """Whether the migration has kept anything here (a run started it)."""
+        if not self.exists(cur):
+            return False
+        cur.execute(
+            sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE migration_id = %s)").format(self.table), (self.migration_id,)
+        )
+        return cur.fetchone()[0]
+
     def record(
         self,
         cur,

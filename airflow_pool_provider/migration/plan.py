@@ -198,8 +198,21 @@ class MigrationPlan:
         )
 
 
+def refuse_onto_itself(scur, tcur) -> None:
+    """A migration whose target is its source would drop (``replace``) or refuse (``resume``) the
+    very tables it reads: never meant, refused before anything else."""
+    source = server_identity(scur)
+    if source.same_database(server_identity(tcur)):
+        raise MigrationMistake(
+            f"the source and the target are the same database ({source.database!r} on one server, port "
+            f"{source.port}): a migration would drop or refuse the tables it reads. Point the target "
+            "connection at another database"
+        )
+
+
 def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> MigrationPlan:
     """The plan, or a MigrationMistake listing everything that stops it."""
+    refuse_onto_itself(scur, tcur)
     source_major, target_major = server_major(scur), server_major(tcur)
     tools = find_tools(source_major, target_major, request.pg_bin_dir)
     source = catalog.load(scur, request.schemas)

@@ -67,9 +67,11 @@ def run(
             return PreDataResult(0, [], [], [str(t) for t in tables], skipped=True)
         if earlier is not None:  # replace, in a new run: everything recorded of the earlier one goes
             _start_over(tcur, ledger, request, log)
-        dropped = _drop_selected(tcur, selection) if request.mode is Mode.REPLACE else []
         with scratch.folder("schema") as folder:
+            # The dump first: pg_dump reads the source in a session of its own, which must never
+            # wait for the locks of this transaction's drops.
             archive = schema.dump(tools, source_connect, selection.catalog, snapshot, folder)
+            dropped = _drop_selected(tcur, selection) if request.mode is Mode.REPLACE else []
             existing = catalog.existing_schemas(tcur, request.schemas)
             entries = toc.pre_data(list(archive.entries), selection, existing)
             reused = _existing_objects(tcur, entries, selection)
@@ -93,7 +95,7 @@ def run(
 def _start_over(tcur, ledger: MigrationLedger, request: MigrationRequest, log) -> None:
     """Forget an earlier run's records (but the snapshot) and its chunks."""
     ledger.forget(tcur, keep=(Stage.SNAPSHOT,))
-    Ledger(request.ledger_schema).forget_prefix(tcur, copy_id_prefix(ledger.migration_id))
+    Ledger(request.ledger_schema).forget_prefix(tcur, copy_id_prefix(ledger.migration_id))  # its copies only
     log.info(
         "pre-data: mode=replace: the earlier run's records of migration %s are cleared; it starts over",
         ledger.migration_id,

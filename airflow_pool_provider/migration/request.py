@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.server import ServerIdentity
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE, MAX_PARALLELISM
 from airflow_pool_provider.errors import MigrationMistake
 
@@ -24,13 +25,14 @@ class Mode(Choice):
 
 DEFAULT_LEDGER_SCHEMA = "public"
 DEFAULT_INDEX_BUILD_MEMORY = "1GB"  # maintenance_work_mem of an index build, as pgcopydb sets it
+_DERIVED = "migration-"  # a derived id: this and 12 hex digits
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 
 
 @dataclass(frozen=True)
 class MigrationRequest:
-    """``mode``: see :class:`Mode`. ``migration_id`` None: derived from the connections and the
-    selection (:meth:`resolved`), so the same migration run again resumes or confirms it."""
+    """``mode``: see :class:`Mode`. ``migration_id`` None: derived from the databases and the
+    selection (:meth:`derived_id`), so the same migration run again resumes or confirms it."""
 
     schemas: tuple[str, ...] = ("public",)
     tables: tuple[str, ...] = ()
@@ -69,12 +71,32 @@ class MigrationRequest:
         if not isinstance(self.ledger_schema, str) or not self.ledger_schema:
             raise MigrationMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
 
-    def resolved(self, source: str, target: str) -> MigrationRequest:
-        """This request with its id: the given one, or one derived from where from, where to and what."""
-        if self.migration_id:
-            return self
-        what = json.dumps([source, target, list(self.schemas), sorted(self.tables), sorted(self.exclude_tables)])
-        return replace(self, migration_id="migration-" + hashlib.sha256(what.encode()).hexdigest()[:12])
+    def derived_id(self, source: ServerIdentity, target: ServerIdentity) -> str:
+        """The id of a migration not given one: from which database of which cluster, to which, and
+        what. Two migrations that differ in any of these (other databases behind the same connection
+        ids, say) get other ids, so neither touches the other's records or snapshot holder."""
+        what = json.dumps(
+            [
+                [source.system_identifier, source.database],
+                [target.system_identifier, target.database],
+                list(self.schemas),
+                sorted(self.tables),
+                sorted(self.exclude_tables),
+            ]
+        )
+        return _DERIVED + hashlib.sha256(what.encode()).hexdigest()[:12]
+
+    def earlier_derived_id(self, source_conn_id: str, target_conn_id: str) -> str:
+        """The id versions up to 0.2.0 derived, from the connection ids and the selection only: a
+        migration they started keeps its records under it."""
+        what = json.dumps(
+            [source_conn_id, target_conn_id, list(self.schemas), sorted(self.tables), sorted(self.exclude_tables)]
+        )
+        return _DERIVED + hashlib.sha256(what.encode()).hexdigest()[:12]
+
+    def resolved(self, migration_id: str) -> MigrationRequest:
+        """This request with its id: the one it was given, else ``migration_id`` (a derived one)."""
+        return self if self.migration_id else replace(self, migration_id=migration_id)
 
     @property
     def id(self) -> str:

@@ -5,8 +5,8 @@ task runs in a process of its own (Local and Celery executors) or one after anot
 process (``airflow dags test``). So neither a task nor a thread can hold it for the others. A
 small detached process does, as ``pgcopydb snapshot`` does: it opens a REPEATABLE READ
 transaction on the source, exports its snapshot, prints the id and waits, doing nothing, until
-the migration releases it (its backend is terminated, by application_name), its connection is
-lost, or ``max_seconds`` pass. Tasks on any worker machine join that snapshot by id.
+the migration releases it (its backend, recorded in the stage ledger, is terminated), its
+connection is lost, or ``max_seconds`` pass. Tasks on any worker machine join that snapshot by id.
 
 While it is held, the source's vacuum cannot remove rows deleted after it was taken: release it
 when the migration ends (the migration's last task does, whatever happened before).
@@ -14,6 +14,7 @@ when the migration ends (the migration's last task does, whatever happened befor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -29,6 +30,8 @@ import psycopg2
 from airflow_pool_provider.errors import MigrationError
 
 APP_PREFIX = "pool-provider snapshot "
+_NAME_LIMIT = 63  # PostgreSQL keeps this much of an application_name
+_NAME_HASH = 10
 #: How often the holder checks that it may go on (its connection, its deadline).
 POLL_SECONDS = 2.0
 
@@ -41,7 +44,18 @@ class HeldSnapshot:
 
 
 def application_name(migration_id: str) -> str:
-    return (APP_PREFIX + migration_id)[:63]
+    """Its backend's name (at most 63 characters): a longer id is cut and ends with a hash of its
+    whole, so that ids equal in their first characters still get names of their own."""
+    name = APP_PREFIX + migration_id
+    if len(name) <= _NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(migration_id.encode()).hexdigest()[:_NAME_HASH]
+    return name[: _NAME_LIMIT - _NAME_HASH - 1] + "~" + digest
+
+
+def _names(migration_id: str) -> list[str]:
+    """Its name, and the one an earlier version gave a holder of a long id (cut at 63 characters)."""
+    return sorted({application_name(migration_id), (APP_PREFIX + migration_id)[:_NAME_LIMIT]})
 
 
 def start(connect_kwargs: Mapping[str, Any], migration_id: str, max_seconds: float) -> HeldSnapshot:
@@ -77,19 +91,26 @@ def start(connect_kwargs: Mapping[str, Any], migration_id: str, max_seconds: flo
     return HeldSnapshot(held["snapshot"], held["pid"], held["backend_pid"])
 
 
-def release(cur, migration_id: str) -> int:
-    """End the migration's holders by terminating their backends; returns how many there were."""
+#: The migration's holder: the backend recorded for it, on this database, under its name (a pid
+#: of a holder that ended may be another session's since). Never found by name alone: another
+#: migration's holder may have the same name on another database.
+_HOLDER = (
+    "FROM pg_stat_activity WHERE pid = %(pid)s AND datname = current_database() AND application_name = ANY(%(names)s)"
+)
+
+
+def release(cur, migration_id: str, backend_pid: int) -> int:
+    """End the migration's holder (backend ``backend_pid``, as recorded) by terminating its backend;
+    returns 1 if it was still there, else 0."""
     cur.execute(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
-        (application_name(migration_id),),
+        "SELECT count(pg_terminate_backend(pid)) " + _HOLDER, {"pid": backend_pid, "names": _names(migration_id)}
     )
     return cur.fetchone()[0]
 
 
-def held(cur, migration_id: str) -> bool:
-    cur.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE application_name = %s)", (application_name(migration_id),)
-    )
+def held(cur, migration_id: str, backend_pid: int) -> bool:
+    """Whether the migration's holder (backend ``backend_pid``, as recorded) is still there."""
+    cur.execute("SELECT EXISTS (SELECT 1 " + _HOLDER + ")", {"pid": backend_pid, "names": _names(migration_id)})
     return cur.fetchone()[0]
 
 

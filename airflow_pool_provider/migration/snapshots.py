@@ -81,14 +81,20 @@ class MigrationSnapshots:
     def _current_or_new(self, tcur, lost: str | None, tconn) -> str:
         tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"snapshot {self.ledger.migration_id}",))
         current = self.ledger.read(tcur, Stage.SNAPSHOT, WHOLE_STAGE, SnapshotRecord)
-        if current and current.snapshot != lost and self._held():
+        if current and current.snapshot != lost and self._held(current):
             tconn.rollback()
             self._keep(current)
             return current.snapshot
+        if current:  # a holder whose snapshot could not be joined: one holder per migration
+            self._end(current)
         held = snapshot_holder.start(self.source_connect, self.ledger.migration_id, self.max_seconds)
         taken = SnapshotRecord(held.snapshot, held.pid, held.backend_pid, current.epoch + 1 if current else 1)
-        self.ledger.record(tcur, Stage.SNAPSHOT, WHOLE_STAGE, taken)
-        tconn.commit()
+        try:
+            self.ledger.record(tcur, Stage.SNAPSHOT, WHOLE_STAGE, taken)
+            tconn.commit()
+        except BaseException:  # unrecorded, nothing would ever release it
+            self._end(taken)
+            raise
         self._keep(taken)
         self._log_taken(taken, lost)
         return taken.snapshot
@@ -115,14 +121,19 @@ class MigrationSnapshots:
                 "; the tables copied by an earlier run keep the epoch they were read at" if taken.epoch > 1 else "",
             )
 
-    def _held(self) -> bool:
+    def _held(self, record: SnapshotRecord) -> bool:
         with self.source_pool.connection() as sconn:
             sconn.autocommit = True
             with sconn.cursor() as scur:
-                return snapshot_holder.held(scur, self.ledger.migration_id)
+                return snapshot_holder.held(scur, self.ledger.migration_id, record.backend_pid)
+
+    def _end(self, record: SnapshotRecord) -> int:
+        with self.source_pool.connection() as sconn:
+            sconn.autocommit = True
+            with sconn.cursor() as scur:
+                return snapshot_holder.release(scur, self.ledger.migration_id, record.backend_pid)
 
     def release(self) -> int:
-        with self.source_pool.connection() as sconn:
-            sconn.autocommit = True
-            with sconn.cursor() as scur:
-                return snapshot_holder.release(scur, self.ledger.migration_id)
+        """End the recorded holder (the migration's only one); returns 1 if it was still there."""
+        recorded = self._recorded()
+        return self._end(recorded) if recorded is not None else 0

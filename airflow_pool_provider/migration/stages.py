@@ -17,6 +17,7 @@ from airflow_pool_provider.copy import snapshot as copy_snapshot
 from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.server import server_identity
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.metrics import Metrics
@@ -30,7 +31,7 @@ from airflow_pool_provider.migration.ledger import (
     ObjectKind,
     Stage,
 )
-from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, tools_for
+from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, refuse_onto_itself, tools_for
 from airflow_pool_provider.migration.records import (
     CheckRecord,
     PostDataRecord,
@@ -115,6 +116,34 @@ class Migration:
         )
 
 
+def resolve(
+    request: MigrationRequest,
+    conn_ids: tuple[str, str],
+    source_pool: ConnectionPool,
+    target_pool: ConnectionPool,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> MigrationRequest:
+    """The request with its id: the given one; else the one derived from the databases and the
+    selection, unless the target keeps records only under the id an earlier version derived from
+    the connection ids (``conn_ids``): a migration it started resumes under that one."""
+    if request.migration_id:
+        return request
+    with reading(source_pool) as scur, reading(target_pool) as tcur:
+        derived = request.derived_id(server_identity(scur), server_identity(tcur))
+        earlier = request.earlier_derived_id(*conn_ids)
+        ledgers = (MigrationLedger(request.ledger_schema, i) for i in (derived, earlier))
+        found = [ledger.has_records(tcur) for ledger in ledgers]
+    if found == [False, True]:
+        log.info(
+            "migration %s: the target keeps its records under this id, derived by an earlier version from the "
+            "connection ids; it goes on under it (a new migration of these databases would be %s)",
+            earlier,
+            derived,
+        )
+        return request.resolved(earlier)
+    return request.resolved(derived)
+
+
 @contextmanager
 def reading(pool: ConnectionPool) -> Iterator[Any]:
     """A cursor in a read-only REPEATABLE READ transaction of its own (that reads every row or fails)."""
@@ -136,6 +165,7 @@ def pre_data(m: Migration) -> predata.PreDataResult:
     with m.source_reading() as scur, m.target_pool.connection() as tconn:
         chosen = m.selection(scur)
         with tconn.cursor() as tcur:
+            refuse_onto_itself(scur, tcur)  # the plan did, unless this task runs alone
             tools = tools_for(scur, tcur, m.request)
         tconn.rollback()
         snapshot = m.snapshots.current().snapshot

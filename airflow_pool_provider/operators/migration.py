@@ -51,8 +51,8 @@ class MigrationStageOperator(BaseOperator):
     :param chunk_size: rows per chunk of the data stage.
     :param parallelism: chunks copied at once by one copy task.
     :param mode: ``resume`` or ``replace`` (see :class:`MigrationRequest`).
-    :param migration_id: names the migration in the ledgers; empty: derived from the connections
-        and the selection.
+    :param migration_id: names the migration in the ledgers; empty: derived from the databases
+        (cluster and name, source and target) and the selection.
     :param dry_run: plan only; later stages are skipped and nothing is written.
     :param ledger_schema: target schema of the ledgers.
     :param pg_bin_dir: where pg_dump and pg_restore are; default: ``[pooled_postgres] pg_bin_dir``,
@@ -144,7 +144,6 @@ class MigrationStageOperator(BaseOperator):
     def execute(self, context: Context) -> Any:
         with mistakes_fail_once(), explaining(MigrationMistake):
             request = replace(self.request(), run_id=context["run_id"])
-            request = request.resolved(self.source_conn_id, self.target_conn_id)
             return self.run_stage(context, self.migration(request))
 
     def run_stage(self, context: Context, m: stages.Migration) -> Any:
@@ -152,10 +151,12 @@ class MigrationStageOperator(BaseOperator):
 
     def migration(self, request: MigrationRequest) -> stages.Migration:
         source, target = PooledPostgresHook(self.source_conn_id), PooledPostgresHook(self.target_conn_id)
+        source_pool, target_pool = source.get_pool(), target.get_pool()
+        conn_ids = (self.source_conn_id, self.target_conn_id)
         return stages.Migration(
-            request,
-            source.get_pool(),
-            target.get_pool(),
+            stages.resolve(request, conn_ids, source_pool, target_pool, self.log),
+            source_pool,
+            target_pool,
             source.connect_kwargs(),
             self.log,
             snapshot_max_seconds=self.snapshot_max_seconds,
