@@ -78,8 +78,8 @@ SELECT 'owner', '', pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regcl
 """
 # The schema-level objects of the schemas: enums by their labels in order, domains by base type
 # and checks, composite types by their attributes, functions and procedures by
-# pg_get_functiondef (body, language, SECURITY DEFINER, settings), each one's comment, and its
-# owner when owners are kept. Those of extensions are the extensions' business.
+# pg_get_functiondef (body, language, SECURITY DEFINER, settings) and whether PUBLIC may execute
+# them, each one's comment, and its owner when owners are kept. Those of extensions are the extensions' business.
 _SCHEMA_OBJECTS = """
 WITH own_types AS (
     SELECT t.oid, t.oid::regtype::text AS name, t.typtype, t.typowner AS owner
@@ -110,6 +110,11 @@ SELECT 'composite type', name, (SELECT string_agg(quote_ident(a.attname) || ' ' 
   FROM own_types WHERE typtype = 'c'
 UNION ALL
 SELECT CASE prokind WHEN 'p' THEN 'procedure' ELSE 'function' END, name, pg_get_functiondef(oid) FROM own_functions
+UNION ALL
+-- whether anyone may run it: a restore without grants must not widen access
+SELECT 'EXECUTE by PUBLIC of', 'function ' || name,
+       CASE WHEN has_function_privilege('public', oid, 'EXECUTE') THEN 'granted' ELSE 'revoked' END
+  FROM own_functions
 UNION ALL
 SELECT 'comment on', 'type ' || name, obj_description(oid, 'pg_type') FROM own_types
  WHERE obj_description(oid, 'pg_type') IS NOT NULL
@@ -142,9 +147,13 @@ COMPARED = (
     "identity, NOT NULL), indexes, constraints with their validity, triggers, rules, row security and policies, "
     "statistics objects, CLUSTER markers, views and materialized views (definition, populated), sequences "
     "(definition; position at or past the source's), enums (labels in order), domains, composite types, "
-    "functions and procedures (whole definition), comments, and owners when kept"
+    "functions and procedures (whole definition, and whether PUBLIC may execute them), comments, and owners when "
+    "kept"
 )
-NOT_COMPARED = "privileges (GRANTs are not migrated), security labels, per-column statistics targets"
+NOT_COMPARED = (
+    "privileges but PUBLIC's EXECUTE on functions (GRANTs to roles are not migrated), security labels, "
+    "per-column statistics targets"
+)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airflow_pool_provider.errors import ToolFailed, ToolMissing
+from airflow_pool_provider.errors import ToolFailed, ToolMissing, ToolRefused
 
 #: libpq keywords with an environment variable, for what pg_dump must not see on its command line.
 _ENV = {
@@ -41,6 +41,8 @@ _ENV = {
     "options": "PGOPTIONS",
     "target_session_attrs": "PGTARGETSESSIONATTRS",
 }
+#: What the server says when a role lacks a privilege (42501), in a client program's stderr.
+_REFUSED = "permission denied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +154,13 @@ def libpq_env(connect_kwargs: Mapping[str, Any]) -> Iterator[dict[str, str]]:
 
 
 def run(tools_program: Path, args: Sequence[str], env: Mapping[str, str], what: str) -> str:
-    """Run a client program; ToolFailed with its stderr when it fails."""
+    """Run a client program; ToolFailed with its stderr when it fails, ToolRefused (a mistake) when
+    the server refused its role a privilege."""
     result = subprocess.run([str(tools_program), *args], env=dict(env), capture_output=True, text=True)
     if result.returncode != 0:
-        raise ToolFailed(
-            f"{what} failed ({tools_program.name} exit {result.returncode}): {result.stderr.strip()[-2000:]}"
-        )
+        failure = f"{what} failed ({tools_program.name} exit {result.returncode}): {result.stderr.strip()[-2000:]}"
+        if _REFUSED in result.stderr:
+            role = env.get("PGUSER", "its role")
+            raise ToolRefused(f"{failure}\nThe role {role} lacks a privilege: grant it what this names and run again")
+        raise ToolFailed(failure)
     return result.stdout
