@@ -15,7 +15,7 @@ import pytest
 from dag_runs import load_dag, run_dag, tries
 from psycopg2 import sql
 
-from airflow_pool_provider.errors import is_mistake
+from airflow_pool_provider.errors import MigrationMistake, is_mistake
 from airflow_pool_provider.migration import definitions
 from airflow_pool_provider.testing.data import table_digest
 
@@ -205,3 +205,19 @@ def test_a_dump_refused_a_privilege_is_a_mistake_naming_the_grants(migration_dat
     assert is_mistake(refused.value)  # fails once
     assert "permission denied for table other" in str(refused.value)
     assert f'GRANT SELECT ON TABLE "public"."other" TO "{reader}";' in str(refused.value)
+
+
+def test_a_statement_refused_a_privilege_is_a_mistake_naming_role_and_database(migration_databases, least_privileged):
+    from airflow_pool_provider.migration import privileges
+
+    src, _ = migration_databases
+    reader, _ = least_privileged
+    conn = psycopg2.connect(src.dsn + f" user={reader}")
+    try:
+        with pytest.raises(Exception) as refused, privileges.explaining_refusals(), conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM other")
+    finally:
+        conn.close()
+    assert is_mistake(refused.value) and isinstance(refused.value, MigrationMistake)
+    assert f'the role "{reader}" on database "{src.info.dbname}" was refused a privilege: ' in str(refused.value)
+    assert "permission denied for table other" in str(refused.value)

@@ -172,17 +172,17 @@ def target_grants(tcur, schemas: Iterable[str], ledger_schema: str) -> list[str]
 def check_roles(scur, tcur, schemas: Iterable[str], ledger_schema: str, problems: list[str]) -> None:
     """Name, once and together, the GRANTs either connection's role lacks."""
     schemas = list(schemas)
-    for side, cur, grants in (
-        ("source", scur, source_grants(scur, schemas)),
-        ("target", tcur, target_grants(tcur, schemas, ledger_schema)),
+    for side, cur, grants, why in (
+        ("source", scur, source_grants(scur, schemas), "the schema dump reads every table and sequence of the schemas"),
+        ("target", tcur, target_grants(tcur, schemas, ledger_schema), "it creates the schemas, objects and ledgers"),
     ):
         if grants:
             cur.execute("SELECT current_user, current_database()")
             role, database = cur.fetchone()
             problems.append(
-                f"the {side} role {role!r} lacks privileges the migration needs on database {database!r} "
-                f"(the schema dump reads every table and sequence of the selected schemas); have an owner "
-                f"or administrator run there:\n      " + "\n      ".join(grants)
+                f"the {side} role {quote_ident(role)} lacks privileges the migration needs on database "
+                f"{quote_ident(database)} ({why}); have an owner or administrator run there:\n      "
+                + "\n      ".join(grants)
             )
 
 
