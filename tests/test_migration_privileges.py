@@ -59,6 +59,9 @@ GRANT EXECUTE ON FUNCTION secret() TO pg_monitor;
 CREATE PROCEDURE hidden() LANGUAGE sql AS $$ SELECT 1 $$;
 REVOKE EXECUTE ON PROCEDURE hidden() FROM PUBLIC;
 CREATE FUNCTION shown() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$;
+CREATE TYPE mood AS ENUM ('calm', 'cross');
+CREATE FUNCTION "Judge ""it"" now"(m mood, n int) RETURNS boolean LANGUAGE sql AS $$ SELECT m = 'calm' $$;
+REVOKE EXECUTE ON FUNCTION "Judge ""it"" now"(mood, int) FROM PUBLIC;
 """
 
 
@@ -84,6 +87,7 @@ def test_a_security_definer_function_is_refused_unless_accepted_and_arrives_kept
     assert not _public_executes(dst, "public.secret()")  # kept from PUBLIC, as on the source
     assert not _public_executes(dst, "public.hidden()")
     assert _public_executes(dst, "public.shown()")
+    assert not _public_executes(dst, 'public."Judge ""it"" now"(public.mood, int)')
     assert any(
         '"public"."secret"() granted to pg_monitor (grants to roles are not migrated' in s for s in plan["left_out"]
     )

@@ -192,7 +192,7 @@ def schema_differences(scur, tcur, schemas: tuple[str, ...], owners: bool = Fals
 def sequence_differences(scur, tcur, sequence: TableName, at_least: int | None) -> list[Difference]:
     """A sequence's definition on both sides, and its position: the target's next value at or past
     ``at_least`` (the source's next value when post-data set it), else the source's now."""
-    with _qualified(scur), _qualified(tcur):
+    with qualified(scur), qualified(tcur):
         source, target = _sequence(scur, sequence), _sequence(tcur, sequence)
     what = f"sequence {sequence}"
     if source is None:  # dropped on the source since the plan
@@ -221,13 +221,13 @@ def _compare(source: Mapping[K, str], target: Mapping[K, str], name: Callable[[K
 
 
 def _relation_objects(cur, relation: TableName, owners: bool) -> dict[ObjectKey, str]:
-    with _qualified(cur):
+    with qualified(cur):
         cur.execute(_RELATION_OBJECTS, {"t": str(relation), "owners": owners})
         return {ObjectKey.on_table(ObjectKind(kind), relation, n): text for kind, n, text in cur.fetchall()}
 
 
 def _schema_objects(cur, schemas: tuple[str, ...], owners: bool) -> dict[tuple[str, str], str]:
-    with _qualified(cur):
+    with qualified(cur):
         cur.execute(_SCHEMA_OBJECTS, {"schemas": list(schemas), "owners": owners})
         return {(kind, name): text for kind, name, text in cur.fetchall()}
 
@@ -238,7 +238,7 @@ def _sequence(cur, sequence: TableName) -> tuple[str, int] | None:
 
 
 @contextmanager
-def _qualified(cur) -> Iterator[None]:
+def qualified(cur) -> Iterator[None]:
     """An empty search_path, so that definitions name everything with its schema on both sides;
     put back after (the rows' checks print reg* values as the copy did)."""
     cur.execute("SELECT current_setting('search_path'), set_config('search_path', '', true)")

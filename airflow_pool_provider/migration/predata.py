@@ -155,13 +155,13 @@ def _existing_objects(tcur, entries: list[toc.TocEntry], selection: Selection) -
 
 def _exists_by_name(tcur, lookup: str, text: str) -> bool:
     """Whether ``lookup`` (``to_regprocedure``, ...) finds ``text`` in the target: a signature
-    naming a type in a schema the target lacks raises rather than answering no, so the lookup
-    runs under a savepoint and that counts as not there."""
+    naming a type the target lacks (or a type in a schema it lacks) raises rather than answering
+    no, so the lookup runs under a savepoint and that counts as not there."""
     tcur.execute("SAVEPOINT pool_provider_lookup")
     try:
         tcur.execute(sql.SQL("SELECT {}(%s) IS NOT NULL").format(sql.SQL(lookup)), (text,))
         found = tcur.fetchone()[0]
-    except psycopg2.errors.InvalidSchemaName:
+    except (psycopg2.errors.InvalidSchemaName, psycopg2.errors.UndefinedObject):
         tcur.execute("ROLLBACK TO SAVEPOINT pool_provider_lookup")
         return False
     tcur.execute("RELEASE SAVEPOINT pool_provider_lookup")

@@ -26,6 +26,7 @@ from psycopg2 import sql
 from airflow_pool_provider.copy.ledger import CHUNK_LEDGER_TABLE
 from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.errors import MigrationMistake, first_line
+from airflow_pool_provider.migration.definitions import qualified
 from airflow_pool_provider.migration.ledger import STAGE_LEDGER_TABLE
 
 # Relations pg_dump locks (tables) or reads (sequences) in a dump of the schemas, that the role
@@ -82,10 +83,14 @@ class Function:
 
 
 def functions(scur, schemas: Iterable[str]) -> list[Function]:
-    scur.execute(_FUNCTIONS, {"schemas": list(schemas)})
+    """Read with an empty search_path: argument types are then named with their schemas, as a
+    REVOKE in the target (whose search_path the restore emptied) needs them."""
+    with qualified(scur):
+        scur.execute(_FUNCTIONS, {"schemas": list(schemas)})
+        rows = scur.fetchall()
     return [
         Function(oid, schema, name, args, procedure, definer, public, tuple(roles))
-        for oid, schema, name, args, procedure, definer, public, roles in scur.fetchall()
+        for oid, schema, name, args, procedure, definer, public, roles in rows
     ]
 
 
@@ -101,7 +106,9 @@ def revoke_from_public(tcur, found: Iterable[Function]) -> None:
         tcur.execute(sql.SQL("REVOKE EXECUTE ON {} {} FROM PUBLIC").format(kind, function.identifier()))
 
 
-def check_functions(found: list[Function], keep_owners: bool, allow_security_definer: bool, problems: list[str]):
+def check_functions(
+    found: list[Function], keep_owners: bool, allow_security_definer: bool, problems: list[str]
+) -> None:
     """Refuse SECURITY DEFINER functions that would run as the target role, unless accepted."""
     definers = [f.describe() for f in found if f.security_definer]
     if definers and not keep_owners and not allow_security_definer:
