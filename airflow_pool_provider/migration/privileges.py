@@ -157,8 +157,9 @@ def source_grants(scur, schemas: Iterable[str]) -> list[str]:
 
 def target_grants(tcur, schemas: Iterable[str], ledger_schema: str) -> list[str]:
     """The GRANTs the target role lacks to create the schemas, their objects and the ledgers."""
+    schemas = list(schemas)
     role = _role(tcur)
-    tcur.execute(_SCHEMA_RIGHTS, {"schemas": list(schemas)})
+    tcur.execute(_SCHEMA_RIGHTS, {"schemas": schemas})
     rights = {name: (usage, create) for name, usage, create in tcur.fetchall()}
     grants = []
     tcur.execute("SELECT current_database(), has_database_privilege(current_database(), 'CREATE')")
