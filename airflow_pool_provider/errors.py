@@ -160,6 +160,11 @@ class ToolFailed(MigrationError):
     """pg_dump/pg_restore ran and failed (its stderr is in the message); Airflow's retries apply."""
 
 
+class ToolRefused(MigrationMistake):
+    """pg_dump/pg_restore were refused a privilege ("permission denied"): trying again cannot help
+    until it is granted; the message says which role and what to grant."""
+
+
 # -- classification ---------------------------------------------------------------------------
 
 #: SQLSTATEs (full codes) worth retrying at once.

@@ -101,6 +101,14 @@ with DAG(
             "in the target); off: the target connection's user owns them. Grants are "
             "never copied.",
         ),
+        "allow_security_definer": Param(
+            False,
+            type="boolean",
+            title="Allow SECURITY DEFINER",
+            description="Accept SECURITY DEFINER functions owned by the target connection's user "
+            "(they run with its rights for whoever may execute them); off: the plan refuses them "
+            "unless owners are kept.",
+        ),
         "migration_id": Param(
             "",
             type=["string", "null"],
@@ -126,4 +134,5 @@ with DAG(
         migration_id="{{ params.migration_id }}",
         dry_run="{{ params.dry_run }}",
         keep_owners="{{ params.keep_owners }}",
+        allow_security_definer="{{ params.allow_security_definer }}",
     )

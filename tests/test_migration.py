@@ -187,6 +187,7 @@ def test_invalid_params_are_refused_by_the_form(airflow_db, legacy, migrate):
         {"mode": "merge"},
         {"source_conn_id": "somewhere_else"},
         {"migration_id": "no spaces allowed"},
+        {"allow_security_definer": "maybe"},
     ):
         with pytest.raises(ParamValidationError):
             migrate.test(run_conf=conf)

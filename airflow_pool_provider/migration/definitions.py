@@ -80,8 +80,8 @@ SELECT 'owner', '', pg_get_userbyid(relowner) FROM pg_class WHERE oid = to_regcl
 """
 # The schema-level objects of the schemas: enums by their labels in order, domains by base type
 # and checks, composite types by their attributes, functions and procedures by
-# pg_get_functiondef (body, language, SECURITY DEFINER, settings), each one's comment, and its
-# owner when owners are kept. Those of extensions are the extensions' business.
+# pg_get_functiondef (body, language, SECURITY DEFINER, settings) and whether PUBLIC may execute
+# them, each one's comment, and its owner when owners are kept. Those of extensions are the extensions' business.
 _SCHEMA_OBJECTS = """
 WITH own_types AS (
     SELECT t.oid, t.oid::regtype::text AS name, t.typtype, t.typowner AS owner
@@ -112,6 +112,11 @@ SELECT 'composite type', name, (SELECT string_agg(quote_ident(a.attname) || ' ' 
   FROM own_types WHERE typtype = 'c'
 UNION ALL
 SELECT CASE prokind WHEN 'p' THEN 'procedure' ELSE 'function' END, name, pg_get_functiondef(oid) FROM own_functions
+UNION ALL
+-- whether anyone may run it: a restore without grants must not widen access
+SELECT 'EXECUTE by PUBLIC of', 'function ' || name,
+       CASE WHEN has_function_privilege('public', oid, 'EXECUTE') THEN 'granted' ELSE 'revoked' END
+  FROM own_functions
 UNION ALL
 SELECT 'comment on', 'type ' || name, obj_description(oid, 'pg_type') FROM own_types
  WHERE obj_description(oid, 'pg_type') IS NOT NULL
@@ -144,12 +149,13 @@ COMPARED = (
     "identity, NOT NULL), indexes, constraints with their validity, triggers, rules, row security and policies, "
     "statistics objects, CLUSTER markers, views and materialized views (definition, populated), sequences "
     "(definition; position at or past the source's), enums (labels in order), domains, composite types, "
-    "functions and procedures (whole definition), comments, and owners when kept"
+    "functions and procedures (whole definition, and whether PUBLIC may execute them), comments, and owners when "
+    "kept"
 )
 NOT_COMPARED = (
-    "privileges (GRANTs are not migrated), security labels, per-column statistics targets, and the schemas' "
-    "aggregates, operators, operator classes and families, collations, casts, conversions and text search "
-    "objects (restored with their schemas)"
+    "privileges but PUBLIC's EXECUTE on functions (GRANTs to roles are not migrated), security labels, "
+    "per-column statistics targets, and the schemas' aggregates, operators, operator classes and families, "
+    "collations, casts, conversions and text search objects (restored with their schemas)"
 )
 
 
@@ -195,7 +201,7 @@ def schema_differences(scur, tcur, schemas: tuple[str, ...], owners: bool = Fals
 def sequence_differences(scur, tcur, sequence: TableName, at_least: int | None) -> list[Difference]:
     """A sequence's definition on both sides, and its position: the target's next value at or past
     ``at_least`` (the source's next value when post-data set it), else the source's now."""
-    with _qualified(scur), _qualified(tcur):
+    with qualified(scur), qualified(tcur):
         source, target = _sequence(scur, sequence), _sequence(tcur, sequence)
     what = f"sequence {sequence}"
     if source is None:  # dropped on the source since the plan
@@ -235,7 +241,7 @@ def _read_back(tcur, relation: TableName, key: ObjectKey, definition: str) -> st
         )
     else:
         return None
-    with _qualified(tcur):
+    with qualified(tcur):
         tcur.execute("SAVEPOINT pool_provider_read_back")
         try:
             for statement in make:
@@ -259,13 +265,13 @@ def _compare(source: Mapping[K, str], target: Mapping[K, str], name: Callable[[K
 
 
 def _relation_objects(cur, relation: TableName, owners: bool) -> dict[ObjectKey, str]:
-    with _qualified(cur):
+    with qualified(cur):
         cur.execute(_RELATION_OBJECTS, {"t": str(relation), "owners": owners})
         return {ObjectKey.on_table(ObjectKind(kind), relation, n): text for kind, n, text in cur.fetchall()}
 
 
 def _schema_objects(cur, schemas: tuple[str, ...], owners: bool) -> dict[tuple[str, str], str]:
-    with _qualified(cur):
+    with qualified(cur):
         cur.execute(_SCHEMA_OBJECTS, {"schemas": list(schemas), "owners": owners})
         return {(kind, name): text for kind, name, text in cur.fetchall()}
 
@@ -276,7 +282,7 @@ def _sequence(cur, sequence: TableName) -> tuple[str, int] | None:
 
 
 @contextmanager
-def _qualified(cur) -> Iterator[None]:
+def qualified(cur) -> Iterator[None]:
     """An empty search_path, so that definitions name everything with its schema on both sides;
     put back after (the rows' checks print reg* values as the copy did)."""
     cur.execute("SELECT current_setting('search_path'), set_config('search_path', '', true)")

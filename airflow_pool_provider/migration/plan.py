@@ -5,7 +5,8 @@ table, a target table this migration did not create (``resume``), dependents out
 selection of a table to drop (``replace``), a partition in a schema not selected, an extension
 the target lacks, a type, function or relation of another schema the selection uses (or its
 ``regclass``-like values name) that the target lacks, pg_dump too old, a connection budget the
-servers cannot hold.
+servers cannot hold, a privilege either connection's role lacks (named as GRANTs), a SECURITY
+DEFINER function that would run as the target role.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
 from airflow_pool_provider.errors import MigrationMistake, first_line
-from airflow_pool_provider.migration import catalog, outside
+from airflow_pool_provider.migration import catalog, outside, privileges
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.ledger import MigrationLedger
 from airflow_pool_provider.migration.postdata import set_index_build_memory
@@ -235,6 +236,9 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
     _check_index_build_memory(tcur, request.index_build_memory, problems)
     _check_large_objects(scur, selection, problems)
     _check_index_names(scur, tcur, selection, problems)
+    functions = privileges.functions(scur, request.schemas)
+    privileges.check_functions(functions, request.keep_owners, request.allow_security_definer, problems)
+    privileges.check_roles(scur, tcur, request.schemas, request.ledger_schema, problems)
     budget = _budget(scur, tcur, request.parallelism, copy_tasks)
     if not budget.fits:
         problems.append(
@@ -258,7 +262,7 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
         extensions=extensions,
         budget=budget,
         resumed_stages=[stage.value for stage in earlier.stages_done],
-        left_out=_left_out(selection),
+        left_out=_left_out(selection) + privileges.not_migrated(functions, request.keep_owners),
         warnings=_powerful_roles(scur, "source") + _powerful_roles(tcur, "target"),
     )
 

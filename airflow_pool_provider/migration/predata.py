@@ -10,7 +10,7 @@ already if anything outside the selection depends on them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from psycopg2 import sql
 
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import quote_ident
-from airflow_pool_provider.migration import catalog, schema, scratch, toc
+from airflow_pool_provider.migration import catalog, privileges, schema, scratch, toc
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.data import copy_id_prefix
 from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, ObjectKey, Stage
@@ -56,7 +56,9 @@ def run(
     source_connect: Mapping[str, Any],
     snapshot: str | None,
     log: logging.Logger | logging.LoggerAdapter,
+    restricted: Sequence[privileges.Function] = (),
 ) -> PreDataResult:
+    """``restricted``: the functions PUBLIC may not execute on the source; kept from it here too."""
     tables = [t.name for t in selection.tables]
     with tconn.cursor() as tcur:
         ledger.ensure(tcur)
@@ -77,6 +79,7 @@ def run(
             reused = _existing_objects(tcur, entries, selection)
             entries = [e for e in entries if e.dump_id not in reused]
             schema.apply(tcur, schema.script(tools, archive, entries, request.keep_owners))
+        revoked = _restrict(tcur, entries, restricted)
         for table in tables:
             ledger.record(tcur, Stage.PRE_DATA, ObjectKey.of_table(table))
         record = PreDataRecord(len(entries), tuple(sorted(reused.values())), request.run_id, tuple(dropped))
@@ -89,7 +92,18 @@ def run(
         list(record.reused) or "none",
         f"; dropped first (mode=replace): {dropped}" if dropped else "",
     )
+    if revoked:
+        log.info("pre-data: EXECUTE revoked from PUBLIC, as on the source, on %s", revoked)
     return PreDataResult(len(entries), list(record.reused), dropped, [str(t) for t in tables], skipped=False)
+
+
+def _restrict(tcur, entries: list[toc.TocEntry], restricted: Sequence[privileges.Function]) -> list[str]:
+    """Revoke EXECUTE from PUBLIC on the restored functions the source keeps from it (the restore
+    leaves out every grant and revoke); those reused as they were are left alone."""
+    restored = {e.oid for e in entries if e.desc in ("FUNCTION", "PROCEDURE")}
+    chosen = [f for f in restricted if f.oid in restored]
+    privileges.revoke_from_public(tcur, chosen)
+    return [f.describe() for f in chosen]
 
 
 def _start_over(tcur, ledger: MigrationLedger, request: MigrationRequest, log) -> None:

@@ -45,6 +45,7 @@ class MigrationRequest:
     ledger_schema: str = DEFAULT_LEDGER_SCHEMA
     pg_bin_dir: str | None = None
     keep_owners: bool = False  # restore the objects' owners (pg_restore without -O); grants never
+    allow_security_definer: bool = False  # SECURITY DEFINER functions owned by the target role: accepted
     index_build_memory: str | None = (
         DEFAULT_INDEX_BUILD_MEMORY  # maintenance_work_mem of each index build; None: the server's
     )

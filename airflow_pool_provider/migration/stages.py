@@ -19,9 +19,20 @@ from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
 from airflow_pool_provider.copy.stopping import StopSignal
-from airflow_pool_provider.errors import MigrationMistake
+from airflow_pool_provider.errors import MigrationMistake, ToolRefused
 from airflow_pool_provider.metrics import Metrics
-from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, scratch, toc, verify
+from airflow_pool_provider.migration import (
+    catalog,
+    comments,
+    data,
+    postdata,
+    predata,
+    privileges,
+    schema,
+    scratch,
+    toc,
+    verify,
+)
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.ledger import (
     RESTORE,
@@ -160,16 +171,30 @@ def plan(m: Migration, copy_tasks: int) -> MigrationPlan:
         return make_plan(scur, tcur, m.request, copy_tasks)
 
 
+@contextmanager
+def naming_grants(m: Migration) -> Iterator[None]:
+    """A dump refused a privilege: the GRANTs the source role lacks, as the plan names them."""
+    try:
+        yield
+    except ToolRefused as refused:
+        with reading(m.source_pool) as scur:
+            grants = privileges.source_grants(scur, m.request.schemas)
+        if not grants:
+            raise
+        raise ToolRefused("\n  ".join([str(refused).rsplit("\n", 1)[0], "Grant it:", *grants])) from refused
+
+
 def pre_data(m: Migration) -> predata.PreDataResult:
     scratch.remove_leftovers(m.log)  # a killed run's dump and password file
-    with m.source_reading() as scur, m.target_pool.connection() as tconn:
+    with naming_grants(m), m.source_reading() as scur, m.target_pool.connection() as tconn:
         chosen = m.selection(scur)
         with tconn.cursor() as tcur:
             refuse_onto_itself(scur, tcur)  # the plan did, unless this task runs alone
             tools = tools_for(scur, tcur, m.request)
         tconn.rollback()
         snapshot = m.snapshots.current().snapshot
-        return predata.run(tconn, chosen, m.request, m.ledger, tools, m.source_connect, snapshot, m.log)
+        restricted = privileges.restricted(privileges.functions(scur, m.request.schemas))
+        return predata.run(tconn, chosen, m.request, m.ledger, tools, m.source_connect, snapshot, m.log, restricted)
 
 
 def plan_data(m: Migration, batch_rows: int = data.DEFAULT_BATCH_ROWS) -> list[data.Batch]:
@@ -372,7 +397,7 @@ def _restore_post_data(m: Migration, chosen: Selection) -> int:
             return 0
         with m.source_reading() as scur:
             tools = tools_for(scur, tcur, m.request)
-        with scratch.folder("schema") as folder:
+        with naming_grants(m), scratch.folder("schema") as folder:
             snapshot = m.snapshots.current().snapshot
             archive = schema.dump(tools, m.source_connect, chosen.catalog, snapshot, folder)
             entries = toc.post_data(list(archive.entries), chosen)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from airflow_pool_provider.errors import ToolFailed, ToolMissing
+from airflow_pool_provider.errors import ToolFailed, ToolMissing, ToolRefused
 from airflow_pool_provider.migration import scratch
 
 #: libpq keywords with an environment variable, for what pg_dump must not see on its command line.
@@ -44,6 +44,8 @@ _ENV = {
     "options": "PGOPTIONS",
     "target_session_attrs": "PGTARGETSESSIONATTRS",
 }
+#: What the server says when a role lacks a privilege (42501), in a client program's stderr.
+_REFUSED = "permission denied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,8 @@ def libpq_env(connect_kwargs: Mapping[str, Any]) -> Iterator[dict[str, str]]:
 
 
 def run(tools_program: Path, args: Sequence[str], env: Mapping[str, str], what: str) -> str:
-    """Run a client program; ToolFailed with its stderr when it fails."""
+    """Run a client program; ToolFailed with its stderr when it fails, ToolRefused (a mistake) when
+    the server refused its role a privilege."""
     pipe = subprocess.PIPE
     with (
         subprocess.Popen([str(tools_program), *args], env=dict(env), stdout=pipe, stderr=pipe, text=True) as process,
@@ -165,7 +168,11 @@ def run(tools_program: Path, args: Sequence[str], env: Mapping[str, str], what: 
     code = process.returncode
     if code != 0:
         how = f"stopped by {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
-        raise ToolFailed(f"{what} failed ({tools_program.name} {how}): {stderr.strip()[-2000:]}")
+        failure = f"{what} failed ({tools_program.name} {how}): {stderr.strip()[-2000:]}"
+        if _REFUSED in stderr:
+            role = env.get("PGUSER", "its role")
+            raise ToolRefused(f"{failure}\nThe role {role} lacks a privilege: grant it what this names and run again")
+        raise ToolFailed(failure)
     return stdout
 
 

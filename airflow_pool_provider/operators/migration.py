@@ -21,7 +21,7 @@ from airflow_pool_provider.copy.row_security import explaining
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM
 from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.hooks.pooled_postgres import PooledPostgresHook
-from airflow_pool_provider.migration import data, stages
+from airflow_pool_provider.migration import data, privileges, stages
 from airflow_pool_provider.migration.request import DEFAULT_LEDGER_SCHEMA, MigrationRequest
 from airflow_pool_provider.operators.mistakes import mistakes_fail_once
 from airflow_pool_provider.operators.params import FORM_POOL_SLOTS, as_int
@@ -61,7 +61,11 @@ class MigrationStageOperator(BaseOperator):
         at once); default ``[pooled_postgres] index_build_memory`` (1GB, as pgcopydb); empty: the
         target server's own setting.
     :param keep_owners: restore the objects' owners too (the target must have the roles); by
-        default they are left out (``pg_restore -O``). Grants are never restored (``-x``).
+        default they are left out (``pg_restore -O``). Grants are never restored (``-x``), but a
+        function's EXECUTE revoked from PUBLIC is.
+    :param allow_security_definer: accept SECURITY DEFINER functions restored without their
+        owners (they then run with the target connection's role's rights); off, the plan refuses
+        them unless ``keep_owners``.
     :param snapshot_max_seconds: how long the source snapshot may be held at most.
     """
 
@@ -79,6 +83,7 @@ class MigrationStageOperator(BaseOperator):
         "ledger_schema",
         "pg_bin_dir",
         "keep_owners",
+        "allow_security_definer",
         "index_build_memory",
     )
     ui_color = "#d8f0d8"
@@ -100,10 +105,12 @@ class MigrationStageOperator(BaseOperator):
         pg_bin_dir: str | None = None,
         snapshot_max_seconds: float = DEFAULT_SNAPSHOT_MAX_SECONDS,
         keep_owners: Any = False,
+        allow_security_definer: Any = False,
         index_build_memory: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.allow_security_definer = allow_security_definer
         self.index_build_memory = index_build_memory
         self.keep_owners = keep_owners
         self.snapshot_max_seconds = snapshot_max_seconds
@@ -136,13 +143,14 @@ class MigrationStageOperator(BaseOperator):
             ledger_schema=self.ledger_schema or DEFAULT_LEDGER_SCHEMA,
             pg_bin_dir=self.pg_bin_dir or configured.pg_bin_dir,
             keep_owners=_as_bool(self.keep_owners),
+            allow_security_definer=_as_bool(self.allow_security_definer),
             index_build_memory=configured.index_build_memory
             if self.index_build_memory is None
             else self.index_build_memory.strip() or None,
         )
 
     def execute(self, context: Context) -> Any:
-        with mistakes_fail_once(), explaining(MigrationMistake):
+        with mistakes_fail_once(), privileges.explaining_refusals(), explaining(MigrationMistake):
             request = replace(self.request(), run_id=context["run_id"])
             return self.run_stage(context, self.migration(request))
 
