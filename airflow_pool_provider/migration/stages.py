@@ -19,6 +19,7 @@ from airflow_pool_provider.copy import snapshot as copy_snapshot
 from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
+from airflow_pool_provider.copy.sessions import session_pools
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.metrics import Metrics
@@ -71,6 +72,12 @@ class Migration:
     snapshot_max_seconds: float
     metrics: Metrics | None = None
     connection_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        # Every session of the migration runs with the timeouts it needs (copy.sessions).
+        source, target = session_pools(self.source_pool, self.target_pool, self.log)
+        object.__setattr__(self, "source_pool", source)
+        object.__setattr__(self, "target_pool", target)
 
     @property
     def migration_id(self) -> str:
