@@ -11,6 +11,7 @@ from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE, MAX_PARALLELISM
 from airflow_pool_provider.errors import MigrationMistake
+from airflow_pool_provider.migration.locks import DEFAULT_LOCK_TIMEOUT, DEFAULT_LOCK_WAIT, LockWaits
 
 
 class Mode(Choice):
@@ -47,6 +48,8 @@ class MigrationRequest:
         DEFAULT_INDEX_BUILD_MEMORY  # maintenance_work_mem of each index build; None: the server's
     )
     run_id: str | None = None  # the DAG run: replace starts over in a new run, a retry in the same one resumes
+    ddl_lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # seconds one try of a DDL statement waits for its locks
+    ddl_lock_wait: float = DEFAULT_LOCK_WAIT  # seconds it waits in all (see migration.locks)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -68,6 +71,7 @@ class MigrationRequest:
             raise MigrationMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
         if not isinstance(self.ledger_schema, str) or not self.ledger_schema:
             raise MigrationMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
+        LockWaits(self.ddl_lock_timeout, self.ddl_lock_wait)  # a clear message for waits that cannot work
 
     def resolved(self, source: str, target: str) -> MigrationRequest:
         """This request with its id: the given one, or one derived from where from, where to and what."""
@@ -75,6 +79,10 @@ class MigrationRequest:
             return self
         what = json.dumps([source, target, list(self.schemas), sorted(self.tables), sorted(self.exclude_tables)])
         return replace(self, migration_id="migration-" + hashlib.sha256(what.encode()).hexdigest()[:12])
+
+    @property
+    def lock_waits(self) -> LockWaits:
+        return LockWaits(self.ddl_lock_timeout, self.ddl_lock_wait)
 
     @property
     def id(self) -> str:

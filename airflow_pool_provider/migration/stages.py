@@ -23,7 +23,7 @@ from airflow_pool_provider.copy.sessions import session_pools
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import MigrationMistake
 from airflow_pool_provider.metrics import Metrics
-from airflow_pool_provider.migration import catalog, comments, data, postdata, predata, schema, toc, verify
+from airflow_pool_provider.migration import catalog, comments, data, locks, postdata, predata, schema, toc, verify
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.ledger import (
     RESTORE,
@@ -33,6 +33,7 @@ from airflow_pool_provider.migration.ledger import (
     ObjectKind,
     Stage,
 )
+from airflow_pool_provider.migration.locks import LockMode
 from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, tools_for
 from airflow_pool_provider.migration.records import (
     CheckRecord,
@@ -239,7 +240,15 @@ def build_table(m: Migration, relation: Relation, alongside: Callable[[], None] 
         return 0
     workers = max(1, min(len(indexes), m.request.parallelism))
     return postdata.build_indexes(
-        m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside, m.request.index_build_memory
+        m.target_pool,
+        indexes,
+        m.ledger,
+        workers,
+        StopSignal(),
+        m.log,
+        alongside,
+        m.request.index_build_memory,
+        m.request.lock_waits,
     )
 
 
@@ -269,7 +278,7 @@ def post_data(m: Migration) -> PostDataResult:
         }
         keys = postdata.read_foreign_keys(scur, restored_tables)
     built = sum(build_table(m, r) for r in _tables_leaves_first(chosen))
-    foreign = postdata.add_foreign_keys(m.target_pool, keys, m.ledger, m.log)
+    foreign = postdata.add_foreign_keys(m.target_pool, keys, m.ledger, m.log, m.request.lock_waits)
     restored = _restore_post_data(m, chosen)
     refreshed = sum(_populate(m, view) for view in chosen.views if view.kind is RelKind.MATERIALIZED_VIEW)
     moved = _move_sequences(m, chosen)
@@ -309,7 +318,8 @@ def _populate(m: Migration, view: Relation) -> int:
     key = ObjectKey(ObjectKind.REFRESH, view.name.schema, view.name.name)
     with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         if populated and not m.ledger.is_done(tcur, Stage.POST_DATA, key):
-            tcur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(view.name.identifier()))
+            refresh = sql.SQL("REFRESH MATERIALIZED VIEW {}").format(view.name.identifier())
+            locks.execute(tcur, refresh, [view.name], LockMode.ACCESS_EXCLUSIVE, m.request.lock_waits, m.log)
             m.ledger.record(tcur, Stage.POST_DATA, key)
             refreshed = 1
         tconn.commit()
@@ -329,7 +339,16 @@ def _restore_post_data(m: Migration, chosen: Selection) -> int:
             snapshot = m.snapshots.current().snapshot
             archive = schema.dump(tools, m.source_connect, m.request.schemas, snapshot, Path(folder))
             entries = toc.post_data(list(archive.entries), chosen)
-            schema.apply(tcur, schema.script(tools, archive, entries))
+            script = schema.script(tools, archive, entries)
+            locks.run(
+                tcur,
+                lambda: schema.apply(tcur, script),
+                "the restore of triggers, rules and policies",
+                [chosen.catalog.relations[oid].name for oid in sorted(chosen.restored)],
+                LockMode.ACCESS_EXCLUSIVE,  # rules and policies take it
+                m.request.lock_waits,
+                m.log,
+            )
         m.ledger.record(tcur, Stage.POST_DATA, RESTORE, RestoreRecord(len(entries)))
         tconn.commit()
     return len(entries)
