@@ -22,15 +22,16 @@ import time
 import traceback
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from types import FrameType
 from typing import Any
 
 import psycopg2
 import psycopg2.extensions as ext
+from psycopg2 import sql
 
 from airflow_pool_provider.backoff import Backoff
 from airflow_pool_provider.errors import (
@@ -73,6 +74,10 @@ class _Slot:
     holder: weakref.ref | None = None
     taken_at_line: int = 0
     leak_reported: bool = False
+    # Session settings a checkout asked for, kept on the session until a checkout asks for others,
+    # and what they were before (the server's, the role's or the connection's own).
+    settings: dict[str, str] = field(default_factory=dict)
+    settings_before: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -151,6 +156,9 @@ class PooledConnection:
 
     @property
     def raw(self) -> ext.connection:
+        return self._live_slot().conn
+
+    def _live_slot(self) -> _Slot:
         slot = self._slot
         if slot is None:
             if self._ended_by_with:
@@ -159,7 +167,12 @@ class PooledConnection:
                     "with-block; call get_conn() again (pool.getconn() without a hook) for a new one"
                 )
             raise PoolError(f"this connection was already given back to pool {self._pool.name!r}")
-        return slot.conn
+        return slot
+
+    @property
+    def settings_before(self) -> Mapping[str, str]:
+        """What the session settings this checkout asked for were before they were set."""
+        return dict(self._live_slot().settings_before)
 
     def close(self) -> None:
         """Give the connection back to its pool (idempotent, like psycopg2's ``close``)."""
@@ -264,18 +277,39 @@ class ConnectionPool:
 
     # -- checkout ---------------------------------------------------------------------------
 
-    def getconn(self, timeout: float | None = None, cancel: threading.Event | None = None) -> PooledConnection:
+    def getconn(
+        self,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> PooledConnection:
         """Check out a healthy connection, waiting up to ``timeout`` (default: the pool's); a set
-        ``cancel`` ends the wait at once with :class:`CheckoutCancelled`."""
+        ``cancel`` ends the wait at once with :class:`CheckoutCancelled`. ``settings``: session
+        settings (``statement_timeout``: value) the session has for this checkout; a checkout
+        without them gets the session as the server and the role set it."""
         taker = sys._getframe(1) if self.leak_threshold is not None else None
         checkout = _Checkout(self.timeout if timeout is None else timeout, cancel)
         while True:
             slot = self._take_idle_or_reserve(checkout)
             if slot is None:
-                return PooledConnection(self, self._open(checkout), taker)
-            if self._healthy(slot, slot.checked_out_at):
-                return PooledConnection(self, slot, taker)
+                slot = self._open(checkout)
+            elif not self._healthy(slot, slot.checked_out_at):
+                self._discard_checked_out(slot)
+                continue
+            self._settle(slot, dict(settings or {}))
+            return PooledConnection(self, slot, taker)
+
+    def _settle(self, slot: _Slot, wanted: dict[str, str]) -> None:
+        """Give a checked-out session the ``wanted`` settings (nothing to do when it has them: they
+        are kept across checkouts); a session that cannot take them is closed."""
+        if slot.settings == wanted:
+            return
+        try:
+            slot.settings_before = _set_session(slot.conn, slot.settings, wanted)
+        except BaseException:
             self._discard_checked_out(slot)
+            raise
+        slot.settings = wanted
 
     def _take_idle_or_reserve(self, checkout: _Checkout) -> _Slot | None:
         """Check out the most recently used idle connection, or reserve a place to open one (None),
@@ -480,10 +514,13 @@ class ConnectionPool:
 
     @contextmanager
     def connection(
-        self, timeout: float | None = None, cancel: threading.Event | None = None
+        self,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> Iterator[PooledConnection]:
         """Check out a connection for the ``with`` block and give it back after."""
-        conn = self.getconn(timeout, cancel)
+        conn = self.getconn(timeout, cancel, settings)
         try:
             yield conn
         finally:
@@ -676,6 +713,24 @@ def _format_stack(slot: _Slot) -> str:
     last = entries[-1]
     entries[-1] = traceback.FrameSummary(last.filename, slot.taken_at_line, last.name)
     return "".join(traceback.format_list(entries)).rstrip()
+
+
+def _set_session(conn: ext.connection, current: Mapping[str, str], wanted: Mapping[str, str]) -> dict[str, str]:
+    """Undo the ``current`` settings of an idle session and set the ``wanted`` ones, in one round
+    trip; returns the values the wanted ones had before."""
+    resets = [sql.SQL("RESET {};").format(sql.Identifier(name)) for name in current]
+    names = list(wanted)
+    reads = sql.SQL(", ").join(sql.SQL("current_setting(%s), set_config(%s, %s, false)") for _ in names)
+    statement = sql.SQL(" ").join([*resets, sql.SQL("SELECT ") + reads] if names else resets)
+    autocommit = conn.autocommit
+    conn.autocommit = True  # a setting made in a transaction that rolls back would be undone
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, [v for name in names for v in (name, name, wanted[name])])
+            row = cur.fetchone() if names else ()
+    finally:
+        conn.autocommit = autocommit
+    return {name: row[2 * i] for i, name in enumerate(names)}
 
 
 def _readable(conn: ext.connection) -> bool:

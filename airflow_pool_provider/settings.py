@@ -16,6 +16,7 @@ from typing import Any
 from airflow_pool_provider.copy.engine import DEFAULT_LEDGER_RETENTION_DAYS
 from airflow_pool_provider.errors import InvalidSetting
 from airflow_pool_provider.migration.data import DEFAULT_BATCH_ROWS
+from airflow_pool_provider.migration.locks import DEFAULT_LOCK_TIMEOUT, DEFAULT_LOCK_WAIT
 from airflow_pool_provider.migration.request import DEFAULT_INDEX_BUILD_MEMORY
 from airflow_pool_provider.registry import PoolSettings
 
@@ -177,6 +178,26 @@ KEYS: tuple[Key, ...] = (
         "into the same ledger prunes them; 'none' keeps them. A pruned copy_id run again is a new copy.",
         version_added="0.2.0",
     ),
+    Key(
+        "ddl_lock_timeout",
+        ValueType.FLOAT,
+        DEFAULT_LOCK_TIMEOUT,
+        "Seconds one try of a migration's DDL (ADD PRIMARY KEY, DROP TABLE, CREATE INDEX, ...) waits for its "
+        "table locks (lock_timeout). Then it steps aside, so that the queries queued behind it run, logs the "
+        "sessions holding it off and tries again after a pause.",
+        version_added="0.2.0",
+        can_be_off=False,
+    ),
+    Key(
+        "ddl_lock_wait",
+        ValueType.FLOAT,
+        DEFAULT_LOCK_WAIT,
+        "Seconds a migration's DDL statement waits for its locks in all, over its tries; then the task fails "
+        "naming the sessions that held it off (the task's retries apply, and it resumes).",
+        version_added="0.2.0",
+        example="900",
+        can_be_off=False,
+    ),
 )
 
 _POOL_KEYS = tuple(f.name for f in fields(PoolSettings))
@@ -192,6 +213,8 @@ class Settings:
     index_build_memory: str | None
     migration_batch_rows: int
     ledger_retention_days: float | None
+    ddl_lock_timeout: float
+    ddl_lock_wait: float
 
 
 _cache: dict[str, Value] = {}

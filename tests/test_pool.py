@@ -20,6 +20,7 @@ import psycopg2.extensions as ext
 import pytest
 from forking import in_child
 from observe import app_backends, wait_until
+from psycopg2 import sql
 
 from airflow_pool_provider.pool import ConnectionPool, PoolClosed, PooledConnection, PoolError, PoolTimeout
 from airflow_pool_provider.testing.postgres import Server
@@ -479,6 +480,34 @@ def test_failed_transaction_and_session_flags_are_reset_on_return(make_pool, ite
         conn.commit()
     assert items_table() == 1
     assert pool.stats()["rollbacks_on_return"] == 1
+
+
+def _show(conn, name: str) -> str:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))
+        value = cur.fetchone()[0]
+    conn.rollback()
+    return value
+
+
+def test_session_settings_asked_for_hold_for_the_checkout_and_are_undone_for_one_that_does_not_ask(pg_server, database):
+    server_value = {"options": "-c statement_timeout=150ms"}  # as a role's or a database's setting would
+    pool = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(database, **server_value)), max_size=1)
+    wanted = {"statement_timeout": "0", "lock_timeout": "2s"}
+    try:
+        with pool.connection(settings=wanted) as conn:
+            pid = backend_pid(conn)
+            assert (_show(conn, "statement_timeout"), _show(conn, "lock_timeout")) == ("0", "2s")
+            assert conn.settings_before == {"statement_timeout": "150ms", "lock_timeout": "0"}
+        with pool.connection(settings=wanted) as conn:  # kept while idle: nothing to set again
+            assert backend_pid(conn) == pid and _show(conn, "statement_timeout") == "0"
+            assert conn.settings_before == {"statement_timeout": "150ms", "lock_timeout": "0"}
+        with pool.connection() as conn:  # another taker gets the session as the server set it
+            assert backend_pid(conn) == pid
+            assert (_show(conn, "statement_timeout"), _show(conn, "lock_timeout")) == ("150ms", "0")
+            assert conn.settings_before == {}
+    finally:
+        pool.close()
 
 
 # -- 7. misuse ----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from airflow_pool_provider.copy.plan import KeysetKind
 from airflow_pool_provider.copy.prepare import PreparedCopy, prepare
 from airflow_pool_provider.copy.progress import Progress
 from airflow_pool_provider.copy.row_security import explained
+from airflow_pool_provider.copy.sessions import session_pools
 from airflow_pool_provider.copy.snapshot import ExportedSnapshot, ReadInstant, SharedSnapshot, SourceSnapshot
 from airflow_pool_provider.copy.spec import CopySpec
 from airflow_pool_provider.copy.stopping import StopSignal
@@ -69,11 +70,10 @@ class TableCopy:
         only_chunks: Collection[int] | None = None,
         read_instant: ReadInstant | None = None,
     ) -> None:
-        self.source_pool = source_pool
-        self.target_pool = target_pool
         self.spec = spec
         self.copy_id = copy_id
         self.log = log or logging.getLogger(__name__)
+        self.source_pool, self.target_pool = session_pools(source_pool, target_pool, self.log)
         self.metrics = metrics or NoMetrics()
         self.connection_limit = connection_limit
         if ledger_retention_days is not None and not ledger_retention_days > 0:

@@ -28,7 +28,9 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.copy.workers import run_workers
 from airflow_pool_provider.errors import MigrationError, first_line
+from airflow_pool_provider.migration import locks
 from airflow_pool_provider.migration.ledger import MigrationLedger, ObjectKey, ObjectKind, Stage, Status
+from airflow_pool_provider.migration.locks import DEFAULT_WAITS, LockMode, LockWaits
 from airflow_pool_provider.pool import ConnectionPool
 
 # Read with an empty search_path, so every name in a definition comes schema-qualified.
@@ -150,22 +152,25 @@ def build_indexes(
     log: logging.Logger | logging.LoggerAdapter,
     alongside: Callable[[], None] | None = None,
     index_build_memory: str | None = None,
+    waits: LockWaits = DEFAULT_WAITS,
 ) -> int:
     """Build ``indexes`` (of one table): the indexes on up to ``workers`` connections at once
     (``CREATE INDEX`` locks allow each other), then, one after another, the constraints on them
     (``ADD CONSTRAINT`` takes an exclusive lock, which two at once would deadlock on). Returns
     how many objects were built (the others were done already). ``alongside`` runs on a builder
     that has no index left to build, while the others still build (a read of the table).
-    ``index_build_memory``: each build's ``maintenance_work_mem``."""
+    ``index_build_memory``: each build's ``maintenance_work_mem``. ``waits``: how each statement
+    waits for its lock on the table."""
     built: list[ObjectKey] = []
+    table = indexes[0].table
 
-    def once(key: ObjectKey, statement: sql.Composable) -> None:
+    def once(key: ObjectKey, statement: sql.Composable, mode: LockMode) -> None:
         with stop.checkout(target_pool) as tconn, tconn.cursor() as tcur:
             if ledger.is_done(tcur, Stage.POST_DATA, key):
                 tconn.rollback()
                 return
             set_index_build_memory(tcur, index_build_memory)
-            tcur.execute(statement)
+            locks.execute(tcur, statement, [table], mode, waits, log)
             ledger.record(tcur, Stage.POST_DATA, key)
             tconn.commit()
             built.append(key)
@@ -173,7 +178,7 @@ def build_indexes(
     # The costliest first: with fewer builders than indexes, the longest build starts at once.
     plain = sorted((i for i in indexes if _index_statement(i) is not None), key=lambda i: -i.cost)
     jobs: list[tuple[str, Callable[[], None]]] = [
-        (i.key.describe(), lambda i=i: once(i.key, _index_statement(i))) for i in plain
+        (i.key.describe(), lambda i=i: once(i.key, _index_statement(i), LockMode.SHARE)) for i in plain
     ]
     if alongside is not None:
         jobs.append(("the table's check", alongside))
@@ -192,11 +197,12 @@ def build_indexes(
     for index in indexes:
         statement = _constraint_statement(index)
         if statement is not None and index.constraint_key is not None:
-            once(index.constraint_key, statement)
+            once(index.constraint_key, statement, LockMode.ACCESS_EXCLUSIVE)
         if index.clustered:  # the index a CLUSTER without an index name uses
             once(
                 ObjectKey.on_table(ObjectKind.CLUSTER, index.table, index.name),
                 sql.SQL("ALTER TABLE {} CLUSTER ON {}").format(index.table.identifier(), sql.Identifier(index.name)),
+                LockMode.SHARE_UPDATE_EXCLUSIVE,
             )
     if built:
         log.info("post-data %s: built %s", indexes[0].table, ", ".join(f"{k.kind.value} {k.name}" for k in built))
@@ -239,15 +245,16 @@ def add_foreign_keys(
     ledger: MigrationLedger,
     log: logging.Logger | logging.LoggerAdapter,
     on_violation: Callable[[ForeignKey], None] | None = None,
+    waits: LockWaits = DEFAULT_WAITS,
 ) -> ForeignKeysAdded:
     """Add and validate the foreign keys between selected tables (those not done yet).
     ``on_violation``: called with a key whose rows do not hold, before its error is raised (it may
-    raise one that says why)."""
+    raise one that says why); ``waits``: how each statement waits for its locks."""
     left_out = tuple(k.key for k in keys if k.references is None)
     added = 0
     for key in (k for k in keys if k.references is not None):
         try:
-            added += _add_foreign_key(target_pool, key, ledger)
+            added += _add_foreign_key(target_pool, key, ledger, waits, log)
         except psycopg2.errors.ForeignKeyViolation:
             if on_violation is not None:
                 on_violation(key)
@@ -260,7 +267,13 @@ def add_foreign_keys(
     return ForeignKeysAdded(added, left_out)
 
 
-def _add_foreign_key(target_pool: ConnectionPool, key: ForeignKey, ledger: MigrationLedger) -> int:
+def _add_foreign_key(
+    target_pool: ConnectionPool,
+    key: ForeignKey,
+    ledger: MigrationLedger,
+    waits: LockWaits,
+    log: logging.Logger | logging.LoggerAdapter,
+) -> int:
     """Each step on its own, found done or not in the target itself: ``ADD ... NOT VALID`` commits
     before ``VALIDATE`` (which reads without blocking writes), so a run killed during the check, or a
     check that failed, leaves the key there unchecked; the next run checks it (recorded pending,
@@ -274,16 +287,16 @@ def _add_foreign_key(target_pool: ConnectionPool, key: ForeignKey, ledger: Migra
         # to a partitioned table leaves its per-partition keys NOT VALID: validated as added.
         deferred_check = key.validated and not key.partitioned and not key.definition.endswith("NOT VALID")
         if _foreign_key_validated(tcur, key) is None:
-            tcur.execute(
-                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}" + (" NOT VALID" if deferred_check else "")).format(
-                    table, name, sql.SQL(key.definition)
-                )
+            add = sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}" + (" NOT VALID" if deferred_check else "")).format(
+                table, name, sql.SQL(key.definition)
             )
+            locks.execute(tcur, add, [key.table, key.references], LockMode.SHARE_ROW_EXCLUSIVE, waits, log)
             if deferred_check:  # the key holds for new rows from now on
                 ledger.record(tcur, Stage.POST_DATA, key.key, status=Status.PENDING)
                 tconn.commit()
         if key.validated and not _foreign_key_validated(tcur, key):
-            tcur.execute(sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, name))
+            validate = sql.SQL("ALTER TABLE {} VALIDATE CONSTRAINT {}").format(table, name)
+            locks.execute(tcur, validate, [key.table], LockMode.SHARE_UPDATE_EXCLUSIVE, waits, log)
         ledger.record(tcur, Stage.POST_DATA, key.key)
         tconn.commit()
     return 1

@@ -19,10 +19,11 @@ from psycopg2 import sql
 
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import quote_ident
-from airflow_pool_provider.migration import catalog, privileges, schema, scratch, toc
+from airflow_pool_provider.migration import catalog, locks, privileges, schema, scratch, toc
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.data import copy_id_prefix
 from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, ObjectKey, Stage
+from airflow_pool_provider.migration.locks import LockMode, LockWaits
 from airflow_pool_provider.migration.records import PreDataRecord
 from airflow_pool_provider.migration.request import MigrationRequest, Mode
 from airflow_pool_provider.migration.selection import Selection
@@ -73,7 +74,7 @@ def run(
             # The dump first: pg_dump reads the source in a session of its own, which must never
             # wait for the locks of this transaction's drops.
             archive = schema.dump(tools, source_connect, selection.catalog, snapshot, folder)
-            dropped = _drop_selected(tcur, selection) if request.mode is Mode.REPLACE else []
+            dropped = _drop_selected(tcur, selection, request.lock_waits, log) if request.mode is Mode.REPLACE else []
             existing = catalog.existing_schemas(tcur, request.schemas)
             entries = toc.pre_data(list(archive.entries), selection, existing)
             reused = _existing_objects(tcur, entries, selection)
@@ -116,17 +117,21 @@ def _start_over(tcur, ledger: MigrationLedger, request: MigrationRequest, log) -
     )
 
 
-def _drop_selected(tcur, selection: Selection) -> list[str]:
+def _drop_selected(
+    tcur, selection: Selection, waits: LockWaits, log: logging.Logger | logging.LoggerAdapter
+) -> list[str]:
     """Drop the selection's views and materialized views that exist in the target, each after
     those that read it, then its tables in one statement (foreign keys among them go with them);
-    no CASCADE."""
+    no CASCADE. Each waits for its locks as ``waits`` says."""
     views = [v for v in reversed(selection.views) if _exists(tcur, v)]
     for view in views:
         kind = "MATERIALIZED VIEW" if view.kind is RelKind.MATERIALIZED_VIEW else "VIEW"
-        tcur.execute(sql.SQL("DROP {} {}").format(sql.SQL(kind), view.name.identifier()))
+        drop = sql.SQL("DROP {} {}").format(sql.SQL(kind), view.name.identifier())
+        locks.execute(tcur, drop, [view.name], LockMode.ACCESS_EXCLUSIVE, waits, log)
     tables = [t for t in selection.tables if _exists(tcur, t)]
     if tables:
-        tcur.execute(sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(t.name.identifier() for t in tables)))
+        drop = sql.SQL("DROP TABLE {}").format(sql.SQL(", ").join(t.name.identifier() for t in tables))
+        locks.execute(tcur, drop, [t.name for t in tables], LockMode.ACCESS_EXCLUSIVE, waits, log)
     return [str(r.name) for r in (*views, *tables)]
 
 

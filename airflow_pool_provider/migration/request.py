@@ -12,6 +12,7 @@ from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import ServerIdentity
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLELISM, MAX_CHUNK_SIZE, MAX_PARALLELISM
 from airflow_pool_provider.errors import MigrationMistake
+from airflow_pool_provider.migration.locks import DEFAULT_LOCK_TIMEOUT, DEFAULT_LOCK_WAIT, LockWaits
 
 
 class Mode(Choice):
@@ -50,6 +51,8 @@ class MigrationRequest:
         DEFAULT_INDEX_BUILD_MEMORY  # maintenance_work_mem of each index build; None: the server's
     )
     run_id: str | None = None  # the DAG run: replace starts over in a new run, a retry in the same one resumes
+    ddl_lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # seconds one try of a DDL statement waits for its locks
+    ddl_lock_wait: float = DEFAULT_LOCK_WAIT  # seconds it waits in all (see migration.locks)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -71,6 +74,7 @@ class MigrationRequest:
             raise MigrationMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
         if not isinstance(self.ledger_schema, str) or not self.ledger_schema:
             raise MigrationMistake(f"ledger_schema must name a schema, got {self.ledger_schema!r}")
+        LockWaits(self.ddl_lock_timeout, self.ddl_lock_wait)  # a clear message for waits that cannot work
 
     def derived_id(self, source: ServerIdentity, target: ServerIdentity) -> str:
         """The id of a migration not given one: from which database of which cluster, to which, and
@@ -98,6 +102,10 @@ class MigrationRequest:
     def resolved(self, migration_id: str) -> MigrationRequest:
         """This request with its id: the one it was given, else ``migration_id`` (a derived one)."""
         return self if self.migration_id else replace(self, migration_id=migration_id)
+
+    @property
+    def lock_waits(self) -> LockWaits:
+        return LockWaits(self.ddl_lock_timeout, self.ddl_lock_wait)
 
     @property
     def id(self) -> str:

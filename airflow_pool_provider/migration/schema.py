@@ -67,7 +67,8 @@ def script(tools: PgTools, archive: SchemaArchive, entries: list[toc.TocEntry], 
 def apply(cur, sql_text: str) -> None:
     """Run pg_restore's SQL in ``cur``'s transaction: its settings made local to it (a pooled
     session must not keep an empty search_path), psql meta-commands and settings this server does
-    not know (a newer pg_restore's) dropped."""
+    not know (a newer pg_restore's) dropped, and its ``lock_timeout = 0`` too: the migration
+    bounds its lock waits itself (``locks``)."""
     cur.execute("SELECT name FROM pg_settings")
     known = {row[0] for row in cur.fetchall()}
     lines = []
@@ -76,7 +77,7 @@ def apply(cur, sql_text: str) -> None:
             continue
         setting = _SET.match(line)
         if setting:
-            if setting.group(1) not in known:
+            if setting.group(1) not in known or setting.group(1) == "lock_timeout":
                 continue
             line = "SET LOCAL " + line[len("SET ") :]
         elif line.startswith("SELECT pg_catalog.set_config("):

@@ -18,6 +18,7 @@ from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
+from airflow_pool_provider.copy.sessions import session_pools
 from airflow_pool_provider.copy.stopping import StopSignal
 from airflow_pool_provider.errors import MigrationMistake, ToolRefused
 from airflow_pool_provider.metrics import Metrics
@@ -25,6 +26,7 @@ from airflow_pool_provider.migration import (
     catalog,
     comments,
     data,
+    locks,
     postdata,
     predata,
     privileges,
@@ -42,6 +44,7 @@ from airflow_pool_provider.migration.ledger import (
     ObjectKind,
     Stage,
 )
+from airflow_pool_provider.migration.locks import LockMode
 from airflow_pool_provider.migration.plan import MigrationPlan, make_plan, refuse_onto_itself, tools_for
 from airflow_pool_provider.migration.records import (
     CheckRecord,
@@ -81,6 +84,12 @@ class Migration:
     snapshot_max_seconds: float
     metrics: Metrics | None = None
     connection_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        # Every session of the migration runs with the timeouts it needs (copy.sessions).
+        source, target = session_pools(self.source_pool, self.target_pool, self.log)
+        object.__setattr__(self, "source_pool", source)
+        object.__setattr__(self, "target_pool", target)
 
     @property
     def migration_id(self) -> str:
@@ -286,7 +295,15 @@ def build_table(m: Migration, relation: Relation, alongside: Callable[[], None] 
         return 0
     workers = max(1, min(len(indexes), m.request.parallelism))
     return postdata.build_indexes(
-        m.target_pool, indexes, m.ledger, workers, StopSignal(), m.log, alongside, m.request.index_build_memory
+        m.target_pool,
+        indexes,
+        m.ledger,
+        workers,
+        StopSignal(),
+        m.log,
+        alongside,
+        m.request.index_build_memory,
+        m.request.lock_waits,
     )
 
 
@@ -318,7 +335,12 @@ def post_data(m: Migration) -> PostDataResult:
         keys = postdata.read_foreign_keys(scur, restored_tables)
     built = sum(build_table(m, r) for r in _tables_leaves_first(chosen))
     foreign = postdata.add_foreign_keys(
-        m.target_pool, keys, m.ledger, m.log, on_violation=lambda key: _explain_violation(m, chosen, key)
+        m.target_pool,
+        keys,
+        m.ledger,
+        m.log,
+        on_violation=lambda key: _explain_violation(m, chosen, key),
+        waits=m.request.lock_waits,
     )
     restored = _restore_post_data(m, chosen)
     refreshed = sum(_populate(m, view) for view in chosen.views if view.kind is RelKind.MATERIALIZED_VIEW)
@@ -381,7 +403,8 @@ def _populate(m: Migration, view: Relation) -> int:
     key = ObjectKey(ObjectKind.REFRESH, view.name.schema, view.name.name)
     with m.target_pool.connection() as tconn, tconn.cursor() as tcur:
         if populated and not m.ledger.is_done(tcur, Stage.POST_DATA, key):
-            tcur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(view.name.identifier()))
+            refresh = sql.SQL("REFRESH MATERIALIZED VIEW {}").format(view.name.identifier())
+            locks.execute(tcur, refresh, [view.name], LockMode.ACCESS_EXCLUSIVE, m.request.lock_waits, m.log)
             m.ledger.record(tcur, Stage.POST_DATA, key)
             refreshed = 1
         tconn.commit()
@@ -401,7 +424,16 @@ def _restore_post_data(m: Migration, chosen: Selection) -> int:
             snapshot = m.snapshots.current().snapshot
             archive = schema.dump(tools, m.source_connect, chosen.catalog, snapshot, folder)
             entries = toc.post_data(list(archive.entries), chosen)
-            schema.apply(tcur, schema.script(tools, archive, entries))
+            script = schema.script(tools, archive, entries)
+            locks.run(
+                tcur,
+                lambda: schema.apply(tcur, script),
+                "the restore of triggers, rules and policies",
+                [chosen.catalog.relations[oid].name for oid in sorted(chosen.restored)],
+                LockMode.ACCESS_EXCLUSIVE,  # rules and policies take it
+                m.request.lock_waits,
+                m.log,
+            )
         m.ledger.record(tcur, Stage.POST_DATA, RESTORE, RestoreRecord(len(entries)))
         tconn.commit()
     return len(entries)

@@ -147,6 +147,8 @@ class MigrationStageOperator(BaseOperator):
             index_build_memory=configured.index_build_memory
             if self.index_build_memory is None
             else self.index_build_memory.strip() or None,
+            ddl_lock_timeout=configured.ddl_lock_timeout,
+            ddl_lock_wait=configured.ddl_lock_wait,
         )
 
     def execute(self, context: Context) -> Any:
