@@ -67,15 +67,16 @@ _DUMP = """
 import signal, sys, tempfile
 from pathlib import Path
 import psycopg2
-from airflow_pool_provider.migration import schema, tools
+from airflow_pool_provider.migration import catalog, schema, tools
 if sys.argv[2] == "airflow":
     signal.signal(signal.SIGTERM, lambda *_: print("on_kill", flush=True))
 connect = dict(psycopg2.extensions.parse_dsn(sys.argv[1]), password="not needed")
 with psycopg2.connect(sys.argv[1]) as conn, conn.cursor() as cur:
     found = tools.find_tools(tools.server_major(cur), tools.server_major(cur))
+    source = catalog.load(cur, ("public",))
 with tempfile.TemporaryDirectory(prefix="pool-provider-test-dump-") as folder:
     print(folder, flush=True)
-    schema.dump(found, connect, ["public"], None, Path(folder))
+    schema.dump(found, connect, source, None, Path(folder))
 """
 
 
