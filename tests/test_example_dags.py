@@ -54,11 +54,15 @@ def _sync(interval_end: datetime) -> tuple:
     return run, XComModel.deserialize_value(row) if row is not None else None
 
 
-def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(airflow_db, migration_databases):
+def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(
+    airflow_db, migration_databases, make_reader, make_conn_id
+):
     src, dst = migration_databases
     for conn in (src, dst):
         with conn.cursor() as cur:
             cur.execute(ORDERS)
+    # The source read as a role that may only read it: a row filter is refused to a superuser.
+    make_conn_id(src.info.dbname, conn_id="migration_source", user=make_reader(src.info.dbname))
     with src.cursor() as cur:
         cur.execute(
             "INSERT INTO orders SELECT g, 'new', g, timestamptz '2024-12-01' + g * interval '1 minute' "
@@ -95,3 +99,4 @@ def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(a
 
 def _minutes(n: int) -> timedelta:
     return timedelta(minutes=n)
+
