@@ -22,6 +22,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
+from airflow_pool_provider.operators.mistakes import mistakes_fail_once
 from airflow_pool_provider.operators.params import connection_params
 
 SOURCES = ["migration_source"]
@@ -65,6 +66,7 @@ with DAG(
 ):
 
     @task
+    @mistakes_fail_once()  # a table name that cannot be read, or a missing table: failed once, not retried
     def changed_rows(params: dict | None = None, data_interval_start=None, data_interval_end=None) -> str:
         """The row filter of this run: the interval with its lookback, or every row for an empty target."""
         from psycopg2 import sql

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from dag_runs import load_dag, run_dag
+from dag_runs import load_dag, run_dag, tries
 
 from airflow_pool_provider.testing.data import create_events, table_digest
 
@@ -100,3 +100,10 @@ def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(
 def _minutes(n: int) -> timedelta:
     return timedelta(minutes=n)
 
+
+def test_incremental_sync_fails_once_on_a_table_name_that_cannot_be_read(airflow_db, migration_databases, capsys):
+    dag = load_dag("incremental_sync", "incremental_sync.py")
+    run = dag.test(logical_date=_at(10), run_conf={"table": "a.b.c"})
+    assert run.state == "failed" and tries(run, "changed_rows") == 1  # a mistake: the DAG's retries are not used
+    output = capsys.readouterr().out
+    assert "cannot read table name 'a.b.c'" in output and "not retried: trying again cannot help" in output
