@@ -41,7 +41,9 @@ class ChunkedTableCopyOperator(BaseOperator):
     :param target_table: defaults to the source table's name.
     :param columns: columns to copy; default: all non-generated columns of the source.
     :param where: one SQL condition on source rows, for subset and incremental copies. It runs
-        with the source connection's rights (read-only transactions).
+        with the source connection's rights (read-only transactions), so it is refused when that
+        role is a superuser or a member of pg_read_server_files, pg_signal_backend or
+        pg_execute_server_program.
     :param chunk_size: rows per chunk (each chunk is one target transaction), at most
         ``MAX_CHUNK_SIZE`` (10,000,000).
     :param parallelism: chunks copied at once inside the task, at most ``MAX_PARALLELISM`` (32,
