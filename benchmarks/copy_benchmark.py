@@ -31,11 +31,13 @@ from pathlib import Path
 
 import psycopg2
 from external import pgcopydb_clone
+from psycopg2 import sql
 
 from airflow_pool_provider.copy.spec import DEFAULT_CHUNK_SIZE  # no Airflow import: AIRFLOW_HOME is set later
 
 HERE = Path(__file__).resolve()
 RSS_PARALLELISM = 4  # the most connections and threads: the largest footprint
+READER = f"bench_reader_{os.getpid()}"  # the role the filtered run reads as
 
 
 def main() -> None:
@@ -149,7 +151,11 @@ def _benchmark(server, temp, args) -> None:
                     rss[args.rows] = out["maxrss_mb"]
         reset()
         # Same settings as the full run it is compared with; only the number of rows differs.
-        small = _ours(env, RSS_PARALLELISM, True, args.chunk_size, f"id <= {subset}")
+        # Read as a role that may only read events: a row filter is refused to a superuser.
+        server.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(READER)))
+        server.execute(sql.SQL("GRANT SELECT ON events TO {}").format(sql.Identifier(READER)), dbname=src_db)
+        reader_env = _connections_env(server, src_db, dst_db, source_user=READER)
+        small = _ours(reader_env, RSS_PARALLELISM, True, args.chunk_size, f"id <= {subset}")
         rss[subset] = small["maxrss_mb"]
         _report(results, rss, args.rows, subset, version)
         reset()
@@ -157,6 +163,9 @@ def _benchmark(server, temp, args) -> None:
     finally:
         for name in made:
             server.drop_database(name)
+        server.execute(
+            sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(READER))
+        )  # its grants went with bench_src
 
 
 def _scalar(conn, query: str):
@@ -167,10 +176,10 @@ def _scalar(conn, query: str):
     return value
 
 
-def _connections_env(server, src_db: str, dst_db: str) -> dict[str, str]:
+def _connections_env(server, src_db: str, dst_db: str, source_user: str | None = None) -> dict[str, str]:
     env = os.environ.copy()
-    for conn_id, db in (("BENCH_SRC", src_db), ("BENCH_DST", dst_db)):
-        env[f"AIRFLOW_CONN_{conn_id}"] = server.airflow_connection(db)
+    for conn_id, db, user in (("BENCH_SRC", src_db, source_user), ("BENCH_DST", dst_db, None)):
+        env[f"AIRFLOW_CONN_{conn_id}"] = server.airflow_connection(db, user=user)
     return env
 
 

@@ -50,7 +50,8 @@ with DAG(
             description="Optional: one SQL condition on the source rows, e.g. created_at >= "
             "'2024-06-01'. It runs with the source connection's rights, in read-only "
             "transactions: anyone who may trigger this DAG can read what that role can "
-            "read and call the functions it may call. "
+            "read and call the functions it may call (refused if that role is a superuser or may "
+            "read server files, end other sessions or run programs). "
             "No ';', comments or backslashes; at most 500 characters.",
         ),
         "mode": Param(

@@ -24,6 +24,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from airflow_pool_provider.operators import ChunkedTableCopyOperator
+from airflow_pool_provider.operators.mistakes import mistakes_fail_once
 from airflow_pool_provider.operators.params import chunk_size_param, connection_params
 
 SOURCES = ["migration_source"]
@@ -68,6 +69,7 @@ with DAG(
 ):
 
     @task(multiple_outputs=True)
+    @mistakes_fail_once()  # a table name that cannot be read, or a missing table: failed once, not retried
     def changed_rows(params: dict | None = None, data_interval_start=None, data_interval_end=None) -> dict[str, str]:
         """This run's row filter and copy id: the first load until the ledger says it finished
         (resumed by each run), then the interval with its lookback."""
@@ -95,6 +97,7 @@ with DAG(
         target_conn_id="{{ params.target_conn_id }}",
         source_table="{{ params.table }}",
         where=window["where"],
+        where_from_dag=True,  # composed by changed_rows: the column quoted, the times as literals
         copy_id=window["copy_id"],
         mode="upsert",
         chunk_size="{{ params.chunk_size }}",

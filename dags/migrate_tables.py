@@ -131,7 +131,7 @@ with DAG(
         chunk_size="{{ params.chunk_size }}",
         parallelism="{{ params.parallelism }}",
         mode="{{ params.mode }}",
-        migration_id="{{ params.migration_id }}",
+        migration_id="{{ params.migration_id or '' }}",  # rendered as text: "123" stays "123"
         dry_run="{{ params.dry_run }}",
         keep_owners="{{ params.keep_owners }}",
         allow_security_definer="{{ params.allow_security_definer }}",

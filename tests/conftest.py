@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 # Airflow reads AIRFLOW_HOME at import time: set it before anything imports airflow.
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="pool-provider-airflow-"))
@@ -85,6 +86,30 @@ def make_database(request: pytest.FixtureRequest) -> Iterator[Callable[..., str]
 @pytest.fixture
 def database(make_database: Callable[..., str]) -> str:
     return make_database()
+
+
+@pytest.fixture
+def make_reader(pg_server: Server, make_database: Callable[..., str]) -> Iterator[Callable[..., str]]:
+    """Login roles that may only read the tables and sequences in ``public`` of one database (on
+    ``server``, default the shared one), as they are when made: what a copy with a row filter reads
+    as, since a filter is refused to a superuser. Dropped after the test, before its databases."""
+    made: list[tuple[Server, str, str]] = []
+
+    def make(dbname: str, server: Server | None = None) -> str:
+        server = server or pg_server
+        role = sql.Identifier(f"reader_{uuid.uuid4().hex[:8]}")
+        server.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+        made.append((server, dbname, role.string))
+        grant = (
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO {0}; GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {0}"
+        )
+        server.execute(sql.SQL(grant).format(role), dbname=dbname)
+        return role.string
+
+    yield make
+    for server, dbname, role in made:
+        server.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)), dbname=dbname)
+        server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 @pytest.fixture

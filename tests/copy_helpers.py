@@ -138,21 +138,22 @@ class CopyEnv:
 
     # -- copies -----------------------------------------------------------------------------
 
-    def pool(self, side: str, **kwargs: Any) -> ConnectionPool:
-        dsn = self.server.dsn(self.db[side])
+    def pool(self, side: str, user: str | None = None, **kwargs: Any) -> ConnectionPool:
+        """A pool of ``side``, connecting as ``user`` (default: the server's superuser)."""
+        dsn = self.server.dsn(self.db[side], **({"user": user} if user else {}))
         return ConnectionPool(lambda: psycopg2.connect(dsn), name=f"{side}-pool", **kwargs)
 
     @contextmanager
-    def pools(self) -> Iterator[tuple[ConnectionPool, ConnectionPool]]:
-        src, dst = self.pool("src"), self.pool("dst")
+    def pools(self, source_user: str | None = None) -> Iterator[tuple[ConnectionPool, ConnectionPool]]:
+        src, dst = self.pool("src", source_user), self.pool("dst")
         try:
             yield src, dst
         finally:
             src.close()
             dst.close()
 
-    def copy(self, spec: CopySpec, copy_id: str = "copy-1") -> dict[str, Any]:
-        with self.pools() as (src, dst):
+    def copy(self, spec: CopySpec, copy_id: str = "copy-1", source_user: str | None = None) -> dict[str, Any]:
+        with self.pools(source_user) as (src, dst):
             return TableCopy(src, dst, spec, copy_id=copy_id).run().to_xcom()
 
     def close(self) -> None:

@@ -419,10 +419,10 @@ def test_sparse_keys_give_chunks_of_equal_rows(env: CopyEnv) -> None:
 # -- 3. where subsets ---------------------------------------------------------------------------
 
 
-def test_where_subset_copies_exactly_the_matching_rows(env: CopyEnv) -> None:
+def test_where_subset_copies_exactly_the_matching_rows(env: CopyEnv, make_reader) -> None:
     simple(env, 1000)
 
-    summary = env.copy(CopySpec("t", where="mod(id, 3) = 0", chunk_size=50))
+    summary = env.copy(CopySpec("t", where="mod(id, 3) = 0", chunk_size=50), source_user=make_reader(env.db["src"]))
 
     assert summary["rows"] == 333
     assert summary["chunks"] == expected_chunks(333, 50)
@@ -432,21 +432,22 @@ def test_where_subset_copies_exactly_the_matching_rows(env: CopyEnv) -> None:
     env.assert_ledger_complete("copy-1", 333)
 
 
-def test_where_with_percent_operator(env: CopyEnv) -> None:
+def test_where_with_percent_operator(env: CopyEnv, make_reader) -> None:
     simple(env, 1000)
 
-    summary = env.copy(CopySpec("t", where="id % 3 = 0", chunk_size=50))
+    summary = env.copy(CopySpec("t", where="id % 3 = 0", chunk_size=50), source_user=make_reader(env.db["src"]))
 
     assert summary["rows"] == 333
     assert [r[0] for r in env.rows("dst", "SELECT id FROM t ORDER BY id")] == list(range(3, 1001, 3))
 
 
-def test_where_on_a_keyless_table(env: CopyEnv) -> None:
+def test_where_on_a_keyless_table(env: CopyEnv, make_reader) -> None:
     # Page (ctid) plans run the condition without query parameters, so '%' works there.
     env.both("CREATE TABLE t (n int, note text)")
     env.sql("src", "INSERT INTO t SELECT g % 700, 'row ' || g FROM generate_series(1, 2100) g")
 
-    summary = env.copy(CopySpec("t", where="n % 2 = 0 AND note LIKE 'row %'", chunk_size=200))
+    spec = CopySpec("t", where="n % 2 = 0 AND note LIKE 'row %'", chunk_size=200)
+    summary = env.copy(spec, source_user=make_reader(env.db["src"]))
 
     assert summary["key"] == "ctid"
     assert summary["rows"] == 1050
@@ -455,13 +456,14 @@ def test_where_on_a_keyless_table(env: CopyEnv) -> None:
     env.assert_ledger_complete("copy-1", 1050)
 
 
-def test_where_incremental_copies_add_up_to_the_table(env: CopyEnv) -> None:
+def test_where_incremental_copies_add_up_to_the_table(env: CopyEnv, make_reader) -> None:
     simple(env, 1000)
 
-    first = env.copy(CopySpec("t", where="id <= 500", chunk_size=64), copy_id="incr-1")
+    reader = make_reader(env.db["src"])
+    first = env.copy(CopySpec("t", where="id <= 500", chunk_size=64), copy_id="incr-1", source_user=reader)
     assert first["rows"] == 500
     assert env.one("dst", "SELECT max(id) FROM t") == 500
-    second = env.copy(CopySpec("t", where="id > 500", chunk_size=64), copy_id="incr-2")
+    second = env.copy(CopySpec("t", where="id > 500", chunk_size=64), copy_id="incr-2", source_user=reader)
 
     assert second["rows"] == 500
     assert second["chunks_skipped"] == 0
@@ -703,13 +705,13 @@ def test_failed_chunk_resumes_exactly_once(env: CopyEnv, parallelism: int) -> No
     env.assert_ledger_complete("resume", 1000)
 
 
-def test_concurrent_runs_of_one_copy_id_copy_each_chunk_once(env: CopyEnv) -> None:
+def test_concurrent_runs_of_one_copy_id_copy_each_chunk_once(env: CopyEnv, make_reader) -> None:
     # Two attempts of one copy at once (a zombie task and its retry): the ledger lets one copy each chunk.
     env.sql("src", SIMPLE)
     env.sql("src", SIMPLE_ROWS, (2000,))
     env.sql("dst", "CREATE TABLE t (id int, note text, n numeric(12, 2))")  # no key: duplicates would show
     # The ledger table exists already (see test_concurrent_first_copies_create_the_ledger_once).
-    env.copy(CopySpec("t", where="id < 0"), copy_id="warm-up")
+    env.copy(CopySpec("t", where="id < 0"), copy_id="warm-up", source_user=make_reader(env.db["src"]))
     results: list = []
 
     def attempt() -> None:

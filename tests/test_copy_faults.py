@@ -46,13 +46,16 @@ def _terminate(pg_server, application_name: str, query_like: str, times: int, st
 
 
 @pytest.mark.parametrize(("side", "rows"), [("target", 30_000), ("source", 6_000)])
-def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(pg_server, make_events, side, rows):
+def test_backend_terminated_mid_chunk_is_retried_and_copy_ends_exactly_once(
+    pg_server, make_events, make_reader, side, rows
+):
     src_db, dst_db, src, dst = make_events(rows)
+    reader = make_reader(src_db)  # the source side's copy has a row filter
     with dst.cursor() as cur:
         cur.execute(SLOW_TARGET, (0.03,))
     dst.commit()
     source = ConnectionPool(
-        lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="copy-source")), name="source"
+        lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="copy-source", user=reader)), name="source"
     )
     target = ConnectionPool(
         lambda: psycopg2.connect(pg_server.dsn(dst_db, application_name="copy-target")), name="target"

@@ -187,13 +187,14 @@ def test_catalog_mismatch_is_refused_and_nothing_is_written(env: CopyEnv, case: 
         assert env.one("dst", "SELECT to_regclass('t')") is None
 
 
-def test_where_naming_a_missing_column_fails_before_writing(env: CopyEnv) -> None:
+def test_where_naming_a_missing_column_fails_before_writing(env: CopyEnv, make_reader) -> None:
     env.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
     env.sql("src", "INSERT INTO t SELECT g, 'n' FROM generate_series(1, 100) g")
     env.sql("dst", "INSERT INTO t VALUES (1000, 'keep')")
 
     with pytest.raises(FilterError, match='does not work on the source table: column "no_such_column"') as caught:
-        env.copy(CopySpec("t", where="no_such_column > 0", chunk_size=10, mode="replace"), copy_id="bad")
+        spec = CopySpec("t", where="no_such_column > 0", chunk_size=10, mode="replace")
+        env.copy(spec, copy_id="bad", source_user=make_reader(env.db["src"]))
     assert "'no_such_column > 0'" in str(caught.value)  # the message quotes the filter
 
     assert env.ledger("bad") == []

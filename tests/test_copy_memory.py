@@ -58,10 +58,11 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_memory_stays_flat_while_copying(pg_server: Server, make_events) -> None:
+def test_memory_stays_flat_while_copying(pg_server: Server, make_events, make_reader) -> None:
     src_db, dst_db, _, _ = make_events(ROWS)
+    reader = make_reader(src_db)  # the copies have row filters
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, pg_server.dsn(src_db), pg_server.dsn(dst_db), str(ROWS)],
+        [sys.executable, "-c", CHILD, pg_server.dsn(src_db, user=reader), pg_server.dsn(dst_db), str(ROWS)],
         capture_output=True,
         text=True,
         timeout=300,

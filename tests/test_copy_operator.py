@@ -77,8 +77,14 @@ def test_mapped_copies_are_labelled_source_to_target(airflow_db, source_and_targ
     assert ChunkedTableCopyOperator.template_fields_renderers["where"] == "sql"
 
 
-def test_dag_where_param_copies_subset(airflow_db, copy_dag, source_and_target):
-    src, dst, src_id, dst_id = source_and_target
+def _reader_conn_id(src, make_reader, make_conn_id) -> str:
+    """A connection to the source as a role that may only read it: a row filter is refused to a superuser."""
+    return make_conn_id(src.info.dbname, user=make_reader(src.info.dbname))
+
+
+def test_dag_where_param_copies_subset(airflow_db, copy_dag, source_and_target, make_reader, make_conn_id):
+    src, dst, _, dst_id = source_and_target
+    src_id = _reader_conn_id(src, make_reader, make_conn_id)
     run, summary = run_dag(copy_dag, {"source_conn_id": src_id, "target_conn_id": dst_id, "where": "id <= 1234"})
     assert run.state == "success"
     assert summary["rows"] == 1234
@@ -136,11 +142,14 @@ MISTAKES = {
         "checksum mismatch",
     ),
     "bad filter": (None, "does not work on the source table"),
+    "filter with a superuser source": (None, "is (or may become) a superuser"),
 }
 
 
 @pytest.mark.parametrize("case", list(MISTAKES))
-def test_a_mistake_fails_the_task_once_without_retries(airflow_db, copy_dag, source_and_target, capsys, case):
+def test_a_mistake_fails_the_task_once_without_retries(
+    airflow_db, copy_dag, source_and_target, make_reader, make_conn_id, capsys, case
+):
     src, dst, src_id, dst_id = source_and_target
     setup, message = MISTAKES[case]
     with dst.cursor() as cur:
@@ -152,6 +161,9 @@ def test_a_mistake_fails_the_task_once_without_retries(airflow_db, copy_dag, sou
     conf = {"source_conn_id": src_id, "target_conn_id": dst_id, "chunk_size": 1000}
     if case == "bad filter":
         conf["where"] = "no_such_column = 1"
+        conf["source_conn_id"] = _reader_conn_id(src, make_reader, make_conn_id)
+    if case == "filter with a superuser source":
+        conf["where"] = "id > 0 AND pg_read_file('PG_VERSION') <> ''"
     run, _ = run_dag(copy_dag, conf)
     assert run.state == "failed"
     assert tries(run) == 1  # AirflowFailException: Airflow does not retry it

@@ -128,9 +128,11 @@ def test_sigterm_runs_on_kill_and_stops_the_copy_within_two_seconds(airflow_db, 
 # -- the engine on its own: stop(), Ctrl-C, a failing chunk -------------------------------------
 
 
-def _pools(pg_server, src_db, dst_db):
+def _pools(pg_server, src_db, dst_db, source_user=None):
+    """Pools of both databases; the source's connect as ``source_user`` if given (a row filter's reader)."""
+    user = {"user": source_user} if source_user else {}
     source = ConnectionPool(
-        lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="stop-source")), name="source"
+        lambda: psycopg2.connect(pg_server.dsn(src_db, application_name="stop-source", **user)), name="source"
     )
     target = ConnectionPool(
         lambda: psycopg2.connect(pg_server.dsn(dst_db, application_name="stop-target")), name="target"
@@ -153,9 +155,9 @@ def _copy_in_thread(copy: TableCopy) -> tuple[threading.Thread, dict]:
     return thread, outcome
 
 
-def test_stop_from_another_thread_cancels_both_sides(pg_server, tables):
+def test_stop_from_another_thread_cancels_both_sides(pg_server, tables, make_reader):
     src_db, dst_db, src, dst = tables
-    source, target = _pools(pg_server, src_db, dst_db)
+    source, target = _pools(pg_server, src_db, dst_db, make_reader(src_db))
     # The source is slow too: reading a chunk takes a second. (Only chunk reads set
     # extra_float_digits to 3, so planning, which reads every row, stays fast.)
     slow_read = "pg_sleep(CASE WHEN current_setting('extra_float_digits') = '3' THEN 0.002 ELSE 0 END) IS NOT NULL"
@@ -211,7 +213,7 @@ def test_ctrl_c_stops_the_copy_and_raises_keyboard_interrupt(pg_server, tables):
     assert done < ROWS // CHUNK and _target_rows(dst) == done * CHUNK
 
 
-def test_a_failing_chunk_cancels_the_running_ones_at_once(pg_server, tables):
+def test_a_failing_chunk_cancels_the_running_ones_at_once(pg_server, tables, make_reader):
     src_db, dst_db, src, dst = tables
     with dst.cursor() as cur:  # the chunk with id 5200 fails at once; every other COPY takes 3 s
         cur.execute("""
@@ -224,7 +226,7 @@ def test_a_failing_chunk_cancels_the_running_ones_at_once(pg_server, tables):
             END $$;
             CREATE TRIGGER refuse BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse();
         """)
-    source, target = _pools(pg_server, src_db, dst_db)
+    source, target = _pools(pg_server, src_db, dst_db, make_reader(src_db))
     spec = CopySpec("events", chunk_size=CHUNK, parallelism=3, key=["id"], where="id > 4500")
     started = time.monotonic()
     try:
@@ -239,9 +241,9 @@ def test_a_failing_chunk_cancels_the_running_ones_at_once(pg_server, tables):
     assert chunks_done(dst, "one-fails") == 0 and _target_rows(dst) == 0
 
 
-def test_a_stop_while_planning_cancels_the_planning_query(pg_server, tables):
+def test_a_stop_while_planning_cancels_the_planning_query(pg_server, tables, make_reader):
     src_db, dst_db, src, dst = tables
-    source, target = _pools(pg_server, src_db, dst_db)
+    source, target = _pools(pg_server, src_db, dst_db, make_reader(src_db))
     # Planning reads every row through the filter; here each row takes a millisecond (15 s in all).
     slow_plan = "pg_sleep(CASE WHEN current_setting('extra_float_digits') = '3' THEN 0 ELSE 0.001 END) IS NOT NULL"
     copy = TableCopy(source, target, CopySpec("events", chunk_size=CHUNK, where=slow_plan), copy_id="planning")

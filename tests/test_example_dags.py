@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from dag_runs import load_dag, run_dag
+from dag_runs import load_dag, run_dag, tries
 
 from airflow_pool_provider.testing.data import create_events, table_digest
 
@@ -54,11 +54,13 @@ def _sync(interval_end: datetime, conf: dict | None = None) -> tuple:
     return run, XComModel.deserialize_value(row) if row is not None else None
 
 
-def _orders(src, dst) -> None:
+def _orders(src, dst, make_reader, make_conn_id) -> None:
     """orders in both databases; 500 rows in the source, stamped long before the runs' intervals."""
     for conn in (src, dst):
         with conn.cursor() as cur:
             cur.execute(ORDERS)
+    # The source read as a role that may only read it: a row filter is refused to a superuser.
+    make_conn_id(src.info.dbname, conn_id="migration_source", user=make_reader(src.info.dbname))
     with src.cursor() as cur:
         cur.execute(
             "INSERT INTO orders SELECT g, 'new', g, timestamptz '2024-12-01' + g * interval '1 minute' "
@@ -66,9 +68,11 @@ def _orders(src, dst) -> None:
         )
 
 
-def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(airflow_db, migration_databases):
+def test_incremental_sync_loads_in_full_then_only_what_changed_in_the_interval(
+    airflow_db, migration_databases, make_reader, make_conn_id
+):
     src, dst = migration_databases
-    _orders(src, dst)
+    _orders(src, dst, make_reader, make_conn_id)
     first, full = _sync(_at(10))
     assert first.state == "success" and full["rows"] == 500  # an empty target: the whole table
     interval = (first.data_interval_start, first.data_interval_end)
@@ -122,12 +126,14 @@ def _one(conn, query: str, params: tuple = ()):
         return cur.fetchone()[0]
 
 
-def test_a_first_load_stopped_after_some_chunks_is_finished_by_the_next_run(airflow_db, migration_databases):
+def test_a_first_load_stopped_after_some_chunks_is_finished_by_the_next_run(
+    airflow_db, migration_databases, make_reader, make_conn_id
+):
     """The target has rows after a stopped first load: the next run still loads every row (the
     ledger says the first load is not done), and the run after it reads the changes made since the
     first load began, also to rows that load had copied before it stopped."""
     src, dst = migration_databases
-    _orders(src, dst)
+    _orders(src, dst, make_reader, make_conn_id)
     with dst.cursor() as cur:
         cur.execute(FAIL_ONCE)
     conf = {"chunk_size": 100}
@@ -149,3 +155,11 @@ def test_a_first_load_stopped_after_some_chunks_is_finished_by_the_next_run(airf
     third, delta = _sync(_at(12), conf)  # [11:00, 12:00), and what changed since the first load began
     assert third.state == "success" and delta["rows"] == 1
     assert table_digest(dst, "orders") == table_digest(src, "orders")
+
+
+def test_incremental_sync_fails_once_on_a_table_name_that_cannot_be_read(airflow_db, migration_databases, capsys):
+    dag = load_dag("incremental_sync", "incremental_sync.py")
+    run = dag.test(logical_date=_at(10), run_conf={"table": "a.b.c"})
+    assert run.state == "failed" and tries(run, "changed_rows") == 1  # a mistake: the DAG's retries are not used
+    output = capsys.readouterr().out
+    assert "cannot read table name 'a.b.c'" in output and "not retried: trying again cannot help" in output

@@ -7,6 +7,7 @@ what to grant, or gives the DDL for an administrator.
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 import psycopg2
@@ -79,6 +80,21 @@ def test_a_target_role_that_owns_its_schema_keeps_the_ledger_there(env, make_rol
     assert summary.rows == 1000 and summary.ledger == f'"loader"."{CHUNK_LEDGER_TABLE}"'
     assert env.ledger_schemas() == ["loader"]
     assert env.digest("dst", "loader.t", "id") == env.digest("src", "t", "id")
+
+
+def test_a_schema_owner_passes_over_a_public_ledger_it_may_not_read_and_says_so(env, make_role, caplog):
+    reader, owner = make_role("reader"), make_role("owner")
+    env.sql("src", sql.SQL("GRANT SELECT ON t TO {}").format(sql.Identifier(reader)))
+    env.sql("dst", sql.SQL("CREATE SCHEMA loader AUTHORIZATION {}").format(sql.Identifier(owner)))
+    env.sql("dst", f"SET ROLE {owner}; " + TABLE.format(t="loader.t") + "; RESET ROLE")
+    _public_ledger(env)  # an earlier copy by an administrator; the owner has no right on it
+
+    with caplog.at_level(logging.WARNING, logger="airflow_pool_provider.copy.engine"):
+        summary = _copy(env, reader, owner, CopySpec("t", target_table="loader.t", chunk_size=200))
+
+    assert summary.rows == 1000 and summary.ledger == f'"loader"."{CHUNK_LEDGER_TABLE}"'
+    assert env.digest("dst", "loader.t", "id") == env.digest("src", "t", "id")
+    assert f'the ledger "public"."{CHUNK_LEDGER_TABLE}" exists, but role "{owner}" may not read it' in caplog.text
 
 
 def test_a_target_role_with_insert_and_select_uses_a_ledger_made_for_it(env, make_role):

@@ -38,6 +38,14 @@ def test_the_forms_empty_optional_fields_arrive_as_null_and_mean_their_default(a
     assert len(plan["tables"]) == 6
 
 
+def test_migration_ids_the_form_allows_stay_the_text_given(airflow_db, legacy, migrate):
+    """The DAG renders templates as native objects; an id must not become 123, True or no id."""
+    for given in ("123", "True", "None"):
+        run, plan = run_dag(migrate, {"migration_id": given, "dry_run": True}, task_id="plan")
+        assert run.state == "success" and tries(run, "plan") == 1, given
+        assert plan["migration_id"] == given
+
+
 def test_a_dry_run_plans_and_writes_nothing(airflow_db, legacy, migrate):
     src, dst = legacy
     run, plan = run_dag(migrate, {"dry_run": True}, task_id="plan")

@@ -65,24 +65,61 @@ def test_semicolons_and_parentheses_inside_literals_are_accepted(where):
 
 
 @pytest.mark.parametrize("escape", ["1=1) OR (1=1", "id > 5) OR (id > 0", "id = 1) OR NOT (id = 1"])
-def test_the_source_refuses_a_filter_that_reaches_outside_its_parentheses(env, escape):
+def test_the_source_refuses_a_filter_that_reaches_outside_its_parentheses(env, make_reader, escape):
     # Whatever a tokenizer makes of the text, the plan of "false AND (filter)" is a constant
     # false only if the filter stays inside its parentheses.
     env.both("CREATE TABLE t (id int PRIMARY KEY)")
-    with env.conn("src").cursor() as cur:
-        cur.execute("BEGIN")
-        with pytest.raises(FilterError, match="reaches outside its parentheses"):
-            RowFilter(escape).check(cur, sql.Identifier("t"))  # past the tokenizer, to the server
-        RowFilter("id > 5 OR id < 2").check(cur, sql.Identifier("t"))  # an OR inside is fine
-        cur.execute("ROLLBACK")
+    conn = psycopg2.connect(env.server.dsn(env.db["src"], user=make_reader(env.db["src"])))
+    try:
+        with conn.cursor() as cur:
+            with pytest.raises(FilterError, match="reaches outside its parentheses"):
+                RowFilter(escape).check(cur, sql.Identifier("t"))  # past the tokenizer, to the server
+            RowFilter("id > 5 OR id < 2").check(cur, sql.Identifier("t"))  # an OR inside is fine
+    finally:
+        conn.close()
 
 
-def test_a_filter_check_that_times_out_is_not_called_a_mistake(env):
+def test_a_filter_is_refused_when_the_source_role_is_a_superuser(env):
+    # Before: the filter read a file of the source server (and could end other sessions).
+    env.note_table(100)
+    with pytest.raises(FilterError) as refused:
+        env.copy(CopySpec("t", where="id > 0 AND pg_read_file('PG_VERSION') <> ''"), copy_id="su")
+    message = str(refused.value)
+    assert f'the source connection\'s role "{env.server.user}" is (or may become) a superuser' in message
+    assert "SQL written by whoever triggers the copy, and it runs with that role's powers" in message
+    assert "Use a source connection whose role has none of them" in message
+    assert env.count("dst") == 0 and env.ledger("su") == []
+
+
+def test_a_filter_composed_by_the_dag_is_allowed_whatever_the_source_role_may_do(env):
+    env.note_table(100)
+    env.copy(CopySpec("t", where="id > 50", where_from_dag=True), copy_id="dag")  # as the superuser
+    assert env.count("dst") == 50
+
+
+@pytest.mark.parametrize(
+    ("power", "said"),
+    [
+        ("pg_read_server_files", "read any file of the server"),
+        ("pg_signal_backend", "end other sessions"),
+        ("pg_execute_server_program", "run programs on the server"),
+    ],
+)
+def test_a_filter_is_refused_when_the_source_role_may_do_more_than_read(env, make_reader, pg_server, power, said):
+    env.note_table(100)
+    reader = make_reader(env.db["src"])
+    pg_server.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(power), sql.Identifier(reader)))
+    with pytest.raises(FilterError, match=f'role "{reader}" is a member of {power}: a filter could {said}'):
+        env.copy(CopySpec("t", where="id > 0"), source_user=reader)
+    assert env.count("dst") == 0
+
+
+def test_a_filter_check_that_times_out_is_not_called_a_mistake(env, make_reader):
     env.both("CREATE TABLE t (id int PRIMARY KEY, v text)")
     env.sql("src", f"ALTER DATABASE {env.db['src']} SET statement_timeout = '100ms'")
     env.close()  # new sessions get the setting
     with pytest.raises(psycopg2.errors.QueryCanceled):  # a fault (retried), not a FilterError (not retried)
-        env.copy(CopySpec("t", where="v <> md5(repeat('x', 200000000))"))
+        env.copy(CopySpec("t", where="v <> md5(repeat('x', 200000000))"), source_user=make_reader(env.db["src"]))
 
 
 def test_a_breakout_on_a_keyless_table_is_refused_and_nothing_is_copied(env):
@@ -95,12 +132,13 @@ def test_a_breakout_on_a_keyless_table_is_refused_and_nothing_is_copied(env):
     assert env.count("dst") == 0
 
 
-def test_a_filter_with_a_semicolon_in_a_literal_copies_exactly_the_matching_rows(env):
+def test_a_filter_with_a_semicolon_in_a_literal_copies_exactly_the_matching_rows(env, make_reader):
     env.both("CREATE TABLE t (id int PRIMARY KEY, note text)")
     env.sql(
         "src", "INSERT INTO t SELECT g, CASE WHEN g % 3 = 0 THEN 'a;b' ELSE 'c)d' END FROM generate_series(1, 900) g"
     )
-    summary = env.copy(CopySpec("t", where="note <> 'a;b' AND note = 'c)d'", chunk_size=100))
+    spec = CopySpec("t", where="note <> 'a;b' AND note = 'c)d'", chunk_size=100)
+    summary = env.copy(spec, source_user=make_reader(env.db["src"]))
     assert summary["rows"] == 600
     assert env.rows("dst", "SELECT count(*), count(*) FILTER (WHERE note = 'a;b') FROM t") == [(600, 0)]
 
@@ -114,11 +152,12 @@ def test_a_filter_with_a_semicolon_in_a_literal_copies_exactly_the_matching_rows
         ("id > 0 OR DROP TABLE t", "syntax error"),
     ],
 )
-def test_the_source_checks_the_filter_before_anything_is_written(env, where, message):
+def test_the_source_checks_the_filter_before_anything_is_written(env, make_reader, where, message):
     env.note_table(100, note="'n'")
     env.sql("dst", "INSERT INTO t VALUES (1000, 'keep')")
+    reader = make_reader(env.db["src"])
     with pytest.raises(FilterError, match=re.escape(message)) as caught:
-        env.copy(CopySpec("t", where=where, mode="replace", chunk_size=10), copy_id="checked")
+        env.copy(CopySpec("t", where=where, mode="replace", chunk_size=10), copy_id="checked", source_user=reader)
     assert repr(where) in str(caught.value)
     assert env.rows("dst", "SELECT * FROM t") == [(1000, "keep")]  # not truncated
     assert env.ledger("checked") == []

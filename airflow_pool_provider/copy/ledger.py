@@ -14,6 +14,7 @@ pruned after ``retention_days``; a pruned copy_id that runs again is a new copy.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,8 @@ LEGACY_SCHEMA = "public"
 RIGHTS = ("SELECT", "INSERT", "UPDATE", "DELETE")
 #: The column added after the first versions: a ledger made by one of those gets it when ensured.
 READ_INSTANT = "read_instant"
+
+Log = logging.Logger | logging.LoggerAdapter
 
 _DDL = """CREATE TABLE IF NOT EXISTS {} (
     copy_id       text        NOT NULL,
@@ -120,13 +123,24 @@ class Ledger:
         return f"{quote_ident(self.schema)}.{quote_ident(CHUNK_LEDGER_TABLE)}"
 
     @classmethod
-    def locate(cls, cur, copy_id: str, target_schema: str, schema: str | None = None) -> Ledger:
+    def locate(cls, cur, copy_id: str, target_schema: str, schema: str | None, log: Log) -> Ledger:
         """The ledger to use: ``schema`` if given; else the one in ``public`` if it already holds
-        ``copy_id``; else the target table's schema."""
+        ``copy_id``; else the target table's schema. A ``public`` ledger this role may not read
+        (another role's) is passed over, and the log says so: it cannot hold this role's copies."""
         if schema is not None:
             return cls(schema)
         if target_schema != LEGACY_SCHEMA and _exists(cur, LEGACY_SCHEMA):
             legacy = cls(LEGACY_SCHEMA)
+            if not _may_read(cur, legacy):
+                log.warning(
+                    "copy %s: the ledger %s exists, but role %s may not read it, so it is not looked at for "
+                    "an earlier attempt of this copy; the copy's ledger is %s",
+                    copy_id,
+                    legacy,
+                    quote_ident(_role(cur)),
+                    cls(target_schema),
+                )
+                return cls(target_schema)
             cur.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE copy_id = %s)").format(legacy.table), (copy_id,))
             if cur.fetchone()[0]:
                 return legacy
@@ -349,6 +363,11 @@ def _has_column(cur, schema: str, table: str, column: str) -> bool:
 
 def _exists(cur, schema: str, table: str = CHUNK_LEDGER_TABLE) -> bool:
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{quote_ident(schema)}.{quote_ident(table)}",))
+    return cur.fetchone()[0]
+
+
+def _may_read(cur, ledger: Ledger) -> bool:
+    cur.execute("SELECT has_table_privilege(%s, 'SELECT')", (str(ledger),))
     return cur.fetchone()[0]
 
 

@@ -99,7 +99,7 @@ def prepare(
         pairs = sequences.pair(scur, tcur, sides.source, sides.target, sides.columns) if spec.sync_sequences else []
         budget = check_budget(*_server_slots(scur, tcur, sides))
         _warn_sequence_rights(scur, tcur, pairs, log)
-        ledger = _open_ledger(tcur, spec, copy_id, sides.target)
+        ledger = _open_ledger(tcur, spec, copy_id, sides.target, log)
         stored = _plan_or_resume(scur, tcur, ledger, _Request(spec, copy_id, snapshot, log), sides)
     snapshot.stop.raise_if_stopped()  # a stopped copy commits no plan (nor a replace's TRUNCATE)
     tconn.commit()
@@ -144,9 +144,9 @@ def _server_slots(scur, tcur, sides: _Sides) -> tuple[ServerSlots, ServerSlots |
     return read_slots(scur, Side.SOURCE), None if sides.one_server else read_slots(tcur, Side.TARGET)
 
 
-def _open_ledger(tcur, spec: CopySpec, copy_id: str, target: Table) -> Ledger:
+def _open_ledger(tcur, spec: CopySpec, copy_id: str, target: Table, log: Log) -> Ledger:
     """The copy's ledger, made if need be, and locked for ``copy_id`` until the plan commits."""
-    ledger = Ledger.locate(tcur, copy_id, target.name.schema, spec.ledger_schema)
+    ledger = Ledger.locate(tcur, copy_id, target.name.schema, spec.ledger_schema, log)
     ledger.ensure(tcur)
     tcur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (copy_id,))
     return ledger

@@ -8,7 +8,9 @@ than it opens. Where sqlparse and PostgreSQL could read a token differently (a b
 standard string or a quoted name, a dollar quote glued to a name), the filter is refused too.
 Then PostgreSQL itself checks it against the source table (``EXPLAIN``) before anything is
 written, and checks that it stays inside its parentheses, however it was tokenized. It runs with
-the source connection's rights, in read-only transactions.
+the source connection's rights, in read-only transactions: so a source role that may read server
+files, end other sessions or run programs (a superuser, or a member of the predefined roles that
+allow it) gets no filter at all, since whoever writes the filter would wield those powers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from psycopg2 import sql
 from sqlparse import tokens as T
 from sqlparse.lexer import Lexer
 
+from airflow_pool_provider.copy.names import quote_ident
 from airflow_pool_provider.errors import FilterError, Kind, classify, first_line
 
 #: Longest filter accepted; a filter is a condition, not a program.
@@ -31,9 +34,12 @@ class RowFilter:
     """A checked filter; ``RowFilter.parse(None)`` or ``""`` is "every row"."""
 
     text: str | None
+    # Composed by the DAG's own code (names quoted, values as literals), not typed by whoever
+    # triggers the copy: not refused for a powerful source role.
+    from_dag: bool = False
 
     @classmethod
-    def parse(cls, text: str | None) -> RowFilter:
+    def parse(cls, text: str | None, from_dag: bool = False) -> RowFilter:
         if text is None or (isinstance(text, str) and not text.strip()):
             return cls(None)
         if not isinstance(text, str):
@@ -43,7 +49,7 @@ class RowFilter:
         problem = _first_problem(text)
         if problem:
             raise FilterError(f"where {text!r} is not one SQL condition: {problem}")
-        return cls(text.strip())
+        return cls(text.strip(), from_dag)
 
     def clause(self) -> sql.Composable:
         """``(filter)``, or ``true``. The filter went through :meth:`parse`."""
@@ -60,6 +66,8 @@ class RowFilter:
         """
         if not self.text:
             return
+        if not self.from_dag:
+            self._refuse_powerful_role(cur)
         cur.execute("SAVEPOINT row_filter_check")
         try:
             cur.execute(
@@ -79,6 +87,36 @@ class RowFilter:
         cur.execute("RELEASE SAVEPOINT row_filter_check")
         if plan.get("Node Type") != "Result" or plan.get("One-Time Filter") != "false" or plan.get("Plans"):
             raise FilterError(f"where {self.text!r} is not one SQL condition: it reaches outside its parentheses")
+
+    def _refuse_powerful_role(self, cur) -> None:
+        """FilterError if the session's role has (or may take, by SET ROLE) powers beyond reading
+        tables: the filter is SQL from whoever triggers the copy, and it would run with them."""
+        cur.execute(_POWERS_QUERY)
+        role, *held = cur.fetchone()
+        powers = [power for power, has in zip(_POWERS, held, strict=True) if has]
+        if held[0]:
+            powers = powers[:1]  # a superuser holds all the others too
+        if powers:
+            raise FilterError(
+                f"where {self.text!r} is refused: the source connection's role {quote_ident(role)} "
+                f"{'; '.join(powers)}. The filter is SQL written by whoever triggers the copy, and it runs "
+                "with that role's powers. Use a source connection whose role has none of them: one that "
+                "may only read the tables it copies (GRANT SELECT ON the table TO that role)."
+            )
+
+
+#: What a filter could do with the source role, and the query that tells which the role has.
+_POWERS = (
+    "is (or may become) a superuser: a filter could do anything on the source server",
+    "is a member of pg_read_server_files: a filter could read any file of the server (pg_read_file)",
+    "is a member of pg_signal_backend: a filter could end other sessions (pg_terminate_backend)",
+    "is a member of pg_execute_server_program: a filter could run programs on the server",
+)
+_POWERS_QUERY = """SELECT session_user,
+    EXISTS (SELECT FROM pg_roles r WHERE r.rolsuper AND pg_has_role(session_user, r.oid, 'MEMBER')),
+    pg_has_role(session_user, 'pg_read_server_files', 'MEMBER'),
+    pg_has_role(session_user, 'pg_signal_backend', 'MEMBER'),
+    pg_has_role(session_user, 'pg_execute_server_program', 'MEMBER')"""
 
 
 def _first_problem(text: str) -> str | None:

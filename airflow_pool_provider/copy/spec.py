@@ -45,6 +45,7 @@ class CopySpec:
     target_table: str | None = None
     columns: Sequence[str] | None = None
     where: str | None = None
+    where_from_dag: bool = False  # the filter is composed by the DAG's code, not typed by a triggerer
     chunk_size: int = DEFAULT_CHUNK_SIZE
     parallelism: int = DEFAULT_PARALLELISM
     mode: CopyMode = CopyMode.APPEND  # or its word
@@ -63,7 +64,7 @@ class CopySpec:
         set_ = object.__setattr__
         set_(self, "source_name", TableName.parse(self.source_table))
         set_(self, "target_name", TableName.parse(self.target_table or self.source_table))
-        set_(self, "row_filter", RowFilter.parse(self.where))
+        set_(self, "row_filter", RowFilter.parse(self.where, self.where_from_dag))
         _check_int("chunk_size", self.chunk_size, 1, MAX_CHUNK_SIZE)
         _check_int("parallelism", self.parallelism, 1, MAX_PARALLELISM)
         _check_int("max_chunk_retries", self.max_chunk_retries, 0, MAX_CHUNK_RETRIES)

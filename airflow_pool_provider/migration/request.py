@@ -69,7 +69,10 @@ class MigrationRequest:
                 raise MigrationMistake(f"{name} must be a positive integer (at most {highest:,}), got {value!r}")
         set_(self, "mode", Mode.parse("mode", self.mode, MigrationMistake))
         if self.migration_id is not None and (
-            not self.migration_id or not set(self.migration_id) <= _ID_CHARS or len(self.migration_id) > 100
+            not isinstance(self.migration_id, str)
+            or not self.migration_id
+            or not set(self.migration_id) <= _ID_CHARS
+            or len(self.migration_id) > 100
         ):
             raise MigrationMistake(f"migration_id must be 1 to 100 letters, digits or _-.:, got {self.migration_id!r}")
         if not isinstance(self.ledger_schema, str) or not self.ledger_schema:

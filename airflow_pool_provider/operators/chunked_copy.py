@@ -41,7 +41,12 @@ class ChunkedTableCopyOperator(BaseOperator):
     :param target_table: defaults to the source table's name.
     :param columns: columns to copy; default: all non-generated columns of the source.
     :param where: one SQL condition on source rows, for subset and incremental copies. It runs
-        with the source connection's rights (read-only transactions).
+        with the source connection's rights (read-only transactions), so it is refused when that
+        role is a superuser or a member of pg_read_server_files, pg_signal_backend or
+        pg_execute_server_program, unless ``where_from_dag``.
+    :param where_from_dag: the filter is composed by the DAG's own code (names quoted, values as
+        literals, as ``incremental_sync`` does), not typed by whoever triggers the run: it is then
+        allowed whatever the source role may do.
     :param chunk_size: rows per chunk (each chunk is one target transaction), at most
         ``MAX_CHUNK_SIZE`` (10,000,000).
     :param parallelism: chunks copied at once inside the task, at most ``MAX_PARALLELISM`` (32,
@@ -101,6 +106,7 @@ class ChunkedTableCopyOperator(BaseOperator):
         target_table: str | None = None,
         columns: Sequence[str] | None = None,
         where: str | None = None,
+        where_from_dag: bool = False,
         chunk_size: int | str = DEFAULT_CHUNK_SIZE,
         parallelism: int | str = DEFAULT_PARALLELISM,
         mode: str = "append",
@@ -132,6 +138,7 @@ class ChunkedTableCopyOperator(BaseOperator):
         self.target_table = target_table
         self.columns = columns
         self.where = where
+        self.where_from_dag = where_from_dag
         self.chunk_size = as_int("chunk_size", chunk_size)
         self.parallelism = parallelism
         self.mode = mode
@@ -163,6 +170,7 @@ class ChunkedTableCopyOperator(BaseOperator):
             if self.columns is not None and not isinstance(self.columns, str)
             else self.columns,
             "where": self.where,
+            "where_from_dag": self.where_from_dag,
             "chunk_size": as_int("chunk_size", self.chunk_size),
             "parallelism": as_int("parallelism", self.parallelism),
             "mode": self.mode,

@@ -13,6 +13,8 @@ from typing import Any
 
 from airflow.providers.common.compat.sdk import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseOperator, Context, chain
+from airflow.sdk.definitions.context import render_template_to_string
+from jinja2.sandbox import SandboxedEnvironment
 
 from airflow_pool_provider import settings
 from airflow_pool_provider.airflow_metrics import AirflowMetrics
@@ -38,6 +40,10 @@ def _as_bool(value: Any) -> bool:
 
 #: How a copy task instance is named in the UI: "batch 2/5: orders chunks 21-40".
 BATCH_LABEL = "{{ task.batch['label'] }}"
+
+#: Fields rendered as text even in a DAG that renders templates as native objects: a migration id
+#: "123", "True" or "None" is that text, not a number, a boolean or no id.
+TEXT_FIELDS = frozenset({"migration_id"})
 
 
 class MigrationStageOperator(BaseOperator):
@@ -126,6 +132,17 @@ class MigrationStageOperator(BaseOperator):
         self.dry_run = dry_run
         self.ledger_schema = ledger_schema
         self.pg_bin_dir = pg_bin_dir
+
+    def _do_render_template_fields(self, parent, template_fields, context, jinja_env, seen_oids) -> None:
+        """Airflow's rendering (of mapped tasks too), except that TEXT_FIELDS are rendered as text."""
+        texts = [f for f in template_fields if f in TEXT_FIELDS] if parent is self else []
+        others = [f for f in template_fields if f not in texts]
+        super()._do_render_template_fields(parent, others, context, jinja_env, seen_oids)
+        text_env = self.dag.get_template_env(force_sandboxed=True) if self.has_dag() else SandboxedEnvironment()
+        for name in texts:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, render_template_to_string(text_env.from_string(value), context))
 
     def request(self) -> MigrationRequest:
         configured = settings.read()
