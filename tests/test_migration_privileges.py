@@ -12,7 +12,7 @@ import uuid
 
 import psycopg2
 import pytest
-from dag_runs import load_dag, run_dag, tries
+from dag_runs import load_dag, run_dag, states, tries
 from psycopg2 import sql
 
 from airflow_pool_provider.errors import MigrationMistake, is_mistake
@@ -34,20 +34,6 @@ def _one(conn, query, params=None):
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchone()[0]
-
-
-def _task_states(run) -> dict[str, str]:
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.settings import Session
-    from sqlalchemy import select
-
-    with Session() as session:
-        rows = session.execute(
-            select(TaskInstance.task_id, TaskInstance.state).where(
-                TaskInstance.dag_id == run.dag_id, TaskInstance.run_id == run.run_id
-            )
-        ).all()
-    return {task: str(state) for task, state in rows}
 
 
 SECRET = """
@@ -76,14 +62,14 @@ def test_a_security_definer_function_is_refused_unless_accepted_and_arrives_kept
     _run(src, SECRET)
 
     run, _ = run_dag(migrate, {}, task_id="plan")
-    assert run.state == "failed" and _task_states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    assert run.state == "failed" and states(run)["plan"] == "failed" and tries(run, "plan") == 1
     output = capsys.readouterr()
     assert 'SECURITY DEFINER function "public"."secret"()' in output.out + output.err
     assert "allow_security_definer" in output.out + output.err
     assert _one(dst, "SELECT to_regprocedure('public.secret()')") is None
 
     run, plan = run_dag(migrate, {"allow_security_definer": True}, task_id="plan")
-    assert run.state == "success" and _task_states(run)["verify"] == "success"
+    assert run.state == "success" and states(run)["verify"] == "success"
     assert not _public_executes(dst, "public.secret()")  # kept from PUBLIC, as on the source
     assert not _public_executes(dst, "public.hidden()")
     assert _public_executes(dst, "public.shown()")
@@ -151,7 +137,7 @@ def test_a_least_privileged_source_is_refused_by_the_plan_naming_the_grants_then
     reader, owner = least_privileged
 
     run, _ = run_dag(migrate, {"tables": ["t"]}, task_id="plan")
-    assert run.state == "failed" and _task_states(run)["plan"] == "failed" and tries(run, "plan") == 1
+    assert run.state == "failed" and states(run)["plan"] == "failed" and tries(run, "plan") == 1
     output = capsys.readouterr().out
     grants = [
         f'GRANT SELECT ON TABLE "public"."other" TO "{reader}";',
