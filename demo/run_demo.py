@@ -61,6 +61,7 @@ def prepare_databases(server, fresh: bool) -> None:
     import psycopg2
 
     from airflow_pool_provider.testing.legacy_db import seed
+    from airflow_pool_provider.testing.roles import grant_least_privilege, role_names
 
     if fresh:
         server.drop_database(TARGET_DB)
@@ -76,10 +77,23 @@ def prepare_databases(server, fresh: bool) -> None:
         f"legacy source database {what}: {report.total_rows:,} rows "
         + ", ".join(f"{t} {n:,}" for t, n in report.rows.items())
     )
-    for conn_id, db in (("migration_source", SOURCE_DB), ("migration_target", TARGET_DB)):
+    # The connections' roles: one that can only read the source, one that owns the target database.
+    if _owner(server, TARGET_DB) != role_names(SOURCE_DB, TARGET_DB)[1]:
+        server.drop_database(TARGET_DB)  # made by an earlier demo as the superuser: made again, the writer's
+        server.ensure_database(TARGET_DB)
+    roles = grant_least_privilege(server, SOURCE_DB, TARGET_DB)
+    for conn_id, db, role in (
+        ("migration_source", SOURCE_DB, roles.reader),
+        ("migration_target", TARGET_DB, roles.writer),
+    ):
         os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = server.airflow_connection(
-            db, {"application_name": f"demo-{conn_id}"}
+            db, {"application_name": f"demo-{conn_id}"}, password=roles.password, user=role
         )
+
+
+def _owner(server, database: str) -> str | None:
+    rows = server.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (database,))
+    return rows[0][0] if rows else None
 
 
 def migrate(server) -> int:

@@ -235,3 +235,71 @@ def test_the_wheel_builds_from_the_files_the_dockerfile_copies(dockerfile, tmp_p
     names = zipfile.ZipFile(wheel).namelist()
     assert "airflow_pool_provider/testing/legacy_db.py" in names
     assert "airflow_pool_provider/provider_info.py" in names
+
+
+def _run_config(compose: dict, name: str, server, env: dict[str, str]) -> None:
+    """A config script as the postgres image runs it from /docker-entrypoint-initdb.d (with bash,
+    as its entrypoint does), against ``server``; compose's ``$$`` is a ``$``."""
+    script = compose["configs"][name]["content"].replace("$$", "$")
+    libpq = {"PGHOST": server.host, "PGPORT": str(server.port), "PGPASSWORD": server.password or ""}
+    subprocess.run(["bash", "-c", script], env={**os.environ, **libpq, **env}, check=True, capture_output=True)
+
+
+def test_the_connections_roles_are_made_by_the_databases_init_scripts_and_are_not_superusers(
+    compose, pg_server, make_database
+):
+    import shutil
+    import uuid
+
+    import psycopg2
+    from psycopg2 import sql
+
+    if shutil.which("psql") is None:
+        pytest.skip("psql is not installed")
+    services = compose["services"]
+    for db, config in (("source-db", "migration-reader"), ("target-db", "migration-writer")):
+        assert config in [c["source"] for c in services[db]["configs"]]
+    conns = {
+        json.loads(v)["host"]: json.loads(v)["login"]
+        for k, v in services["airflow-scheduler"]["environment"].items()
+        if k.startswith("AIRFLOW_CONN_")
+    }
+    assert conns == {"source-db": "migration_reader", "target-db": "migration_writer"}
+
+    source, target = make_database(prefix="src"), make_database(prefix="dst")
+    reader, writer = (f"{kind}_{uuid.uuid4().hex[:8]}" for kind in ("reader", "writer"))
+    user = {"POSTGRES_USER": pg_server.user}
+    try:
+        _run_config(
+            compose,
+            "migration-reader",
+            pg_server,
+            {**user, "POSTGRES_DB": source, "MIGRATION_READER": reader, "MIGRATION_READER_PASSWORD": "secret"},
+        )
+        _run_config(
+            compose,
+            "migration-writer",
+            pg_server,
+            {**user, "POSTGRES_DB": target, "MIGRATION_WRITER": writer, "MIGRATION_WRITER_PASSWORD": "secret"},
+        )
+        pg_server.execute("CREATE TABLE seeded (id serial PRIMARY KEY)", dbname=source)  # as the seed, later
+        conn = psycopg2.connect(pg_server.dsn(source, user=reader, password="secret"))
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT count(*) FROM seeded")  # tables made after the script: readable
+                cur.execute("SELECT last_value FROM seeded_id_seq")
+                cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+                assert cur.fetchone() == (False,)
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cur.execute("CREATE TABLE t (id int)")  # it can only read
+        finally:
+            conn.close()
+        owner = pg_server.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s", (target,))
+        assert owner == [(writer,)]
+    finally:
+        pg_server.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(target)))
+        for role in (reader, writer):
+            if pg_server.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)):
+                for db in (source, target):
+                    pg_server.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)), dbname=db)
+                pg_server.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

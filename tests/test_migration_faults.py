@@ -4,7 +4,6 @@ written to while it is migrated."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
@@ -18,13 +17,13 @@ import pytest
 from copy_helpers import chunks_done, ledger_counts
 from dag_process import DagTestProcess
 from dag_runs import load_dag, run_dag
+from migration_tasks import copy_all, migration_task
 from observe import wait_until
 
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.errors import CopyError, MigrationMistake
 from airflow_pool_provider.migration import stages
 from airflow_pool_provider.migration.request import MigrationRequest
-from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.data import table_digest
 from airflow_pool_provider.testing.legacy_db import TABLES
 
@@ -150,31 +149,13 @@ def test_a_source_written_to_during_the_migration_is_copied_as_of_one_instant(ai
 
 
 @contextmanager
-def _task(src, dst, request: MigrationRequest) -> Iterator[stages.Migration]:
-    """What one task of the migration works with (pools of its own, the snapshot read afresh)."""
-    source_pool = ConnectionPool(lambda: psycopg2.connect(src.dsn), max_size=6)
-    target_pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn), max_size=6)
-    connect = psycopg2.extensions.parse_dsn(src.dsn)
-    try:
-        yield stages.Migration(request, source_pool, target_pool, connect, logging.getLogger("test"), 600.0)
-    finally:
-        source_pool.close()
-        target_pool.close()
-
-
-def _copy_all(m: stages.Migration) -> None:
-    for batch in stages.plan_data(m):
-        stages.copy_data(m, batch)
-
-
-@contextmanager
 def _copied(src, dst, request: MigrationRequest) -> Iterator[stages.Migration]:
     """A task that took the snapshot and copied every table; its snapshot is released at the end."""
-    with _task(src, dst, request.resolved("faults")) as m:
+    with migration_task(src.dsn, dst.dsn, request.resolved("faults")) as m:
         try:
             m.snapshots.ensure()
             stages.pre_data(m)
-            _copy_all(m)
+            copy_all(m)
             yield m
         finally:
             m.snapshots.release()
@@ -206,22 +187,22 @@ def test_a_table_read_on_through_a_new_snapshot_after_its_task_and_holder_were_l
     src, dst = legacy
     request = MigrationRequest(tables=("customers",), chunk_size=100, parallelism=1, run_id="run-1")
     request = request.resolved("lost-mid-table")
-    with _task(src, dst, request) as first:
+    with migration_task(src.dsn, dst.dsn, request) as first:
         first.snapshots.ensure()
         stages.pre_data(first)
         with dst.cursor() as cur:
             cur.execute(_REFUSE_LAST_CUSTOMER.format(id=_one(src, "SELECT max(id) FROM customers")))
         with pytest.raises(CopyError, match="row refused by the test"):
-            _copy_all(first)  # the task fails mid-table...
+            copy_all(first)  # the task fails mid-table...
         holder = first.snapshots.current()
     assert 0 < chunks_done(dst) < ledger_counts(dst).chunks
     _lose_holder(src, holder)  # ...and its snapshot's holder is lost too
     with dst.cursor() as cur:
         cur.execute("DROP TRIGGER refuse_row ON customers")
 
-    with _task(src, dst, request) as again:
+    with migration_task(src.dsn, dst.dsn, request) as again:
         try:
-            _copy_all(again)  # the rest of the table, through a new snapshot
+            copy_all(again)  # the rest of the table, through a new snapshot
             stages.post_data(again)
             report = stages.verify_and_report(again)
         finally:
@@ -280,7 +261,7 @@ def test_a_foreign_key_broken_by_a_lost_snapshot_says_so_and_what_to_do(legacy):
     src, dst = legacy
     request = MigrationRequest(tables=("customers", "orders"), chunk_size=500, run_id="run-1")
     request = request.resolved("faults")
-    with _task(src, dst, request) as first:
+    with migration_task(src.dsn, dst.dsn, request) as first:
         first.snapshots.ensure()
         stages.pre_data(first)
         _copy_tables(first, {"customers"})
@@ -290,9 +271,9 @@ def test_a_foreign_key_broken_by_a_lost_snapshot_says_so_and_what_to_do(legacy):
         cur.execute("INSERT INTO customers (email, name) VALUES ('late@example.com', 'Late') RETURNING id")
         cur.execute("INSERT INTO orders (customer_id, ordered_at) VALUES (%s, now())", (cur.fetchone()[0],))
 
-    with _task(src, dst, request) as again:
+    with migration_task(src.dsn, dst.dsn, request) as again:
         try:
-            _copy_all(again)  # orders, through a new snapshot
+            copy_all(again)  # orders, through a new snapshot
             with pytest.raises(MigrationMistake) as raised:
                 stages.post_data(again)
         finally:

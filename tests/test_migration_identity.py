@@ -5,12 +5,11 @@ else, ``replace`` clears only its own records, and a migration onto its own sour
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg2
 import pytest
 from copy_helpers import ledger_counts
+from migration_tasks import migration_task
 from observe import wait_until
 from psycopg2 import sql
 
@@ -19,7 +18,6 @@ from airflow_pool_provider.migration import stages
 from airflow_pool_provider.migration.ledger import WHOLE_STAGE, MigrationLedger, Stage
 from airflow_pool_provider.migration.records import PreDataRecord
 from airflow_pool_provider.migration.request import MigrationRequest, Mode
-from airflow_pool_provider.pool import ConnectionPool
 from airflow_pool_provider.testing.data import table_digest
 
 LOG = logging.getLogger("test")
@@ -36,21 +34,6 @@ def _one(conn, query, params=None):
     with conn.cursor() as cur:
         cur.execute(query, params)
         return cur.fetchone()[0]
-
-
-@contextmanager
-def _task(pg_server, src_db: str, dst_db: str, request: MigrationRequest) -> Iterator[stages.Migration]:
-    """What one task of the migration works with (pools of its own); its id resolved as the operators do."""
-    source_pool = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(src_db)), max_size=6)
-    target_pool = ConnectionPool(lambda: psycopg2.connect(pg_server.dsn(dst_db)), max_size=6)
-    connect = psycopg2.extensions.parse_dsn(pg_server.dsn(src_db))
-    try:
-        if request.migration_id is None:
-            request = stages.resolve(request, ("migration_source", "migration_target"), source_pool, target_pool, LOG)
-        yield stages.Migration(request, source_pool, target_pool, connect, LOG, 600.0)
-    finally:
-        source_pool.close()
-        target_pool.close()
 
 
 def _holders(conn, src_db: str) -> list[int]:
@@ -131,7 +114,7 @@ def test_a_migration_started_under_the_id_an_earlier_version_derived_goes_on_und
     src_db, dst_db = make_database(prefix="src"), make_database(prefix="dst")
     request = MigrationRequest(tables=("t",))
     earlier = request.earlier_derived_id("migration_source", "migration_target")
-    with _task(pg_server, src_db, dst_db, request) as m:
+    with migration_task(pg_server.dsn(src_db), pg_server.dsn(dst_db), request) as m:
         assert m.migration_id != earlier and m.migration_id.startswith("migration-")  # a new migration
         new = m.migration_id
         with m.target_pool.connection() as conn, conn.cursor() as cur:  # an earlier version's records
@@ -139,11 +122,13 @@ def test_a_migration_started_under_the_id_an_earlier_version_derived_goes_on_und
             ledger.ensure(cur)
             ledger.record(cur, Stage.PRE_DATA, WHOLE_STAGE, PreDataRecord(1, (), "run-1", ()))
             conn.commit()
-    with _task(pg_server, src_db, dst_db, request) as m:
+    with migration_task(pg_server.dsn(src_db), pg_server.dsn(dst_db), request) as m:
         assert m.migration_id == earlier  # it finds its own records
-    with _task(pg_server, src_db, dst_db, MigrationRequest(tables=("t", "u"))) as m:
+    with migration_task(pg_server.dsn(src_db), pg_server.dsn(dst_db), MigrationRequest(tables=("t", "u"))) as m:
         assert m.migration_id not in (earlier, new)  # another selection: another migration
-    with _task(pg_server, src_db, dst_db, MigrationRequest(tables=("t",), migration_id="given")) as m:
+    with migration_task(
+        pg_server.dsn(src_db), pg_server.dsn(dst_db), MigrationRequest(tables=("t",), migration_id="given")
+    ) as m:
         assert m.migration_id == "given"
 
 
@@ -151,7 +136,7 @@ _TABLES = {"m1": "a", "m10": "b", "m1:x": "c"}
 
 
 def _migrate(pg_server, src_db: str, dst_db: str, request: MigrationRequest) -> None:
-    with _task(pg_server, src_db, dst_db, request) as m:
+    with migration_task(pg_server.dsn(src_db), pg_server.dsn(dst_db), request) as m:
         try:
             m.snapshots.ensure()
             stages.pre_data(m)
@@ -162,7 +147,7 @@ def _migrate(pg_server, src_db: str, dst_db: str, request: MigrationRequest) -> 
 
 
 def _pending_batches(pg_server, src_db: str, dst_db: str, request: MigrationRequest) -> int:
-    with _task(pg_server, src_db, dst_db, request) as m:
+    with migration_task(pg_server.dsn(src_db), pg_server.dsn(dst_db), request) as m:
         try:
             return len(stages.plan_data(m))
         finally:
@@ -229,7 +214,7 @@ def test_pre_data_onto_its_own_source_is_refused_without_waiting(pg_server, make
     database = make_database(prefix="src")
     pg_server.execute(_ONE_ROW, dbname=database)
     request = MigrationRequest(tables=("t",), mode=Mode.REPLACE, run_id="run-1", migration_id="onto-itself")
-    with _task(pg_server, database, database, request) as m:
+    with migration_task(pg_server.dsn(database), pg_server.dsn(database), request) as m:
         try:
             with pytest.raises(MigrationMistake, match="the source and the target are the same database"):
                 stages.pre_data(m)  # run alone, without the plan

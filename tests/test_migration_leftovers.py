@@ -76,6 +76,7 @@ with psycopg2.connect(sys.argv[1]) as conn, conn.cursor() as cur:
     source = catalog.load(cur, ("public",))
 with tempfile.TemporaryDirectory(prefix="pool-provider-test-dump-") as folder:
     print(folder, flush=True)
+    sys.stdin.readline()  # the catalog is read: the test takes its lock now
     schema.dump(found, connect, source, None, Path(folder))
 """
 
@@ -90,16 +91,19 @@ def test_a_dump_stopped_by_sigterm_leaves_no_password_file_nor_dump(source, pg_s
     locker = psycopg2.connect(pg_server.dsn(src.info.dbname))
     before = _ours()
     try:
-        with locker.cursor() as cur:  # pg_dump waits for this lock: it is stopped mid-dump
-            cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
         dump = subprocess.Popen(
             [sys.executable, "-c", _DUMP, pg_server.dsn(src.info.dbname), handler],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
             dump_folder = Path(dump.stdout.readline().strip())
+            with locker.cursor() as cur:  # pg_dump waits for this lock: it is stopped mid-dump
+                cur.execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+            dump.stdin.write("go\n")
+            dump.stdin.flush()
 
             def waiting() -> bool:
                 with src.cursor() as cur:  # not the locker's transaction: it sees one picture of the activity

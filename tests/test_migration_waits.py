@@ -3,7 +3,6 @@ holds it off, and its sessions are not cancelled by a statement_timeout the serv
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -12,12 +11,12 @@ from contextlib import contextmanager
 
 import psycopg2
 import pytest
+from migration_tasks import copy_all, migration_task
 from psycopg2 import sql
 
 from airflow_pool_provider.migration import stages
 from airflow_pool_provider.migration.locks import LockWaitExceeded
 from airflow_pool_provider.migration.request import MigrationRequest
-from airflow_pool_provider.pool import ConnectionPool
 
 
 def _one(conn, query, params=None):
@@ -27,24 +26,9 @@ def _one(conn, query, params=None):
     return row[0] if row else None
 
 
-@contextmanager
-def _migration(src_dsn: str, dst_dsn: str, **request) -> Iterator[stages.Migration]:
-    """What one task of the migration of table ``t`` works with (pools of its own)."""
-    source_pool = ConnectionPool(lambda: psycopg2.connect(src_dsn), name="source", max_size=6)
-    target_pool = ConnectionPool(lambda: psycopg2.connect(dst_dsn), name="target", max_size=6)
-    connect = psycopg2.extensions.parse_dsn(src_dsn)
-    resolved = MigrationRequest(tables=("t",), **request).resolved("source", "target")
-    try:
-        yield stages.Migration(resolved, source_pool, target_pool, connect, logging.getLogger("test"), 600.0)
-    finally:
-        source_pool.close()
-        target_pool.close()
-
-
-def _copy(m: stages.Migration) -> None:
-    """The data stage: each table gets its indexes and keys once its rows are in."""
-    for batch in stages.plan_data(m):
-        stages.copy_data(m, batch)
+def _migration(src_dsn: str, dst_dsn: str, **request):
+    """What one task of the migration of table ``t`` works with."""
+    return migration_task(src_dsn, dst_dsn, MigrationRequest(tables=("t",), **request))
 
 
 def _primary_key(dst) -> str | None:
@@ -92,7 +76,7 @@ def test_ddl_waits_for_a_reader_idle_in_transaction_names_it_and_goes_on_once_it
             m.snapshots.ensure()
             stages.pre_data(m)
             with _reader_idle_in_transaction(dst.dsn, ends_after=2.0) as pid:
-                _copy(m)  # the primary key waits for the reader
+                copy_all(m)  # the primary key waits for the reader
             assert _primary_key(dst) == "t_pkey"
             waited = _held_off_by(caplog, pid)
             assert waited and "ALTER TABLE" in waited[0] and "ADD CONSTRAINT" in waited[0]
@@ -122,7 +106,7 @@ def test_ddl_gives_up_after_its_wait_naming_the_session_and_the_stage_resumes_on
             with _reader_idle_in_transaction(dst.dsn, ends_after=20.0) as pid:
                 started = time.monotonic()
                 with pytest.raises(LockWaitExceeded) as failed:
-                    _copy(m)
+                    copy_all(m)
                 assert time.monotonic() - started < 10
             message = str(failed.value)
             assert 'ALTER TABLE "public"."t" ADD CONSTRAINT "t_pkey" PRIMARY KEY USING INDEX "t_pkey"' in message
@@ -169,7 +153,7 @@ def test_a_statement_timeout_the_role_sets_does_not_cancel_the_migration_and_the
         try:
             m.snapshots.ensure()
             stages.pre_data(m)
-            _copy(m)
+            copy_all(m)
             stages.post_data(m)
             report = stages.verify_and_report(m)
         finally:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from airflow_pool_provider.testing.postgres import Server, TemporaryPostgres, free_port, server_from_env
+from airflow_pool_provider.testing.roles import MigrationRoles, drop_roles, grant_least_privilege
 
 REDIS_ENV = "AIRFLOW_POOL_PROVIDER_REDIS_URL"
 HOSTNAME_ENV = "AIRFLOW_POOL_PROVIDER_STACK_HOSTNAME"
@@ -224,8 +225,10 @@ def airflow_env(
     pool_slots: int,
     batch_rows: int | None,
     worker_concurrency: int,
+    roles: MigrationRoles | None = None,
 ) -> dict[str, str]:
-    """The environment every Airflow process of the stack shares (written to ``airflow.env``)."""
+    """The environment every Airflow process of the stack shares (written to ``airflow.env``);
+    ``roles``: the connections' (default: the server's superuser)."""
     server = state.postgres()
     api = state.api_url
     metadata = server.uri(state.databases["metadata"])
@@ -253,8 +256,12 @@ def airflow_env(
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
         "AIRFLOW__OPENLINEAGE__DISABLED": "True",
-        "AIRFLOW_CONN_MIGRATION_SOURCE": server.airflow_connection(state.databases["source"], connection_extra),
-        "AIRFLOW_CONN_MIGRATION_TARGET": server.airflow_connection(state.databases["target"], connection_extra),
+        "AIRFLOW_CONN_MIGRATION_SOURCE": server.airflow_connection(
+            state.databases["source"], connection_extra, **_login(roles, roles.reader if roles else None)
+        ),
+        "AIRFLOW_CONN_MIGRATION_TARGET": server.airflow_connection(
+            state.databases["target"], connection_extra, **_login(roles, roles.writer if roles else None)
+        ),
         "MIGRATE_TABLES_POOL": POOL,
         "MIGRATION_POOL_SLOTS": str(pool_slots),
     }
@@ -263,11 +270,15 @@ def airflow_env(
     return env
 
 
+def _login(roles: MigrationRoles | None, role: str | None) -> dict[str, str]:
+    return {"user": role, "password": roles.password} if roles and role else {}
+
+
 def _airflow(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("airflow")), *args]
 
 
-def _prepare_databases(state: StackState, scale: float) -> None:
+def _prepare_databases(state: StackState, scale: float) -> MigrationRoles:
     import psycopg2
 
     from airflow_pool_provider.testing.legacy_db import seed
@@ -281,6 +292,8 @@ def _prepare_databases(state: StackState, scale: float) -> None:
     finally:
         conn.close()
     print(f"source {state.databases['source']}: {report.total_rows:,} rows", flush=True)
+    # The connections' roles: one that can only read the source, one that owns the target database.
+    return grant_least_privilege(server, state.databases["source"], state.databases["target"])
 
 
 def _api_health(api_url: str) -> dict | None:
@@ -369,7 +382,7 @@ def _start(
     if redis:
         state.processes.append(redis)
     state.save()
-    _prepare_databases(state, scale)
+    roles = _prepare_databases(state, scale)
     _write_private(home / "passwords.json", json.dumps({state.user: state.password}))
     # Nothing of the caller's Airflow configuration leaks in (a test session's, say).
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
@@ -383,6 +396,7 @@ def _start(
             pool_slots=pool_slots,
             batch_rows=batch_rows,
             worker_concurrency=worker_concurrency,
+            roles=roles,
         ),
     }
     _write_private(
@@ -460,6 +474,7 @@ def down(home: Path, purge: bool = False) -> list[str]:
         server = state.postgres()
         for dbname in state.databases.values():
             server.drop_database(dbname)
+        drop_roles(server, state.databases["source"], state.databases["target"])
     state.processes = []
     state.save()
     return stopped
