@@ -471,6 +471,14 @@ def test_views_over_relations_left_out_are_named_in_the_plan(airflow_db, legacy,
     ]
 
 
+def test_foreign_keys_to_tables_left_out_are_named_in_the_plan(airflow_db, legacy, migrate):
+    run, plan = run_dag(migrate, {"tables": ["orders"], "dry_run": True}, task_id="plan")
+    assert run.state == "success"
+    keys = [entry for entry in plan["left_out"] if entry.startswith("foreign key ")]
+    assert len(keys) == 1 and 'of "public"."orders"' in keys[0] and "REFERENCES public.customers" in keys[0]
+    assert "select that table too to keep it" in keys[0]
+
+
 def test_materialized_views_arrive_populated_with_their_indexes_and_replace_drops_them(airflow_db, legacy, migrate):
     src, dst = legacy
     with src.cursor() as cur:
@@ -619,16 +627,25 @@ def test_not_valid_constraints_stay_not_valid_and_the_rows_that_violate_them_arr
         CREATE TABLE children (id int PRIMARY KEY, parent_id int);
         INSERT INTO children VALUES (1, 1), (2, 99);
         ALTER TABLE children ADD CONSTRAINT children_parent FOREIGN KEY (parent_id) REFERENCES parents NOT VALID;
+        CREATE DOMAIN score AS int;
+        CREATE TABLE games (id int PRIMARY KEY, points score);
+        INSERT INTO games VALUES (1, -3), (2, 7);
+        ALTER DOMAIN score ADD CONSTRAINT score_positive CHECK (VALUE > 0) NOT VALID;
         """,
     )
     run, report = run_dag(migrate, {"dry_run": False}, task_id="verify")
     assert run.state == "success" and report["verified"], states(run)
-    for table in ("readings", "children"):
+    for table in ("readings", "children", "games"):
         assert table_digest(dst, table, key=None) == table_digest(src, table, key=None), table
     constraints = (
-        "SELECT conname, convalidated FROM pg_constraint WHERE conname IN ('readings_positive', 'children_parent')"
+        "SELECT conname, convalidated FROM pg_constraint "
+        "WHERE conname IN ('readings_positive', 'children_parent', 'score_positive')"
     )
-    assert sorted(_rows(dst, constraints)) == [("children_parent", False), ("readings_positive", False)]
+    assert sorted(_rows(dst, constraints)) == [
+        ("children_parent", False),
+        ("readings_positive", False),
+        ("score_positive", False),
+    ]
 
 
 def test_cluster_on_markers_arrive(airflow_db, migration_databases, migrate):

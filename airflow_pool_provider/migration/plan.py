@@ -25,7 +25,7 @@ from airflow_pool_provider.copy.choices import Choice
 from airflow_pool_provider.copy.names import TableName
 from airflow_pool_provider.copy.server import server_identity
 from airflow_pool_provider.errors import MigrationMistake, first_line
-from airflow_pool_provider.migration import catalog, outside, privileges
+from airflow_pool_provider.migration import catalog, outside, postdata, privileges
 from airflow_pool_provider.migration.catalog import Relation, RelKind
 from airflow_pool_provider.migration.ledger import MigrationLedger
 from airflow_pool_provider.migration.postdata import set_index_build_memory
@@ -262,7 +262,9 @@ def make_plan(scur, tcur, request: MigrationRequest, copy_tasks: int) -> Migrati
         extensions=extensions,
         budget=budget,
         resumed_stages=[stage.value for stage in earlier.stages_done],
-        left_out=_left_out(selection) + privileges.not_migrated(functions, request.keep_owners),
+        left_out=_left_out(selection)
+        + _foreign_keys_left_out(scur, selection)
+        + privileges.not_migrated(functions, request.keep_owners),
         warnings=_powerful_roles(scur, "source") + _powerful_roles(tcur, "target"),
     )
 
@@ -307,6 +309,20 @@ def _left_out(selection: Selection) -> list[str]:
         f"{r.name} (a view that reads relations not migrated: select them too to bring it)"
         for r in relations
         if r.is_view and r.oid not in selection.restored
+    ]
+
+
+def _foreign_keys_left_out(scur, selection: Selection) -> list[str]:
+    """Foreign keys of the selected tables to tables left out: post-data leaves them out (the
+    rows they reference do not come along), said here before anything runs."""
+    tables = {oid: selection.catalog.relations[oid].name for oid in selection.restored}
+    keys = postdata.read_foreign_keys(scur, tables)
+    scur.execute("SET LOCAL search_path TO DEFAULT")  # read_foreign_keys empties it
+    return [
+        f"foreign key {k.name} of {k.table} ({k.definition}): it references a table not selected, so it is "
+        "left out; select that table too to keep it"
+        for k in keys
+        if k.references is None
     ]
 
 
