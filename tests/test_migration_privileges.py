@@ -178,7 +178,7 @@ def test_a_dump_refused_a_privilege_is_a_mistake_naming_the_grants(migration_dat
     src, dst = migration_databases
     reader, owner = least_privileged
     source_dsn = src.dsn + f" user={reader}"
-    request = MigrationRequest(tables=("t",), run_id="run-1").resolved("source", "target")
+    request = MigrationRequest(tables=("t",), run_id="run-1").resolved("privileges")
     source_pool = ConnectionPool(lambda: psycopg2.connect(source_dsn), max_size=4)
     target_pool = ConnectionPool(lambda: psycopg2.connect(dst.dsn + f" user={owner}"), max_size=4)
     m = stages.Migration(

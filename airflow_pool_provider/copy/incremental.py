@@ -10,6 +10,7 @@ from the instant the first load was planned on, not only from its interval's sta
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,8 @@ from psycopg2 import sql
 from airflow_pool_provider.copy.catalog import Side, load_table
 from airflow_pool_provider.copy.ledger import Ledger
 from airflow_pool_provider.copy.names import TableName
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +42,7 @@ def next_step(cur, table: TableName, column: str, start: datetime, end: datetime
     resumed) or the rows whose ``column`` is in the interval, ``lookback`` earlier."""
     table = load_table(cur, table, Side.TARGET).name  # as found: the schema a bare name is in
     copy_id = first_load_id(table)
-    first = Ledger.locate(cur, copy_id, table.schema).progress(cur, copy_id)
+    first = Ledger.locate(cur, copy_id, table.schema, None, LOG).progress(cur, copy_id)
     if (first is None and _empty(cur, table)) or (first is not None and not first.finished):
         return SyncStep("", copy_id)
     since = start
