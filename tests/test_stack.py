@@ -252,7 +252,9 @@ def _browser():
 def _empty_target(state: native.StackState) -> None:
     """A new migration of other tables may not touch tables an earlier one made: start empty."""
     with psycopg2.connect(state.postgres().dsn(state.databases["target"])) as conn, conn.cursor() as cur:
-        cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        # public as PostgreSQL makes it: owned by pg_database_owner, so the database owner (the
+        # target connection's role) may create in it
+        cur.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION pg_database_owner")
 
 
 def test_migrate_tables_triggered_from_the_ui_form_in_a_browser(stack):
